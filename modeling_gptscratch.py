@@ -1,0 +1,568 @@
+"""GPTScratch: a GPT-2-style language model written from scratch as a Hugging Face model.
+
+The whole model reads top-down: configuration, attention, feed-forward, block, base model, language-model head,
+`generate`, tokenizer helpers, Auto-class registration. It follows chapter 4 and 5 of "Build a Large Language
+Model (From Scratch)" (token + position embeddings, pre-LayerNorm blocks, tied output head) behind transformers'
+interfaces (`PreTrainedModel`, `Cache`, `GenerationMixin`, `AutoModelForCausalLM`).
+
+This file imports only torch, transformers and the standard library: `save_pretrained` copies it into every
+model directory, and `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` loads it from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationMixin,
+    GPT2Tokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import can_return_tuple
+
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOS_TOKEN_ID = 50256  # <|endoftext|>
+
+# Model sizes by name. The GPT-2 sizes are OpenAI's; "tiny" trains in minutes on a laptop CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(context_length=256, emb_dim=192, n_heads=6, n_layers=6, qkv_bias=False),
+    "gpt2-124m": dict(context_length=1024, emb_dim=768, n_heads=12, n_layers=12, qkv_bias=True),
+    "gpt2-355m": dict(context_length=1024, emb_dim=1024, n_heads=16, n_layers=24, qkv_bias=True),
+    "gpt2-774m": dict(context_length=1024, emb_dim=1280, n_heads=20, n_layers=36, qkv_bias=True),
+    "gpt2-1558m": dict(context_length=1024, emb_dim=1600, n_heads=25, n_layers=48, qkv_bias=True),
+}
+
+
+class GPTScratchConfig(PretrainedConfig):
+    """Configuration of a GPTScratch model.
+
+    Takes the book's keys, so `GPTScratchConfig(**GPT_CONFIG_124M)` works with the book's dict, and answers
+    transformers' standard names (`hidden_size`, `num_hidden_layers`, `num_attention_heads`,
+    `max_position_embeddings`) through `attribute_map`.
+    """
+
+    model_type = "gptscratch"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "emb_dim",
+        "num_hidden_layers": "n_layers",
+        "num_attention_heads": "n_heads",
+        "max_position_embeddings": "context_length",
+    }
+
+    vocab_size: int = GPT2_VOCAB_SIZE
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float = 0.1
+    qkv_bias: bool = False
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+    bos_token_id: int | None = GPT2_EOS_TOKEN_ID
+    eos_token_id: int | list[int] | None = GPT2_EOS_TOKEN_ID
+    pad_token_id: int | None = None
+    auto_map: dict[str, str] | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        for field in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"GPTScratchConfig: {field} must be a positive integer, got {value!r}")
+        if self.emb_dim % self.n_heads:
+            raise ValueError(
+                f"GPTScratchConfig: emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads}); "
+                f"choose an n_heads that divides {self.emb_dim}"
+            )
+        if not isinstance(self.drop_rate, (int, float)) or not 0 <= self.drop_rate < 1:
+            raise ValueError(f"GPTScratchConfig: drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        if self.auto_map is None:
+            # Lets the Auto classes find this file's classes in every saved directory (trust_remote_code=True).
+            self.auto_map = {
+                "AutoConfig": "modeling_gptscratch.GPTScratchConfig",
+                "AutoModel": "modeling_gptscratch.GPTScratchModel",
+                "AutoModelForCausalLM": "modeling_gptscratch.GPTScratchForCausalLM",
+            }
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> GPTScratchConfig:
+        """A config by size name (`tiny`, `gpt2-124m`, `gpt2-355m`, `gpt2-774m`, `gpt2-1558m`), any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention (the book's `MultiHeadAttention`) with fused q/k/v and a KV cache."""
+
+    def __init__(self, config: GPTScratchConfig, layer_idx: int):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.head_dim = config.emb_dim // config.n_heads
+        self.layer_idx = layer_idx
+        self.dropout = config.drop_rate
+        # One matmul for queries, keys and values (the book's W_query, W_key, W_value side by side).
+        self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(config.emb_dim, config.emb_dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        """x: [batch, tokens, emb_dim]; attn_mask: boolean [batch or 1, 1, tokens, past + tokens], True = attend."""
+        batch, tokens, emb_dim = x.shape
+        # [batch, tokens, 3 * emb_dim] -> 3 x [batch, n_heads, tokens, head_dim]
+        queries, keys, values = (
+            self.qkv(x).view(batch, tokens, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        )
+        if past_key_values is not None:
+            # keys, values: [batch, n_heads, past + tokens, head_dim]
+            keys, values = past_key_values.update(keys, values, self.layer_idx)
+        context = F.scaled_dot_product_attention(
+            queries,
+            keys,
+            values,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )
+        # [batch, n_heads, tokens, head_dim] -> [batch, tokens, emb_dim]
+        context = context.transpose(1, 2).reshape(batch, tokens, emb_dim)
+        return self.out_proj(context)
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward: expand 4x, GPT-2's tanh-approximated GELU, project back."""
+
+    def __init__(self, config: GPTScratchConfig):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(config.emb_dim, 4 * config.emb_dim),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(4 * config.emb_dim, config.emb_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TransformerBlock(GradientCheckpointingLayer):
+    """Pre-LayerNorm block: x + attention(norm1(x)), then x + feed_forward(norm2(x))."""
+
+    def __init__(self, config: GPTScratchConfig, layer_idx: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_eps)
+        self.att = CausalSelfAttention(config, layer_idx)
+        self.norm2 = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_eps)
+        self.ff = FeedForward(config)
+        self.drop_resid = nn.Dropout(config.drop_rate)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        """hidden_states: [batch, tokens, emb_dim] -> [batch, tokens, emb_dim]."""
+        attended = self.att(self.norm1(hidden_states), attn_mask, is_causal, past_key_values=past_key_values)
+        hidden_states = hidden_states + self.drop_resid(attended)
+        return hidden_states + self.drop_resid(self.ff(self.norm2(hidden_states)))
+
+
+class GPTScratchPreTrainedModel(PreTrainedModel):
+    config_class = GPTScratchConfig
+    config: GPTScratchConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TransformerBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2's initialisation: normal(0, 0.02); residual output projections scaled by 1/sqrt(2 * n_layers)."""
+        super()._init_weights(module)
+        if isinstance(module, (CausalSelfAttention, FeedForward)):
+            residual_projection = module.out_proj if isinstance(module, CausalSelfAttention) else module.layers[2]
+            std = self.config.initializer_range / (2 * self.config.n_layers) ** 0.5
+            init.normal_(residual_projection.weight, mean=0.0, std=std)
+
+
+def _attention_mask_for_sdpa(
+    attention_mask: torch.Tensor | None, past_length: int, tokens: int
+) -> tuple[torch.Tensor | None, bool]:
+    """The (attn_mask, is_causal) pair for `scaled_dot_product_attention`.
+
+    attention_mask: [batch, past_length + tokens], 1 for real tokens and 0 for padding, or None.
+    Without padding, SDPA's own causal path is used (the fastest); otherwise a boolean
+    [batch, 1, tokens, past_length + tokens] mask, True where a query may attend.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        if past_length == 0:
+            return None, tokens > 1
+        if tokens == 1:
+            return None, False
+    device = attention_mask.device if attention_mask is not None else None
+    key_positions = torch.arange(past_length + tokens, device=device)
+    query_positions = torch.arange(past_length, past_length + tokens, device=device)
+    causal = key_positions[None, :] <= query_positions[:, None]  # [tokens, past_length + tokens]
+    if attention_mask is None:
+        return causal[None, None], False
+    allowed = causal[None, None] & attention_mask[:, None, None, :].bool()
+    # A padding query sees no real key; letting it see itself keeps its softmax finite (its output is unused).
+    allowed |= (key_positions[None, :] == query_positions[:, None])[None, None]
+    return allowed, False
+
+
+class GPTScratchModel(GPTScratchPreTrainedModel):
+    """Token + position embeddings, dropout, the transformer blocks and the final LayerNorm: hidden states out."""
+
+    def __init__(self, config: GPTScratchConfig):
+        super().__init__(config)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        self.drop_emb = nn.Dropout(config.drop_rate)
+        self.trf_blocks = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.tok_emb
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
+        self.tok_emb = new_embeddings
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        """input_ids: [batch, tokens] -> last_hidden_state: [batch, tokens, emb_dim].
+
+        attention_mask: [batch, past + tokens] with 0 at padding; position_ids: [batch or 1, tokens], by default
+        counted from each row's first real token, so a left-padded row sees the positions it sees alone.
+        """
+        if input_ids is None or input_ids.dim() != 2:
+            raise ValueError("input_ids must be a [batch, tokens] tensor of token IDs")
+        batch, tokens = input_ids.shape
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past_length + tokens > self.config.context_length:
+            raise ValueError(
+                f"the sequence has {past_length + tokens} tokens but the model's context_length is "
+                f"{self.config.context_length}; crop the input to its last {self.config.context_length} tokens"
+            )
+        if attention_mask is not None and attention_mask.shape != (batch, past_length + tokens):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, past_length + tokens)} "
+                "(one entry per cached and new token)"
+            )
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -tokens:]
+            else:
+                position_ids = torch.arange(past_length, past_length + tokens, device=input_ids.device)[None]
+
+        hidden_states = self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(position_ids))
+        attn_mask, is_causal = _attention_mask_for_sdpa(attention_mask, past_length, tokens)
+        for block in self.trf_blocks:
+            hidden_states = block(hidden_states, attn_mask, is_causal, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.final_norm(hidden_states),
+            past_key_values=past_key_values if use_cache else None,
+        )
+
+
+class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
+    """GPTScratchModel plus the output head (tied to the token embedding unless `tie_word_embeddings=False`)."""
+
+    _tied_weights_keys = {"out_head.weight": "model.tok_emb.weight"}
+
+    def __init__(self, config: GPTScratchConfig):
+        super().__init__(config)
+        self.model = GPTScratchModel(config)
+        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.out_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.out_head = new_embeddings
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """input_ids: [batch, tokens] -> logits: [batch, tokens, vocab_size] (the last `logits_to_keep` if set).
+
+        labels: [batch, tokens], usually the input_ids themselves; they are shifted inside (position t predicts
+        token t + 1) and -100 is ignored. The loss is the mean cross-entropy over predicted tokens, or, when the
+        Trainer passes `num_items_in_batch` under gradient accumulation, the sum divided by that count.
+        """
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        hidden_states = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.out_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits, labels, vocab_size=self.config.vocab_size, num_items_in_batch=kwargs.get("num_items_in_batch")
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+    # Arguments the simple decoding loop below implements; any other goes to GenerationMixin.generate.
+    _SIMPLE_GENERATE_ARGS = frozenset(
+        {"max_new_tokens", "temperature", "top_k", "do_sample", "eos_token_id", "pad_token_id", "use_cache"}
+    )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> torch.LongTensor:
+        """Decode up to `max_new_tokens` tokens after `input_ids` [batch, tokens]; returns [batch, tokens + new].
+
+        The book's decoding: `temperature=0` is greedy argmax; above 0, tokens are sampled from
+        softmax(logits / temperature); `top_k` keeps the k highest logits. A row that emits `eos_token_id` stops
+        and is filled with `pad_token_id` while the others go on. Prompts longer than `context_length` are cropped
+        to their last `context_length` tokens for the forward pass (the returned sequence keeps the whole prompt),
+        and decoding goes on past the window. Keys and values are cached, so each new token costs one token's
+        forward pass while the window lasts; past it, every step re-reads the last `context_length` tokens.
+
+        Unset arguments come from `model.generation_config` (greedy, 20 new tokens, eos 50256 by default).
+        Sampling is reproducible with `generator=torch.Generator().manual_seed(s)` or `torch.manual_seed(s)`.
+        Any other option (num_beams, top_p, repetition_penalty, streamer, generation_config, ...) is handed to
+        transformers' `GenerationMixin.generate`, which runs through this model's forward and KV cache.
+        """
+        if input_ids is None or input_ids.dim() != 2:
+            raise ValueError("input_ids must be a [batch, tokens] tensor of token IDs")
+        if input_ids.shape[1] == 0:
+            raise ValueError("input_ids is empty: the prompt needs at least one token")
+        temperature = kwargs.get("temperature")
+        if temperature is not None and temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy decoding), got {temperature}")
+        top_k = kwargs.get("top_k")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (or None to keep every token), got {top_k}")
+        max_new_tokens = kwargs.get("max_new_tokens")
+        if max_new_tokens is not None and max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+
+        unhandled = {name for name, value in kwargs.items() if value is not None} - self._SIMPLE_GENERATE_ARGS
+        if unhandled:
+            if generator is not None:
+                raise ValueError(
+                    f"generator works with the built-in decoding only, not with {sorted(unhandled)}; "
+                    "seed with torch.manual_seed instead"
+                )
+            if temperature == 0:  # transformers spells greedy as do_sample=False
+                kwargs.pop("temperature")
+                kwargs.setdefault("do_sample", False)
+            elif temperature is not None:
+                kwargs.setdefault("do_sample", True)
+            return super().generate(input_ids, attention_mask=attention_mask, **kwargs)
+        return self._decode(input_ids, attention_mask, generator, **self._resolve_generation_args(**kwargs))
+
+    def _resolve_generation_args(
+        self,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        do_sample: bool | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        use_cache: bool | None = None,
+    ) -> dict[str, Any]:
+        """Fills unset decoding arguments from `self.generation_config`."""
+        defaults = self.generation_config
+        if do_sample is None:
+            do_sample = bool(defaults.do_sample) if temperature is None else temperature > 0
+        if not do_sample:
+            temperature = 0.0
+        elif temperature is None:
+            temperature = defaults.temperature if defaults.temperature is not None else 1.0
+        if top_k is None and do_sample and temperature > 0:
+            top_k = defaults.top_k or None
+        if max_new_tokens is None:
+            max_new_tokens = defaults.max_new_tokens if defaults.max_new_tokens is not None else 20
+        if eos_token_id is None:
+            eos_token_id = defaults.eos_token_id
+        eos_token_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+        if pad_token_id is None:
+            pad_token_id = defaults.pad_token_id
+        if pad_token_id is None:
+            pad_token_id = eos_token_ids[0] if eos_token_ids else 0
+        return dict(
+            max_new_tokens=max_new_tokens,
+            temperature=float(temperature),
+            top_k=top_k,
+            eos_token_ids=eos_token_ids,
+            pad_token_id=pad_token_id,
+            use_cache=use_cache is not False,
+        )
+
+    def _decode(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        generator: torch.Generator | None,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        eos_token_ids: list[int],
+        pad_token_id: int,
+        use_cache: bool,
+    ) -> torch.LongTensor:
+        """The book's `generate` loop with a KV cache. Shapes: sequences and mask [batch, tokens so far]."""
+        context_length = self.config.context_length
+        sequences = input_ids
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.dtype)
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        eos = torch.tensor(eos_token_ids, device=input_ids.device)
+        cache, cache_length, step_ids = None, 0, None
+        for _ in range(max_new_tokens):
+            if not use_cache or cache is None or cache_length >= context_length:
+                # (Re)start from the last context_length tokens: cached keys past the window would carry
+                # positions the model does not have, so the cache starts over there, as the book's crop does.
+                cache = DynamicCache(config=self.config) if use_cache else None
+                step_ids = sequences[:, -context_length:]
+                window_mask = mask[:, -context_length:]
+            else:
+                window_mask = mask[:, -(cache_length + 1) :]
+            outputs = self(
+                step_ids, attention_mask=window_mask, past_key_values=cache, use_cache=use_cache, logits_to_keep=1
+            )
+            cache_length = window_mask.shape[1]
+            logits = outputs.logits[:, -1, :].float()  # [batch, vocab]
+            if top_k is not None:
+                kth_largest = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                next_token = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+            else:
+                next_token = logits.argmax(dim=-1)
+            next_token = torch.where(finished, torch.full_like(next_token, pad_token_id), next_token)
+            sequences = torch.cat([sequences, next_token[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(next_token)[:, None]], dim=1)
+            step_ids = next_token[:, None]
+            finished |= torch.isin(next_token, eos)
+            if bool(finished.all()):
+                break
+        return sequences
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tokenizer: GPT-2's byte-level BPE through transformers' fast tokenizer, and the book's two helpers.
+
+
+def gpt2_tokenizer_from_openai_files(directory: str | os.PathLike) -> GPT2Tokenizer:
+    """GPT-2's tokenizer from OpenAI's `encoder.json` and `vocab.bpe` (as shipped beside every GPT-2 checkpoint)."""
+    directory = Path(directory)
+    with open(directory / "encoder.json", encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(directory / "vocab.bpe", encoding="utf-8") as f:
+        # The first line is a version header ("#version: 0.2"), then one merge "left right" per line.
+        merges = [tuple(line.split()) for line in f.read().split("\n")[1:] if line.strip()]
+    return GPT2Tokenizer(vocab=vocab, merges=merges)
+
+
+def load_tokenizer(source: str | os.PathLike = "gpt2") -> PreTrainedTokenizerBase:
+    """GPT-2's byte-level BPE tokenizer from a directory of OpenAI's files, a saved tokenizer directory, or a hub name.
+
+    Offline, a hub name fails with an error that says to pass a local directory instead.
+    """
+    path = Path(source)
+    if (path / "encoder.json").is_file() and (path / "vocab.bpe").is_file():
+        return gpt2_tokenizer_from_openai_files(path)
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(path)
+    if path.exists() or os.sep in str(source) or str(source).startswith("."):
+        raise FileNotFoundError(
+            f"tokenizer {str(source)!r} is not a directory holding encoder.json + vocab.bpe or a saved tokenizer"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except OSError as error:
+        raise OSError(
+            f"could not load tokenizer {str(source)!r} from the Hugging Face Hub ({type(error).__name__}). "
+            "Offline, pass a local directory instead: one holding OpenAI's encoder.json and vocab.bpe, "
+            "or one written by tokenizer.save_pretrained"
+        ) from error
+
+
+def text_to_token_ids(text: str, tokenizer: Any) -> torch.Tensor:
+    """The book's helper: text -> token IDs of shape [1, tokens] (HF tokenizers and tiktoken both work)."""
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    else:
+        ids = tokenizer.encode(text, allowed_special={"<|endoftext|>"})
+    return torch.tensor(ids, dtype=torch.long).unsqueeze(0)
+
+
+def token_ids_to_text(token_ids: torch.Tensor, tokenizer: Any) -> str:
+    """The book's helper: token IDs of shape [1, tokens] or [tokens] -> text."""
+    return tokenizer.decode(token_ids.squeeze(0).tolist())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Auto classes: importing this file makes AutoConfig / AutoModel / AutoModelForCausalLM know "gptscratch", and
+# save_pretrained copies this file beside the weights.
+
+AutoConfig.register(GPTScratchConfig.model_type, GPTScratchConfig, exist_ok=True)
+AutoModel.register(GPTScratchConfig, GPTScratchModel, exist_ok=True)
+AutoModelForCausalLM.register(GPTScratchConfig, GPTScratchForCausalLM, exist_ok=True)
+GPTScratchConfig.register_for_auto_class()
+GPTScratchModel.register_for_auto_class("AutoModel")
+GPTScratchForCausalLM.register_for_auto_class("AutoModelForCausalLM")
