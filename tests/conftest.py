@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny models, and the optional ../shared/data files (tests that need them skip without them)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# Tests must never reach the network; transformers and datasets fail at once instead of retrying.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM  # noqa: E402
+
+
+def shared_file(relative: str) -> Path:
+    """A file under ../shared/data, or a clean skip where that folder is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"{path} is absent (tests that need ../shared/data skip without it)")
+    return path
+
+
+@pytest.fixture
+def gpt2_bpe_dir() -> Path:
+    """OpenAI's encoder.json + vocab.bpe."""
+    return shared_file("gpt2-bpe")
+
+
+@pytest.fixture
+def verdict_text() -> str:
+    """The book's corpus, "The Verdict"."""
+    return shared_file("the-verdict.txt").read_text(encoding="utf-8")
+
+
+def tiny_config(**overrides) -> GPTScratchConfig:
+    """A config small enough for many forward passes per test: 2 layers, 32 dims, vocab 97."""
+    values = dict(
+        vocab_size=97, context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0,
+        qkv_bias=True, bos_token_id=None, eos_token_id=None,
+    )
+    values.update(overrides)
+    return GPTScratchConfig(**values)
+
+
+@pytest.fixture
+def tiny_model() -> GPTScratchForCausalLM:
+    torch.manual_seed(0)
+    return GPTScratchForCausalLM(tiny_config()).eval()
+
+
+def run_without_project(code: str, cwd: Path, timeout: int = 300) -> "subprocess.CompletedProcess[str]":
+    """Runs Python code in a fresh interpreter that cannot import this project (not installed, not on sys.path)."""
+    import subprocess
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    # -I: isolated mode, so neither the working directory nor user site-packages lands on sys.path; the editable
+    # install's finder is hidden by dropping every sys.path entry that resolves into this repository.
+    prelude = (
+        "import os, sys\n"
+        f"repo = {str(REPO_ROOT)!r}\n"
+        "sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != repo]\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]\n"
+        "for name in ('modeling_gptscratch', 'train', 'convert'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit(f'project module {name} is importable; the test would prove nothing')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-I", "-c", prelude + code], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
