@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,7 @@ class CausalSelfAttention(nn.Module):
         # One matmul for queries, keys and values (the book's W_query, W_key, W_value side by side).
         self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
         self.out_proj = nn.Linear(config.emb_dim, config.emb_dim)
+        self.out_proj.is_residual_projection = True
 
     def forward(
         self,
@@ -163,6 +166,7 @@ class FeedForward(nn.Module):
             nn.GELU(approximate="tanh"),
             nn.Linear(4 * config.emb_dim, config.emb_dim),
         )
+        self.layers[2].is_residual_projection = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -205,10 +209,10 @@ class GPTScratchPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2's initialisation: normal(0, 0.02); residual output projections scaled by 1/sqrt(2 * n_layers)."""
         super()._init_weights(module)
-        if isinstance(module, (CausalSelfAttention, FeedForward)):
-            residual_projection = module.out_proj if isinstance(module, CausalSelfAttention) else module.layers[2]
+        # The flag sits on the Linear itself: transformers skips custom modules that hold no parameters directly.
+        if getattr(module, "is_residual_projection", False):
             std = self.config.initializer_range / (2 * self.config.n_layers) ** 0.5
-            init.normal_(residual_projection.weight, mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
 
 
 def _attention_mask_for_sdpa(
@@ -518,6 +522,19 @@ def gpt2_tokenizer_from_openai_files(directory: str | os.PathLike) -> GPT2Tokeni
     return GPT2Tokenizer(vocab=vocab, merges=merges)
 
 
+HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def can_reach(url: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to `url`'s host opens within `timeout` seconds (False at once without DNS)."""
+    parsed = urllib.parse.urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def load_tokenizer(source: str | os.PathLike = "gpt2") -> PreTrainedTokenizerBase:
     """GPT-2's byte-level BPE tokenizer from a directory of OpenAI's files, a saved tokenizer directory, or a hub name.
 
@@ -528,17 +545,20 @@ def load_tokenizer(source: str | os.PathLike = "gpt2") -> PreTrainedTokenizerBas
         return gpt2_tokenizer_from_openai_files(path)
     if path.is_dir():
         return AutoTokenizer.from_pretrained(path)
-    if path.exists() or os.sep in str(source) or str(source).startswith("."):
+    # A hub id is "name" or "namespace/name"; anything else that names no directory is a wrong local path.
+    if path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
         raise FileNotFoundError(
             f"tokenizer {str(source)!r} is not a directory holding encoder.json + vocab.bpe or a saved tokenizer"
         )
+    reachable = can_reach(HF_ENDPOINT)
     try:
-        return AutoTokenizer.from_pretrained(str(source))
+        # Offline, use only the local cache: the hub client would otherwise retry for about a minute.
+        return AutoTokenizer.from_pretrained(str(source), local_files_only=not reachable)
     except OSError as error:
+        reason = str(error).splitlines()[0] if reachable else "the Hugging Face Hub is unreachable (offline?)"
         raise OSError(
-            f"could not load tokenizer {str(source)!r} from the Hugging Face Hub ({type(error).__name__}). "
-            "Offline, pass a local directory instead: one holding OpenAI's encoder.json and vocab.bpe, "
-            "or one written by tokenizer.save_pretrained"
+            f"could not load tokenizer {str(source)!r}: {reason}. Pass a local directory instead: one holding "
+            "OpenAI's encoder.json and vocab.bpe, or one written by tokenizer.save_pretrained"
         ) from error
 
 
