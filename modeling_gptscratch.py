@@ -268,6 +268,7 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         """input_ids: [batch, tokens] -> last_hidden_state: [batch, tokens, emb_dim].
@@ -277,6 +278,12 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         """
         if input_ids is None or input_ids.dim() != 2:
             raise ValueError("input_ids must be a [batch, tokens] tensor of token IDs")
+        for unsupported in ("output_attentions", "inputs_embeds"):
+            if kwargs.get(unsupported) is not None and kwargs.get(unsupported) is not False:
+                raise ValueError(f"{unsupported} is not supported by GPTScratchModel (SDPA computes no weights to "
+                                 "return; embeddings come from input_ids)")
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         batch, tokens = input_ids.shape
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
@@ -301,11 +308,19 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
 
         hidden_states = self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(position_ids))
         attn_mask, is_causal = _attention_mask_for_sdpa(attention_mask, past_length, tokens)
+        # As GPT-2: the input of every block, then the final normalised output (n_layers + 1 entries).
+        all_hidden_states = () if output_hidden_states else None
         for block in self.trf_blocks:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
             hidden_states = block(hidden_states, attn_mask, is_causal, past_key_values=past_key_values)
+        hidden_states = self.final_norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
         return BaseModelOutputWithPast(
-            last_hidden_state=self.final_norm(hidden_states),
+            last_hidden_state=hidden_states,
             past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
         )
 
 
@@ -350,6 +365,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
+            **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep:
@@ -360,7 +376,9 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits, labels, vocab_size=self.config.vocab_size, num_items_in_batch=kwargs.get("num_items_in_batch")
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
 
     # Arguments the simple decoding loop below implements; any other goes to GenerationMixin.generate.
     _SIMPLE_GENERATE_ARGS = frozenset(

@@ -450,3 +450,19 @@ def test_text_generation_pipeline_works(tmp_path):
     ids = torch.tensor([tokenizer.encode(prompt)])
     expected = tokenizer.decode(model.generate(ids, max_new_tokens=6, temperature=0)[0])
     assert text == expected and text.startswith(prompt)
+
+
+def test_hidden_states_follow_gpt2s_convention(tiny_model):
+    ids = random_ids(2, 7)
+    out = tiny_model(ids, output_hidden_states=True)
+    assert len(out.hidden_states) == tiny_model.config.n_layers + 1
+    embeddings = tiny_model.model.tok_emb(ids) + tiny_model.model.pos_emb(torch.arange(7))
+    torch.testing.assert_close(out.hidden_states[0], embeddings)
+    torch.testing.assert_close(out.hidden_states[-1], tiny_model.model(ids).last_hidden_state)
+    assert tiny_model(ids).hidden_states is None
+
+
+@pytest.mark.parametrize("option", ["output_attentions", "inputs_embeds"])
+def test_unsupported_forward_options_are_refused_not_ignored(tiny_model, option):
+    with pytest.raises(ValueError, match=f"{option} is not supported"):
+        tiny_model(random_ids(1, 4), **{option: True if option == "output_attentions" else torch.zeros(1, 4, 32)})
