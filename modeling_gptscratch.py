@@ -382,7 +382,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
 
     # Arguments the simple decoding loop below implements; any other goes to GenerationMixin.generate.
     _SIMPLE_GENERATE_ARGS = frozenset(
-        {"max_new_tokens", "temperature", "top_k", "do_sample", "eos_token_id", "pad_token_id", "use_cache"}
+        {"max_new_tokens", "temperature", "top_k", "do_sample", "eos_token_id", "pad_token_id", "use_cache", "streamer"}
     )
 
     @torch.no_grad()
@@ -402,10 +402,12 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         and decoding goes on past the window. Keys and values are cached, so each new token costs one token's
         forward pass while the window lasts; past it, every step re-reads the last `context_length` tokens.
 
-        Unset arguments come from `model.generation_config` (greedy, 20 new tokens, eos 50256 by default).
-        Sampling is reproducible with `generator=torch.Generator().manual_seed(s)` or `torch.manual_seed(s)`.
-        Any other option (num_beams, top_p, repetition_penalty, streamer, generation_config, ...) is handed to
-        transformers' `GenerationMixin.generate`, which runs through this model's forward and KV cache.
+        Unset arguments come from `model.generation_config` (greedy, 20 new tokens, eos 50256 by default;
+        `eos_token_id=[]` decodes to the length limit). Sampling is reproducible with
+        `generator=torch.Generator().manual_seed(s)` or `torch.manual_seed(s)`. A `streamer` (transformers'
+        `TextStreamer`, batch 1) receives the prompt, then each new token as it is chosen, then `end()`.
+        Any other option (num_beams, top_p, repetition_penalty, generation_config, ...) is handed to transformers'
+        `GenerationMixin.generate`, which runs through this model's forward and KV cache within the window.
         """
         if input_ids is None or input_ids.dim() != 2:
             raise ValueError("input_ids must be a [batch, tokens] tensor of token IDs")
@@ -445,6 +447,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
         use_cache: bool | None = None,
+        streamer: Any = None,
     ) -> dict[str, Any]:
         """Fills unset decoding arguments from `self.generation_config`."""
         defaults = self.generation_config
@@ -472,6 +475,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
             eos_token_ids=eos_token_ids,
             pad_token_id=pad_token_id,
             use_cache=use_cache is not False,
+            streamer=streamer,
         )
 
     def _decode(
@@ -485,14 +489,17 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         eos_token_ids: list[int],
         pad_token_id: int,
         use_cache: bool,
+        streamer: Any,
     ) -> torch.LongTensor:
         """The book's `generate` loop with a KV cache. Shapes: sequences and mask [batch, tokens so far]."""
         context_length = self.config.context_length
         sequences = input_ids
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.dtype)
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        eos = torch.tensor(eos_token_ids, device=input_ids.device)
+        eos = torch.tensor(eos_token_ids, dtype=torch.long, device=input_ids.device)
         cache, cache_length, step_ids = None, 0, None
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
         for _ in range(max_new_tokens):
             if not use_cache or cache is None or cache_length >= context_length:
                 # (Re)start from the last context_length tokens: cached keys past the window would carry
@@ -519,9 +526,13 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
             sequences = torch.cat([sequences, next_token[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(next_token)[:, None]], dim=1)
             step_ids = next_token[:, None]
+            if streamer is not None:
+                streamer.put(next_token.cpu())
             finished |= torch.isin(next_token, eos)
             if bool(finished.all()):
                 break
+        if streamer is not None:
+            streamer.end()
         return sequences
 
 

@@ -11,9 +11,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM, load_tokenizer
+from safetensors import SafetensorError
 from transformers import PreTrainedTokenizerBase
 
 from convert.commands import UsageError
+
+
+def check_output_directory(target: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The absolute `target` if a model directory may be written there, else a UsageError; writes nothing.
+
+    `atomic_directory` checks this too; a command that reads for minutes before writing calls it first as well,
+    so a refused output is reported before that work instead of after it.
+    """
+    target = Path(target).absolute()
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"output {target} exists and is not a directory; choose another path")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise UsageError(f"output directory {target} exists and is not empty; pass --overwrite or choose another")
+    return target
 
 
 @contextlib.contextmanager
@@ -23,11 +38,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     A crash or error leaves `target` as it was (absent, or the previous good version) and removes the temporary.
     An existing non-empty `target` is refused unless `overwrite`, in which case it is replaced at the end.
     """
-    target = Path(target).absolute()
-    if target.exists() and not target.is_dir():
-        raise UsageError(f"output {target} exists and is not a directory; choose another path")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise UsageError(f"output directory {target} exists and is not empty; pass --overwrite or choose another")
+    target = check_output_directory(target, overwrite)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -35,6 +46,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         raise UsageError(f"cannot write to {target.parent}: {error.strerror}; choose a writable location") from error
     try:
         yield staging
+        _give_default_permissions(staging)
         if target.exists():
             # Two renames: the old version is moved aside before the new one takes its name.
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -45,6 +57,18 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
             os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _give_default_permissions(staging: Path) -> None:
+    """Gives the staged tree the modes a plain mkdir/open would (0777/0666 less the umask) instead of mkdtemp's
+    private 0700 and the 0600 of writers that go through temporary files: outputs are there to be read.
+    A .git folder keeps the modes git chose."""
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    for path in staging.rglob("*"):
+        if ".git" not in path.relative_to(staging).parts and not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def save_model_directory(
@@ -81,7 +105,12 @@ def load_model_directory(
         raise UsageError(
             f"{directory} holds a {model_type!r} model, not a gptscratch one; pass a directory written by gptscratch"
         )
-    model = GPTScratchForCausalLM.from_pretrained(directory, **from_pretrained_kwargs)
+    try:
+        model = GPTScratchForCausalLM.from_pretrained(directory, **from_pretrained_kwargs)
+    except (OSError, ValueError, SafetensorError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"cannot load the model in {directory} ({first_line}); the weights are missing or damaged, "
+                         "save or convert the model again") from error
     try:
         tokenizer = load_tokenizer(directory)
     except (OSError, ValueError) as error:
