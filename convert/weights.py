@@ -1,0 +1,132 @@
+"""What the two converters share: shape checks against a config, the output dtype, the tokenizer, and a model built
+from converted tensors without initialising random weights first.
+
+torch and transformers are imported inside the functions that use them, never at the top: the converters check
+paths, files and shapes first, so bad input is reported in a fraction of a second instead of after the ~5 s those
+imports take.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from convert.commands import UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (library errors often run to many lines), or its type's name."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def check_dtype(dtype: str) -> str:
+    """`dtype` if it names a supported output dtype, else a UsageError."""
+    if dtype not in DTYPES:
+        raise UsageError(f"dtype {dtype!r} is not supported; pass --dtype with one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def check_shapes(
+    found: Mapping[str, Sequence[int]],
+    expected: Mapping[str, Sequence[int]],
+    source: str,
+    described_by: str,
+    fix: str,
+) -> None:
+    """Compares a checkpoint's tensor shapes with those its config implies; any difference is a UsageError.
+
+    The message names the first missing, unexpected or mis-shaped tensor with both shapes, then how many other
+    problems there are, then `fix`. `source` names the checkpoint and `described_by` the config, as the user knows them.
+    """
+    problems = []
+    for name, shape in expected.items():
+        if name not in found:
+            problems.append(f"{source} lacks {name} (shape {list(shape)}), which {described_by} implies")
+        elif list(found[name]) != list(shape):
+            problems.append(
+                f"{name} has shape {list(found[name])} in {source} but {described_by} implies {list(shape)}"
+            )
+    problems += [
+        f"{source} holds {name} (shape {list(shape)}), which {described_by} does not describe"
+        for name, shape in found.items()
+        if name not in expected
+    ]
+    if problems:
+        more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
+        raise UsageError(f"{problems[0]}{more}; {fix}")
+
+
+def load_checkpoint_tokenizer(
+    directory: str | os.PathLike, vocab_size: int, context_length: int
+) -> PreTrainedTokenizerBase:
+    """GPT-2's tokenizer from `directory` (OpenAI's encoder.json + vocab.bpe, or a saved tokenizer), its
+    `model_max_length` set to the model's `context_length`, as in the hub's gpt2 tokenizer (so truncation and the
+    too-long warning work).
+
+    A tokenizer with more tokens than the model's `vocab_size` embedding rows is a UsageError: its highest IDs
+    would index past the embedding.
+    """
+    from modeling_gptscratch import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(directory)
+    except (OSError, ValueError) as error:
+        # json.JSONDecodeError and UnicodeDecodeError are ValueErrors: a damaged encoder.json lands here.
+        raise UsageError(
+            f"cannot read a tokenizer from {directory} ({first_line(error)}); it needs OpenAI's encoder.json and "
+            "vocab.bpe"
+        ) from error
+    if len(tokenizer) > vocab_size:
+        raise UsageError(
+            f"the tokenizer in {directory} has {len(tokenizer)} tokens but the model's embedding has {vocab_size} "
+            "rows; pass the tokenizer the model was trained with"
+        )
+    tokenizer.model_max_length = context_length
+    return tokenizer
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a name in DTYPES."""
+    import torch
+
+    return getattr(torch, check_dtype(name))
+
+
+def assemble_model(
+    config: GPTScratchConfig, tensors: Iterable[tuple[str, torch.Tensor]]
+) -> GPTScratchForCausalLM:
+    """A GPTScratchForCausalLM in eval mode whose parameters are exactly `tensors`, given as (parameter name, tensor).
+
+    The model is built on the meta device, so no random weights are allocated, and each tensor becomes its
+    parameter without a copy: peak memory is the model's size plus the tensor being converted. `tensors` is
+    consumed under a progress bar (a lazy iterator reads the checkpoint one tensor at a time). When
+    `config.tie_word_embeddings`, `out_head.weight` is left out of `tensors` and tied to `model.tok_emb.weight`.
+    The names and shapes must already have been checked (`check_shapes`); a mismatch here is a converter bug.
+    """
+    import torch
+
+    from modeling_gptscratch import GPTScratchForCausalLM
+
+    with torch.device("meta"):
+        model = GPTScratchForCausalLM(config)
+    tied = {"out_head.weight"} if config.tie_word_embeddings else set()
+    total = len(model.state_dict()) - len(tied)
+    state_dict = dict(tqdm(tensors, total=total, desc="converting", unit="tensor"))
+    loaded = model.load_state_dict(state_dict, strict=False, assign=True)
+    if set(loaded.missing_keys) != tied or loaded.unexpected_keys:
+        raise RuntimeError(
+            f"converter bug: missing {sorted(set(loaded.missing_keys) - tied)}, unexpected {loaded.unexpected_keys}"
+        )
+    model.tie_weights()
+    return model.eval()

@@ -1,0 +1,677 @@
+"""Conversion into model directories: OpenAI's GPT-2 TensorFlow checkpoints and the book's model.pth files.
+
+Equivalence is checked against independent references: transformers' GPT2LMHeadModel given the same arrays (its
+Conv1D weights keep TensorFlow's [in, out] layout), the book's own GPTModel, and tiktoken for the tokenizer. The
+checkpoints are built with TensorFlow in exactly OpenAI's layout; they are shared per module because TensorFlow
+alone takes seconds to import.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED_DATA
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+from convert.book_checkpoint import convert_book_checkpoint
+from convert.cli import main as cli_main
+from convert.commands import UsageError
+from convert.openai_checkpoint import (
+    CHECKPOINT_FILES,
+    convert_openai_checkpoint,
+    download_and_convert_openai_checkpoint,
+    download_openai_checkpoint,
+)
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+DATA_FILE = "model.ckpt.data-00000-of-00001"
+
+
+# --- builders: a BPE pair, OpenAI-layout checkpoints, the references --------------------------------------------------
+
+
+def write_tiny_bpe(directory: Path) -> Path:
+    """A valid GPT-2 style encoder.json + vocab.bpe: the 256 byte symbols in GPT-2's order, 4 merges, <|endoftext|>."""
+    # GPT-2's byte-to-symbol table: printable bytes other than space stand for themselves, the rest become
+    # chr(256 + n) in byte order (so the space byte is "Ġ").
+    symbols = [chr(b) for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    symbols += [chr(256 + n) for n in range(256 - len(symbols))]
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n")]
+    tokens = symbols + [left + right for left, right in merges] + ["<|endoftext|>"]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "encoder.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}), encoding="utf-8")
+    (directory / "vocab.bpe").write_text(
+        "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges), encoding="utf-8"
+    )
+    return directory
+
+
+def tiktoken_reference(bpe_dir: Path):
+    """GPT-2's encoding rebuilt offline by tiktoken from the same two files: an implementation independent of ours."""
+    import tiktoken
+    import tiktoken.load
+
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(bpe_dir / "vocab.bpe"), str(bpe_dir / "encoder.json"))
+    return tiktoken.Encoding("gpt2-reference", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": len(ranks)})
+
+
+def random_openai_arrays(hparams: dict[str, int], seed: int = 0, scale: float = 0.1) -> dict[str, np.ndarray]:
+    """Random float32 arrays under OpenAI's variable names and shapes (1x1 convolutions are [1, in, out]): normal
+    with standard deviation `scale`, LayerNorm gains around 1."""
+    e = hparams["n_embd"]
+    shapes = {"model/wte": (hparams["n_vocab"], e), "model/wpe": (hparams["n_ctx"], e)}
+    for i in range(hparams["n_layer"]):
+        shapes |= {
+            f"model/h{i}/ln_1/g": (e,), f"model/h{i}/ln_1/b": (e,),
+            f"model/h{i}/attn/c_attn/w": (1, e, 3 * e), f"model/h{i}/attn/c_attn/b": (3 * e,),
+            f"model/h{i}/attn/c_proj/w": (1, e, e), f"model/h{i}/attn/c_proj/b": (e,),
+            f"model/h{i}/ln_2/g": (e,), f"model/h{i}/ln_2/b": (e,),
+            f"model/h{i}/mlp/c_fc/w": (1, e, 4 * e), f"model/h{i}/mlp/c_fc/b": (4 * e,),
+            f"model/h{i}/mlp/c_proj/w": (1, 4 * e, e), f"model/h{i}/mlp/c_proj/b": (e,),
+        }
+    shapes |= {"model/ln_f/g": (e,), "model/ln_f/b": (e,)}
+    rng = np.random.default_rng(seed)
+    arrays = {name: rng.standard_normal(shape, dtype=np.float32) * np.float32(scale) for name, shape in shapes.items()}
+    for name, array in arrays.items():
+        if name.endswith("/g"):
+            array += 1
+    return arrays
+
+
+def write_openai_checkpoint(directory: Path, hparams: dict[str, int], arrays: dict[str, np.ndarray],
+                            bpe_dir: Path) -> Path:
+    """OpenAI's seven files, the checkpoint saved by TensorFlow 1's Saver as OpenAI's was."""
+    import tensorflow as tf
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with tf.Graph().as_default():
+        variables = {name: tf.compat.v1.Variable(tf.zeros(array.shape), name=name) for name, array in arrays.items()}
+        saver = tf.compat.v1.train.Saver(save_relative_paths=True)
+        with tf.compat.v1.Session() as session:
+            for name, variable in variables.items():
+                # Feeding the values keeps them out of the graph, so model.ckpt.meta stays small, like OpenAI's.
+                session.run(variable.initializer, feed_dict={variable.initial_value: arrays[name]})
+            saver.save(session, str(directory / "model.ckpt"))
+    (directory / "hparams.json").write_text(json.dumps(hparams))
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(bpe_dir / name, directory / name)
+    return directory
+
+
+def gpt2_reference(hparams: dict[str, int], arrays: dict[str, np.ndarray]) -> GPT2LMHeadModel:
+    """transformers' GPT-2 holding `arrays`: names translated by rule, Conv1D weights in TensorFlow's [in, out]."""
+    config = GPT2Config(
+        vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"], n_embd=hparams["n_embd"],
+        n_layer=hparams["n_layer"], n_head=hparams["n_head"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    model = GPT2LMHeadModel(config)
+    suffixes = {"g": "weight", "b": "bias", "w": "weight"}
+    state_dict = {}
+    for name, array in arrays.items():
+        parts = name.split("/")[1:]  # "model/h3/attn/c_attn/w" -> ["h3", "attn", "c_attn", "w"]
+        if parts[0].startswith("h") and parts[0][1:].isdigit():
+            parts[0:1] = ["h", parts[0][1:]]
+        parts[-1] = suffixes.get(parts[-1], f"{parts[-1]}.weight")  # wte, wpe are modules of their own
+        tensor = torch.from_numpy(array)
+        state_dict["transformer." + ".".join(parts)] = tensor[0] if tensor.dim() == 3 else tensor
+    loaded = model.load_state_dict(state_dict, strict=False)
+    assert not loaded.unexpected_keys and set(loaded.missing_keys) <= {"lm_head.weight"}, loaded
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied, as OpenAI's head is
+    return model.eval()
+
+
+def random_ids(vocab_size: int, tokens: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab_size, (batch, tokens), generator=torch.Generator().manual_seed(seed))
+
+
+def load_converted(directory: Path):
+    return AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True).eval()
+
+
+def safetensors_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            tensors |= {name: f.get_tensor(name) for name in f.keys()}
+    return tensors
+
+
+def run_cli(*args, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "convert", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *names: str) -> None:
+    """Exit status 2 and a single stderr line, `gptscratch-convert: error: ...`, naming each of `names`."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gptscratch-convert: error: "), result.stderr
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+
+
+def entries(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
+
+
+# --- fixtures --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    directory: Path
+    hparams: dict[str, int]
+    arrays: dict[str, np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(tmp_path_factory) -> Path:
+    """OpenAI's encoder.json + vocab.bpe from ../shared/data, or a tiny valid pair where that folder is absent."""
+    shared = SHARED_DATA / "gpt2-bpe"
+    return shared if shared.is_dir() else write_tiny_bpe(tmp_path_factory.mktemp("tiny-bpe"))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, bpe_dir) -> Checkpoint:
+    """A 2-layer, 32-dim OpenAI-layout checkpoint whose vocabulary is the BPE pair's."""
+    pytest.importorskip("tensorflow")
+    n_vocab = len(json.loads((bpe_dir / "encoder.json").read_text(encoding="utf-8")))
+    hparams = dict(n_vocab=n_vocab, n_ctx=32, n_embd=32, n_head=4, n_layer=2)
+    # Scale 0.1 rather than GPT-2's 0.02: a mapping mistake then moves the logits far beyond the tolerance.
+    arrays = random_openai_arrays(hparams, scale=0.1)
+    return Checkpoint(write_openai_checkpoint(tmp_path_factory.mktemp("small") / "124M", hparams, arrays, bpe_dir),
+                      hparams, arrays)
+
+
+@pytest.fixture(scope="module")
+def converted(small, tmp_path_factory) -> Path:
+    return convert_openai_checkpoint(small.directory, tmp_path_factory.mktemp("converted") / "gpt2-small")
+
+
+@pytest.fixture(scope="module")
+def reference(small) -> GPT2LMHeadModel:
+    return gpt2_reference(small.hparams, small.arrays)
+
+
+# --- OpenAI checkpoints ----------------------------------------------------------------------------------------------
+
+
+def test_openai_checkpoint_logits_match_gpt2lmheadmodel(small, converted, reference):
+    ids = random_ids(small.hparams["n_vocab"], small.hparams["n_ctx"])
+    with torch.no_grad():
+        ours, theirs = load_converted(converted)(ids).logits, reference(ids).logits
+    assert theirs.std() > 0.5  # logits large enough that a wrong mapping could not pass as rounding
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_converted_directory_is_a_complete_model_directory(small, converted, bpe_dir):
+    config = json.loads((converted / "config.json").read_text())
+    assert config["model_type"] == "gptscratch" and "AutoModelForCausalLM" in config["auto_map"]
+    hparams = small.hparams
+    assert (config["vocab_size"], config["context_length"], config["emb_dim"], config["n_heads"],
+            config["n_layers"]) == (hparams["n_vocab"], hparams["n_ctx"], hparams["n_embd"], hparams["n_head"],
+                                    hparams["n_layer"])
+    assert config["drop_rate"] == 0.0 and config["qkv_bias"] is True and config["tie_word_embeddings"] is True
+    assert config["dtype"] == "float32"
+    end_of_text = json.loads((bpe_dir / "encoder.json").read_text(encoding="utf-8"))["<|endoftext|>"]
+    assert json.loads((converted / "generation_config.json").read_text())["eos_token_id"] == end_of_text
+    if bpe_dir == SHARED_DATA / "gpt2-bpe":
+        assert end_of_text == 50256
+    assert (converted / "modeling_gptscratch.py").is_file()
+    assert json.loads((converted / "tokenizer_config.json").read_text())["model_max_length"] == hparams["n_ctx"]
+    tensors = safetensors_tensors(converted)
+    # One tensor per OpenAI variable; the tied head is stored once, as the token embedding.
+    assert len(tensors) == len(small.arrays) and "out_head.weight" not in tensors
+    torch.testing.assert_close(tensors["model.trf_blocks.1.att.qkv.weight"],
+                               torch.from_numpy(small.arrays["model/h1/attn/c_attn/w"][0].T), rtol=0, atol=0)
+    assert entries(converted.parent) == [converted.name]  # no temporary sibling left behind
+
+
+def test_converted_directory_loads_with_auto_classes_and_generates_like_gpt2(converted, reference):
+    tokenizer = AutoTokenizer.from_pretrained(converted)
+    model = load_converted(converted)
+    prompt = tokenizer("Every effort moves you", return_tensors="pt").input_ids
+    ours = model.generate(prompt, max_new_tokens=8, temperature=0)
+    theirs = reference.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=model.config.eos_token_id,
+                                pad_token_id=model.config.eos_token_id)
+    assert ours.shape[1] > prompt.shape[1]
+    assert ours.tolist() == theirs.tolist()
+    assert tokenizer.decode(ours[0]).startswith("Every effort moves you")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_dtype_casts_every_tensor(small, converted, tmp_path, dtype):
+    out = convert_openai_checkpoint(small.directory, tmp_path / "out", dtype=dtype)
+    assert json.loads((out / "config.json").read_text())["dtype"] == dtype
+    ours, full = safetensors_tensors(out), safetensors_tensors(converted)
+    assert ours.keys() == full.keys()
+    for name, tensor in ours.items():
+        assert torch.equal(tensor, full[name].to(getattr(torch, dtype))), name
+    assert load_converted(out).dtype == getattr(torch, dtype)
+
+
+def test_weights_are_sharded_past_max_shard_size(small, converted, tmp_path):
+    out = convert_openai_checkpoint(small.directory, tmp_path / "out", max_shard_size="100KB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    ids = random_ids(small.hparams["n_vocab"], 8)
+    with torch.no_grad():
+        torch.testing.assert_close(load_converted(out)(ids).logits, load_converted(converted)(ids).logits,
+                                   rtol=0, atol=0)
+
+
+def test_overwrite_replaces_a_non_empty_output(small, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")
+    with pytest.raises(UsageError, match="pass --overwrite"):
+        convert_openai_checkpoint(small.directory, out)
+    assert entries(out) == ["stale.txt"]
+    convert_openai_checkpoint(small.directory, out, overwrite=True)
+    assert "stale.txt" not in entries(out) and (out / "config.json").is_file()
+    assert entries(tmp_path) == ["out"]
+
+
+def test_hparams_describing_another_model_name_the_variable(small, tmp_path):
+    """More layers in hparams.json than in the checkpoint: the first missing variable is named (in-process)."""
+    directory = shutil.copytree(small.directory, tmp_path / "ckpt")
+    (directory / "hparams.json").write_text(json.dumps(small.hparams | {"n_layer": 3}))
+    with pytest.raises(UsageError, match=r"lacks model/h2/ln_1/g \(shape \[32\]\).*n_layer=3.*and 11 more"):
+        convert_openai_checkpoint(directory, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unexpected_variable_is_refused(small, bpe_dir, tmp_path):
+    arrays = small.arrays | {"model/h0/attn/extra": np.zeros(3, np.float32)}
+    directory = write_openai_checkpoint(tmp_path / "ckpt", small.hparams, arrays, bpe_dir)
+    with pytest.raises(UsageError, match=r"holds model/h0/attn/extra \(shape \[3\]\)"):
+        convert_openai_checkpoint(directory, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# --- tokenizer -------------------------------------------------------------------------------------------------------
+
+
+TOKENIZER_CASES = [
+    "Hello, world",
+    "naïve café, Ünïcödé — “quotes” ‘single’ … 日本語のテキスト 😀🤖, Ελληνικά, русский",
+    "  two leading spaces, trailing spaces   ",
+    "tabs\tand\nnewlines\n\n\r\n and \u00a0 non-breaking \u2003 em spaces",
+    "   \n\n   ",
+    "<|endoftext|>",
+    "one document<|endoftext|>the next<|endoftext|> <|endoftext|>\n",
+    "numbers 1234567 3.14159 and contractions: it's we're they've I'm you'll he'd",
+]
+
+
+def test_converted_tokenizer_ids_equal_gpt2(gpt2_bpe_dir, verdict_text, converted, bpe_dir):
+    assert bpe_dir == gpt2_bpe_dir  # the converted directory was built from OpenAI's files
+    tokenizer = AutoTokenizer.from_pretrained(converted)
+    reference = tiktoken_reference(gpt2_bpe_dir)
+    assert tokenizer.encode("Hello, world") == [15496, 11, 995]  # GPT-2's published IDs
+    assert tokenizer.encode("<|endoftext|>") == [50256] and len(tokenizer) == 50257
+    for text in [verdict_text, *TOKENIZER_CASES]:
+        ids = tokenizer.encode(text)
+        assert ids == reference.encode(text, allowed_special="all"), text[:60]
+        assert tokenizer.decode(ids) == text
+
+
+# --- the book's checkpoints ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "file_name, qkv_bias, tied", [("model.pth", False, False), ("model_and_optimizer.pth", True, True)]
+)
+def test_book_checkpoint_logits_match_the_books_model(bpe_dir, tmp_path, file_name, qkv_bias, tied):
+    from llms_from_scratch.ch04 import GPTModel
+
+    vocab_size = len(json.loads((bpe_dir / "encoder.json").read_text(encoding="utf-8")))
+    book_config = dict(vocab_size=vocab_size, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.1,
+                       qkv_bias=qkv_bias)
+    torch.manual_seed(0)
+    book = GPTModel(book_config)
+    optimizer = torch.optim.AdamW(book.parameters(), lr=4e-4, weight_decay=0.1)
+    book(random_ids(vocab_size, 8)).sum().backward()
+    optimizer.step()  # the optimizer state a model_and_optimizer.pth carries
+    with torch.no_grad():
+        for parameter in book.parameters():  # the book initialises norms to 1/0: move every tensor off its default
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+        if tied:  # as after the book's load_weights_into_gpt, which copies wte into out_head
+            book.out_head.weight.copy_(book.tok_emb.weight)
+    checkpoint = tmp_path / file_name
+    if file_name == "model.pth":
+        torch.save(book.state_dict(), checkpoint)
+    else:
+        torch.save({"model_state_dict": book.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
+                   checkpoint)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(book_config))
+    out = tmp_path / "out"
+    # Through the command, in-process: the flags reach the Python API.
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--book-checkpoint", str(checkpoint), "--book-config", str(config_file), "--tokenizer",
+                  str(bpe_dir), "--output-dir", str(out)])
+    assert exit_info.value.code == 0
+
+    model = load_converted(out)
+    assert model.config.tie_word_embeddings is tied and model.config.qkv_bias is qkv_bias
+    assert ("out_head.weight" in safetensors_tensors(out)) is not tied
+    ids = random_ids(vocab_size, 16)
+    book.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, book(ids), rtol=0, atol=1e-5)
+    assert model.generation_config.eos_token_id == AutoTokenizer.from_pretrained(out).eos_token_id
+
+
+def test_book_config_may_be_given_inline(bpe_dir, tmp_path):
+    from llms_from_scratch.ch04 import GPTModel
+
+    book_config = dict(vocab_size=300, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0,
+                       qkv_bias=False)
+    torch.manual_seed(0)
+    torch.save(GPTModel(book_config).state_dict(), tmp_path / "model.pth")
+    tokenizer = write_tiny_bpe(tmp_path / "bpe")  # 261 tokens: fits the 300-row embedding
+    out = convert_book_checkpoint(tmp_path / "model.pth", json.dumps(book_config), tokenizer, tmp_path / "out")
+    assert load_converted(out).config.vocab_size == 300
+
+
+# --- downloads -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def file_server(small) -> Iterator[tuple[str, list[tuple[str, str | None]], dict[str, int]]]:
+    """Serves the small checkpoint's files as /124M/NAME on 127.0.0.1 with HTTP Range support.
+
+    Yields (base URL, the (path, Range header) of every request, cuts): a cut {path: n} makes the next answer for
+    path stop after n bytes while announcing the full length, as a dropped connection does.
+    """
+    files = {f"/124M/{name}": (small.directory / name).read_bytes() for name in CHECKPOINT_FILES}
+    requests: list[tuple[str, str | None]] = []
+    cuts: dict[str, int] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append((self.path, self.headers.get("Range")))
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers["Range"] else 0
+            if start:
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            self.wfile.write(body[start:cuts.pop(self.path, len(body))])
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", requests, cuts
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_checks_sizes_and_resumes_a_partial_file(small, file_server, tmp_path):
+    url, requests, cuts = file_server
+    data_size = (small.directory / DATA_FILE).stat().st_size
+    cuts[f"/124M/{DATA_FILE}"] = data_size // 3
+    with pytest.raises(UsageError, match=rf"got {data_size // 3} of {data_size} bytes.*kept and the next run resumes"):
+        download_openai_checkpoint("124M", tmp_path, base_urls=[url])
+    target = tmp_path / "124M"
+    assert (target / f"{DATA_FILE}.part").stat().st_size == data_size // 3
+    assert not (target / DATA_FILE).exists()  # a short file never gets its final name
+
+    assert download_openai_checkpoint("124M", tmp_path, base_urls=[url]) == target
+    assert [range_ for path, range_ in requests if path == f"/124M/{DATA_FILE}"] == [None, f"bytes={data_size // 3}-"]
+    assert entries(target) == sorted(CHECKPOINT_FILES)
+    for name in CHECKPOINT_FILES:
+        assert (target / name).read_bytes() == (small.directory / name).read_bytes(), name
+    served = len(requests)
+    download_openai_checkpoint("124M", tmp_path, base_urls=[url])
+    assert len(requests) == served  # complete files are not fetched again
+
+
+def test_cli_downloads_then_converts(file_server, converted, tmp_path):
+    url, _, _ = file_server
+    result = run_cli("--download", "124M", "--models-dir", tmp_path / "models", "--base-url", url)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "models" / "gpt2-124m"
+    assert f"wrote model directory {out}" in result.stdout
+    ours, expected = safetensors_tensors(out), safetensors_tensors(converted)
+    assert ours.keys() == expected.keys() and all(torch.equal(ours[name], expected[name]) for name in ours)
+
+
+def test_download_offline_fails_at_once_and_writes_nothing(tmp_path):
+    result = run_cli("--download", "124M", "--models-dir", tmp_path / "models", "--base-url",
+                     "http://gptscratch-offline-test.invalid", timeout=60)
+    assert_one_line_error(result, "cannot download checkpoint", "gptscratch-offline-test.invalid",
+                          "check the network connection")
+    assert entries(tmp_path) == []
+
+
+# --- bad input: exit status 2, one line naming the input, nothing written -------------------------------------------
+
+
+def _copy_without(small: Checkpoint, tmp_path: Path, name: str) -> Path:
+    directory = shutil.copytree(small.directory, tmp_path / "ckpt")
+    (directory / name).unlink()
+    return directory
+
+
+def _truncated(small: Checkpoint, tmp_path: Path) -> Path:
+    directory = shutil.copytree(small.directory, tmp_path / "ckpt")
+    with open(directory / DATA_FILE, "r+b") as file:
+        file.truncate((directory / DATA_FILE).stat().st_size // 2)
+    return directory
+
+
+def _wider_hparams(small: Checkpoint, tmp_path: Path) -> Path:
+    directory = shutil.copytree(small.directory, tmp_path / "ckpt")
+    (directory / "hparams.json").write_text(json.dumps(small.hparams | {"n_embd": 64}))
+    return directory
+
+
+def _only_tokenizer_files(small: Checkpoint, tmp_path: Path) -> Path:
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(small.directory / name, directory)
+    return directory
+
+
+OPENAI_BAD_INPUTS = {
+    "missing directory": (lambda small, tmp: tmp / "nowhere", ["nowhere", "does not exist"]),
+    "no checkpoint in the directory": (_only_tokenizer_files, ["ckpt", "holds no TensorFlow checkpoint"]),
+    "missing hparams.json": (lambda small, tmp: _copy_without(small, tmp, "hparams.json"),
+                             ["hparams.json is missing"]),
+    "missing encoder.json": (lambda small, tmp: _copy_without(small, tmp, "encoder.json"),
+                             ["encoder.json is missing"]),
+    "truncated data file": (_truncated, [DATA_FILE, "is truncated", "download it again"]),
+    "hparams disagree with the tensors": (
+        _wider_hparams, ["model/wte has shape [{n_vocab}, 32]", "implies [{n_vocab}, 64]", "n_embd=64"]),
+}
+
+
+@pytest.mark.parametrize("case", OPENAI_BAD_INPUTS)
+def test_bad_openai_input_exits_2_and_writes_nothing(small, tmp_path, case):
+    make_directory, names = OPENAI_BAD_INPUTS[case]
+    checkpoint_dir = make_directory(small, tmp_path)
+    result = run_cli("--checkpoint-dir", checkpoint_dir, "--output-dir", tmp_path / "out")
+    assert_one_line_error(result, *(name.format(**small.hparams) for name in names))
+    assert "out" not in entries(tmp_path) and not any(name.startswith(".out") for name in entries(tmp_path))
+
+
+def test_cli_flag_mistakes_exit_2_with_one_line(small, tmp_path, capsys):
+    cases = {
+        ("--checkpoint-dir", str(small.directory)): "--checkpoint-dir needs --output-dir",
+        ("--download", "124M"): "--download needs --models-dir",
+        ("--download", "7B", "--models-dir", str(tmp_path)): "invalid choice: '7B'",
+        ("--checkpoint-dir", str(small.directory), "--output-dir", str(tmp_path / "out"), "--tokenizer",
+         str(tmp_path)): "--tokenizer does not go with --checkpoint-dir",
+        ("--checkpoint-dir", str(small.directory), "--book-checkpoint", "model.pth"): "not allowed with argument",
+    }
+    for argv, message in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(list(argv))
+        stderr = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(stderr) == 1 and message in stderr[0], (argv, stderr)
+    assert entries(tmp_path) == []
+
+
+def test_download_refuses_a_non_empty_output_before_downloading(tmp_path):
+    out = tmp_path / "models" / "gpt2-124m"
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("mine")
+    # An unreachable URL: the refusal must come first, before any download is attempted.
+    with pytest.raises(UsageError, match="is not empty; pass --overwrite"):
+        download_and_convert_openai_checkpoint("124M", tmp_path / "models", base_urls=["http://unused.invalid"])
+    assert entries(tmp_path / "models") == ["gpt2-124m"] and entries(out) == ["keep.txt"]
+
+
+def test_missing_tensorflow_says_how_to_install_it(small, tmp_path):
+    # None in sys.modules makes `import tensorflow` raise ImportError, as on a machine without it.
+    code = ("import sys; sys.modules['tensorflow'] = None; from convert.cli import main; "
+            f"main(['--checkpoint-dir', {str(small.directory)!r}, '--output-dir', {str(tmp_path / 'out')!r}])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert_one_line_error(result, "needs TensorFlow", "pip install 'gptscratch[convert]'")
+    assert entries(tmp_path) == []
+
+
+class _RunsAShellCommand:
+    """Unpickling this runs `touch`: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _book_files(tmp_path: Path) -> dict[str, Path]:
+    """A valid book checkpoint, config and tokenizer, from which each bad-input case spoils one thing."""
+    from llms_from_scratch.ch04 import GPTModel
+
+    config = dict(vocab_size=300, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0,
+                  qkv_bias=False)
+    torch.save(GPTModel(config).state_dict(), tmp_path / "model.pth")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return dict(checkpoint=tmp_path / "model.pth", config=tmp_path / "config.json",
+                tokenizer=write_tiny_bpe(tmp_path / "bpe"))
+
+
+def _pickled_program(files: dict[str, Path], tmp_path: Path) -> None:
+    torch.save({"model_state_dict": _RunsAShellCommand(tmp_path / "pwned")}, files["checkpoint"])
+
+
+def _not_a_torch_file(files: dict[str, Path], tmp_path: Path) -> None:
+    files["checkpoint"].write_bytes(pickle.dumps(list(range(10))))
+
+
+def _wider_config(files: dict[str, Path], tmp_path: Path) -> None:
+    config = json.loads(files["config"].read_text())
+    files["config"].write_text(json.dumps(config | {"emb_dim": 32}))
+
+
+def _non_empty_output(files: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+
+
+BOOK_BAD_INPUTS = {
+    "missing checkpoint": (lambda files, tmp: files["checkpoint"].unlink(), ["model.pth", "does not exist"]),
+    "checkpoint that runs code when unpickled": (
+        _pickled_program, ["model.pth", "holds more than tensors and is refused unread", "posix.system"]),
+    "checkpoint that is not a torch file": (_not_a_torch_file, ["model.pth", "refused unread"]),
+    "config that disagrees with the tensors": (
+        _wider_config, ["tok_emb.weight has shape [300, 16]", "implies [300, 32]", "--book-config"]),
+    "config that is not JSON": (lambda files, tmp: files["config"].write_text("{vocab_size: 300"),
+                                ["config.json is not valid JSON"]),
+    "missing tokenizer directory": (lambda files, tmp: shutil.rmtree(files["tokenizer"]),
+                                    ["bpe does not exist", "encoder.json and vocab.bpe"]),
+    "output that exists and is not empty": (_non_empty_output, ["out exists and is not empty", "--overwrite"]),
+}
+
+
+@pytest.mark.parametrize("case", BOOK_BAD_INPUTS)
+def test_bad_book_input_exits_2_and_writes_nothing(tmp_path, case):
+    files = _book_files(tmp_path)
+    spoil, names = BOOK_BAD_INPUTS[case]
+    spoil(files, tmp_path)
+    result = run_cli("--book-checkpoint", files["checkpoint"], "--book-config", files["config"],
+                     "--tokenizer", files["tokenizer"], "--output-dir", tmp_path / "out")
+    assert_one_line_error(result, *names)
+    assert entries(tmp_path / "out") == (["keep.txt"] if case == "output that exists and is not empty" else [])
+    assert not (tmp_path / "pwned").exists() and not any(name.startswith(".out") for name in entries(tmp_path))
+
+
+# --- the real 124M shapes --------------------------------------------------------------------------------------------
+
+
+def _peak_rss_bytes(code: str) -> int:
+    """Runs Python `code` in a fresh interpreter and returns its peak resident memory (VmHWM).
+
+    Measured inside the child: a forked child's ru_maxrss would start from this test process's own size.
+    """
+    report = (
+        "\nimport sys\n"
+        "print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')), "
+        "file=sys.stderr)\n"
+    )
+    # The command ends in sys.exit: run it in a try block so the report still runs.
+    wrapped = "try:\n" + "".join(f"    {line}\n" for line in code.splitlines()) + "except SystemExit as e:\n" \
+        "    assert not e.code, e.code\n" + report
+    result = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return int(result.stderr.strip().splitlines()[-1]) * 1024  # VmHWM is in kB
+
+
+@pytest.mark.slow
+def test_gpt2_124m_shapes_convert_within_memory_and_match(bpe_dir, tmp_path, capsys):
+    hparams = dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=12)
+    # GPT-2's own initialisation scale: through 12 random layers, larger weights grow logits into the hundreds,
+    # where float32 rounding alone exceeds 1e-5.
+    arrays = random_openai_arrays(hparams, seed=2, scale=0.02)
+    checkpoint = write_openai_checkpoint(tmp_path / "124M", hparams, arrays, bpe_dir)
+    model_bytes = (checkpoint / DATA_FILE).stat().st_size
+    out = tmp_path / "gpt2-124m"
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("peak memory is read from /proc (Linux)")
+    # Peak memory of the conversion, less that of a process that only imports what the conversion imports.
+    baseline = _peak_rss_bytes("import tensorflow, convert.cli, convert.weights, convert.model_dir")
+    peak = _peak_rss_bytes(
+        f"from convert.cli import main\nmain(['--checkpoint-dir', {str(checkpoint)!r}, '--output-dir', {str(out)!r}])"
+    )
+    with capsys.disabled():
+        print(f"\n124M conversion: model {model_bytes / 2**20:.0f} MiB, peak RSS {peak / 2**20:.0f} MiB, "
+              f"imports alone {baseline / 2**20:.0f} MiB, conversion's own {(peak - baseline) / 2**20:.0f} MiB "
+              f"({(peak - baseline) / model_bytes:.2f}x the model)")
+    assert peak - baseline < 1.5 * model_bytes
+
+    ids = random_ids(hparams["n_vocab"], 24, batch=1)
+    with torch.no_grad():
+        ours = load_converted(out)(ids).logits
+        theirs = gpt2_reference(hparams, arrays)(ids).logits
+    assert theirs.std() > 0.1
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
