@@ -1,0 +1,148 @@
+"""Export a GPTScratch model directory as a plain transformers GPT-2 directory (`GPT2LMHeadModel`, no remote code).
+
+GPTScratch is GPT-2's architecture under the book's names, so the export renames tensors and transposes the
+matrices: GPT-2 keeps its projections in `Conv1D` modules whose weights are [in, out], the transpose of
+`nn.Linear`'s [out, in]. The fused q/k/v matrix maps to `c_attn` as it is (both stack q, k, v in that order).
+
+What GPT-2 cannot express is refused with the reason:
+- an output head separate from the token embedding (`tie_word_embeddings=false`): GPT-2 ties them, and programs
+  that run GPT-2 checkpoints take the embedding as the head, so they would silently run a different model.
+Expressed exactly: `qkv_bias=false` becomes zero q/k/v biases (adding zero changes nothing); `layer_norm_eps` is
+GPT2Config's `layer_norm_epsilon`; `drop_rate` sets GPT-2's three dropout rates.
+
+Command line: `python -m convert.gpt2_export --model DIR --output-dir OUT [--overwrite]`, or
+`gptscratch-push --format gpt2` to publish the export to a local hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from convert.commands import ArgumentParser, UsageError, run_command
+from convert.model_dir import atomic_directory, check_output_directory, load_model_directory
+from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
+
+
+def gpt2_config(config: GPTScratchConfig) -> GPT2Config:
+    """The GPT2Config of the same architecture; a UsageError when GPT-2 cannot express `config`."""
+    if not config.tie_word_embeddings:
+        raise UsageError(
+            "GPT-2 cannot express this model: its output head is separate from the token embedding "
+            "(tie_word_embeddings=false), and GPT-2 ties them, so tools that run GPT-2 would use the embedding as the "
+            "head; publish it in the gptscratch format instead"
+        )
+    return GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.context_length,
+        n_embd=config.emb_dim,
+        n_layer=config.n_layers,
+        n_head=config.n_heads,
+        n_inner=4 * config.emb_dim,
+        activation_function="gelu_new",  # GPT-2's tanh-approximated GELU, as FeedForward uses
+        resid_pdrop=config.drop_rate,
+        embd_pdrop=config.drop_rate,
+        attn_pdrop=config.drop_rate,
+        layer_norm_epsilon=config.layer_norm_eps,
+        initializer_range=config.initializer_range,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+def gpt2_state_dict(model: GPTScratchForCausalLM) -> dict[str, torch.Tensor]:
+    """GPTScratch's weights under GPT-2's tensor names, Linear weights [out, in] transposed to Conv1D's [in, out].
+
+    The tied head is left out: GPT2LMHeadModel ties `lm_head.weight` to `transformer.wte.weight` itself.
+    """
+    base = model.model
+    state = {
+        "transformer.wte.weight": base.tok_emb.weight,
+        "transformer.wpe.weight": base.pos_emb.weight,
+        "transformer.ln_f.weight": base.final_norm.weight,
+        "transformer.ln_f.bias": base.final_norm.bias,
+    }
+    for i, block in enumerate(base.trf_blocks):
+        prefix = f"transformer.h.{i}"
+        qkv = block.att.qkv
+        state.update({
+            f"{prefix}.ln_1.weight": block.norm1.weight,
+            f"{prefix}.ln_1.bias": block.norm1.bias,
+            f"{prefix}.attn.c_attn.weight": qkv.weight.T,  # [emb, 3 * emb]: q, k, v side by side in both
+            f"{prefix}.attn.c_attn.bias": qkv.bias if qkv.bias is not None else qkv.weight.new_zeros(qkv.out_features),
+            f"{prefix}.attn.c_proj.weight": block.att.out_proj.weight.T,
+            f"{prefix}.attn.c_proj.bias": block.att.out_proj.bias,
+            f"{prefix}.ln_2.weight": block.norm2.weight,
+            f"{prefix}.ln_2.bias": block.norm2.bias,
+            f"{prefix}.mlp.c_fc.weight": block.ff.layers[0].weight.T,  # [emb, 4 * emb]
+            f"{prefix}.mlp.c_fc.bias": block.ff.layers[0].bias,
+            f"{prefix}.mlp.c_proj.weight": block.ff.layers[2].weight.T,  # [4 * emb, emb]
+            f"{prefix}.mlp.c_proj.bias": block.ff.layers[2].bias,
+        })
+    return {name: tensor.detach() for name, tensor in state.items()}
+
+
+def to_gpt2(model: GPTScratchForCausalLM) -> GPT2LMHeadModel:
+    """A GPT2LMHeadModel computing the same logits as `model`; a UsageError when GPT-2 cannot express it."""
+    gpt2 = GPT2LMHeadModel(gpt2_config(model.config)).to(dtype=model.dtype).eval()
+    # load_state_dict checks every shape; the tied head is the one name left to tie_weights, any other gap or
+    # extra name would be a mapping bug.
+    missing, unexpected = gpt2.load_state_dict(gpt2_state_dict(model), strict=False)
+    if unexpected or set(missing) != {"lm_head.weight"}:
+        raise RuntimeError(f"GPT-2 mapping is incomplete: missing {missing}, unexpected {unexpected}")
+    gpt2.tie_weights()
+    gpt2.generation_config = copy.deepcopy(model.generation_config)
+    return gpt2
+
+
+def write_gpt2_directory(
+    model: GPTScratchForCausalLM, tokenizer: PreTrainedTokenizerBase, directory: str | os.PathLike
+) -> None:
+    """Writes the GPT-2 export of `model` and its tokenizer into the existing `directory`."""
+    gpt2 = to_gpt2(model)
+    gpt2.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def export_gpt2(model_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Writes `output_dir` atomically: a GPT2LMHeadModel directory (config.json with model_type gpt2,
+    model.safetensors with GPT-2's tensor names, generation_config.json, tokenizer) from the model directory."""
+    check_output_directory(output_dir, overwrite)  # refuse a taken output before loading the model
+    model, tokenizer = load_model_directory(model_dir)
+    gpt2_config(model.config)  # refuse what GPT-2 cannot express before anything is written
+    with atomic_directory(output_dir, overwrite=overwrite) as staging:
+        write_gpt2_directory(model, tokenizer, staging)
+    return Path(output_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m convert.gpt2_export",
+        description="Export a gptscratch model directory as a plain transformers GPT-2 directory (no remote code).",
+    )
+    parser.add_argument("--model", required=True, help="gptscratch model directory (trained or converted)")
+    parser.add_argument("--output-dir", required=True, help="where to write the GPT-2 directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    return parser
+
+
+def _main() -> None:
+    args = build_parser().parse_args()
+    output = export_gpt2(args.model, args.output_dir, overwrite=args.overwrite)
+    print(f"wrote GPT-2 directory {output} (load with GPT2LMHeadModel.from_pretrained, no trust_remote_code)")
+
+
+def main() -> None:
+    """Entry point of `python -m convert.gpt2_export`."""
+    run_command("convert.gpt2_export", _main)
+
+
+if __name__ == "__main__":
+    main()

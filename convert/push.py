@@ -1,0 +1,313 @@
+"""Publish a model directory to a local hub directory as a complete, self-contained, versioned model repository.
+
+`gptscratch-push --model DIR --hub-dir HUB --repo-id NAMESPACE/NAME [--format gptscratch|gpt2]` writes
+`HUB/NAMESPACE/NAME`: weights (safetensors), config, generation config, tokenizer, a model card (README.md) and,
+in the default gptscratch format, `modeling_gptscratch.py` with `auto_map`, so `from_pretrained(path,
+trust_remote_code=True)` loads it where this project is absent. `--format gpt2` publishes the plain GPT-2 export
+instead (no remote code). The training record (summary, metrics, loss plot) travels along when the directory has one.
+
+Versions: the repository is a git repository with one commit per push. A push builds the new version in a hidden
+sibling (a copy of the old history plus the new files, committed there) and swaps it in by rename, so a reader sees
+the old repository or the new one, never a mix, and `git log` / `git checkout` reach every earlier push.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from convert.commands import ArgumentParser, UsageError, run_command
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from modeling_gptscratch import GPTScratchForCausalLM
+
+FORMATS = ("gptscratch", "gpt2")
+# The training record a trained model directory holds beside the model; copied into the repository when present.
+TRAINING_FILES = ("training_summary.json", "metrics.jsonl", "loss_plot.png", "loss_plot.pdf")
+# The Hub's rule for each part of a repo id: letters, digits, '-', '_', '.', at most 96 characters, starting and
+# ending with a letter or digit. It also keeps a part from being '.', '..', empty or a path.
+_REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
+_LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]*")  # the Hub's license identifiers (apache-2.0, mit, cc-by-4.0, other)
+_GIT_IDENTITY = ("-c", "user.name=gptscratch-push", "-c", "user.email=gptscratch-push@localhost")
+
+
+def repo_path(hub_dir: str | os.PathLike, repo_id: str) -> Path:
+    """`HUB/NAMESPACE/NAME` for a valid repo id; a UsageError for any id that is not two plain names (so `../x`,
+    absolute paths, empty parts and extra parts, which could land outside HUB, are refused)."""
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(_REPO_PART.fullmatch(part) and ".." not in part for part in parts):
+        raise UsageError(
+            f"repo id {repo_id!r} is not NAMESPACE/NAME (two names of letters, digits, '-', '_' or '.', each starting "
+            "and ending with a letter or digit); pass for example --repo-id alice/tiny-gpt"
+        )
+    return Path(hub_dir).absolute() / parts[0] / parts[1]
+
+
+def _check_hub_dir(hub_dir: Path) -> None:
+    """A UsageError unless `hub_dir` is, or can be created as, a writable directory."""
+    existing = hub_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(
+            f"hub directory {hub_dir} cannot be used: {existing} is not a directory; choose another --hub-dir"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"hub directory {hub_dir} is not writable ({existing}); choose a writable --hub-dir")
+
+
+def _git(repo: Path, *args: str) -> str:
+    """Runs git in `repo` with a fixed identity and no hooks or signing from the user's setup; returns stdout."""
+    # GIT_DIR and friends (set when running inside a git hook) would point git at another repository.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
+    command = ["git", *_GIT_IDENTITY, "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null", *args]
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"git {args[0]} failed in {repo}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+@contextlib.contextmanager
+def _repo_lock(target: Path) -> Iterator[None]:
+    """Serialises pushes to one repo id: two pushes that both copied the old history would otherwise each commit on
+    top of it, and the rename of the second would drop the first one's version."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(target.parent / f".{target.name}.lock", "a")
+    except OSError as error:
+        raise UsageError(f"cannot write to {target.parent}: {error.strerror}; choose a writable --hub-dir") from error
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def read_training_summary(model_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The trainer's `training_summary.json` in `model_dir`, or None for a directory without one (converted)."""
+    path = Path(model_dir) / "training_summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path} is not valid JSON ({error}); fix or remove it") from None
+    if not isinstance(summary, dict):
+        raise UsageError(f"{path} holds {type(summary).__name__}, not a JSON object; fix or remove it")
+    return summary
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    """A value for a Markdown table cell: thousands separators for counts, `digits` decimals for losses."""
+    if value is None:
+        return "not recorded"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def model_card(
+    repo_id: str,
+    model: GPTScratchForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    summary: dict[str, Any] | None,
+    has_loss_plot: bool,
+    format: str = "gptscratch",
+    license: str = "apache-2.0",
+) -> str:
+    """README.md for the repository: YAML metadata, then what the model is, how it was trained (what is known),
+    how to load it and how to reach earlier versions."""
+    config = model.config
+    remote_code = format == "gptscratch"
+    tags = ["gptscratch", "gpt2", "causal-lm", "text-generation", "safetensors"]
+    if remote_code:
+        tags.append("custom_code")  # the Hub's tag for models that load with trust_remote_code=True
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        f"license: {license}",
+        "tags:",
+        *(f"- {tag}" for tag in tags),
+        "---",
+        "",
+        f"# {repo_id}",
+        "",
+        "A GPT-2-style decoder-only language model built with gptscratch (\"Build a Large Language Model (From "
+        "Scratch)\", chapters 4 and 5, behind Hugging Face's interfaces), published "
+        + (
+            "in its own format: loading it runs the `modeling_gptscratch.py` shipped here (`trust_remote_code=True`)."
+            if remote_code
+            else "as a plain transformers `GPT2LMHeadModel`: it loads without remote code wherever GPT-2 runs."
+        ),
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| Architecture | {'GPTScratchForCausalLM' if remote_code else 'GPT2LMHeadModel'} |",
+        f"| Parameters | {model.num_parameters():,} |",
+        f"| Layers / heads / embedding size | {config.n_layers} / {config.n_heads} / {config.emb_dim} |",
+        f"| Context length | {config.context_length} tokens |",
+        f"| Vocabulary | {config.vocab_size:,} tokens |",
+        f"| Output head | {'tied to the token embedding' if config.tie_word_embeddings else 'separate'} |",
+        f"| Weights | {str(model.dtype).removeprefix('torch.')}, safetensors |",
+        f"| Tokenizer | {type(tokenizer).__name__}, {len(tokenizer):,} tokens |",
+        "",
+        "## Training",
+        "",
+    ]
+    if summary is None:
+        lines += [
+            "No training record came with this model (the directory held no `training_summary.json`): it was "
+            "converted from a checkpoint, such as OpenAI's GPT-2 weights, rather than trained by gptscratch. Its "
+            "training data, steps and losses are therefore not known here; the architecture and tokenizer above are.",
+        ]
+    else:
+        lines += [
+            "| | |",
+            "| --- | --- |",
+            f"| Trained on | {_cell(summary.get('source'))} |",
+            f"| Tokenizer | {_cell(summary.get('tokenizer'))} |",
+            f"| Steps | {_cell(summary.get('steps'))} |",
+            f"| Epochs | {_cell(summary.get('epochs'))} |",
+            f"| Tokens seen | {_cell(summary.get('tokens_seen'))} |",
+            f"| Final training loss | {_cell(summary.get('train_loss'))} |",
+            f"| Final training perplexity | {_cell(summary.get('train_perplexity'), 2)} |",
+            f"| Final validation loss | {_cell(summary.get('val_loss'))} |",
+            f"| Final validation perplexity | {_cell(summary.get('val_perplexity'), 2)} |",
+            "",
+            "Losses are mean cross-entropy per token in nats; perplexity is exp(loss). `metrics.jsonl` holds every "
+            "evaluation of the run.",
+        ]
+    if has_loss_plot:
+        lines += ["", "![Training and validation loss against epochs and tokens seen](loss_plot.png)"]
+    trust = ", trust_remote_code=True" if remote_code else ""
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
+        "",
+        f'path = "{repo_id}"  # from a local hub directory: the path of this folder, HUB_DIR/{repo_id}',
+        "tokenizer = AutoTokenizer.from_pretrained(path)",
+        f"model = AutoModelForCausalLM.from_pretrained(path{trust})",
+        f'generator = pipeline("text-generation", model=path{trust})',
+        'print(generator("Every effort moves you", max_new_tokens=20)[0]["generated_text"])',
+        "```",
+        "",
+        "## Versions",
+        "",
+        "Each push is one git commit of this folder: `git log` lists the versions and "
+        "`git worktree add ../older <commit>` checks an earlier one out beside this one.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def push_to_local_hub(
+    model_dir: str | os.PathLike,
+    hub_dir: str | os.PathLike,
+    repo_id: str,
+    format: str = "gptscratch",
+    license: str = "apache-2.0",
+    message: str | None = None,
+) -> Path:
+    """Publishes `model_dir` as `hub_dir/NAMESPACE/NAME` and returns that path.
+
+    format "gptscratch": save_pretrained's files (safetensors, config.json with auto_map, generation_config.json,
+    modeling_gptscratch.py) and the tokenizer; "gpt2": the plain GPT-2 export (see convert.gpt2_export). Both get a
+    README.md model card and, when `model_dir` has them, training_summary.json, metrics.jsonl and the loss plots.
+    A repeated push replaces the repository atomically as a new git commit. Bad input (repo id, hub directory,
+    model directory, a model GPT-2 cannot express) raises UsageError before anything is written.
+    """
+    if format not in FORMATS:
+        raise UsageError(f"format {format!r} is unknown; choose one of: {', '.join(FORMATS)}")
+    if not _LICENSE.fullmatch(license):
+        raise UsageError(f"license {license!r} is not a Hub license identifier; pass e.g. apache-2.0, mit or other")
+    target = repo_path(hub_dir, repo_id)
+    _check_hub_dir(Path(hub_dir).absolute())
+    if target.exists() and not (target / ".git").is_dir() and (not target.is_dir() or any(target.iterdir())):
+        raise UsageError(
+            f"{target} exists and is not a repository written by gptscratch-push; move it or pick another repo id"
+        )
+    if shutil.which("git") is None:
+        raise UsageError("git is not installed; install it (the local hub keeps each push as a git commit)")
+    # Imported only now: the checks above refuse a mistyped repo id or hub directory at once, not after the
+    # seconds that torch and transformers take to load.
+    from convert.gpt2_export import gpt2_config, write_gpt2_directory
+    from convert.model_dir import atomic_directory, load_model_directory
+
+    model_dir = Path(model_dir)
+    model, tokenizer = load_model_directory(model_dir)
+    if format == "gpt2":
+        gpt2_config(model.config)  # refuse what GPT-2 cannot express before anything is written
+    summary = read_training_summary(model_dir)
+    present = [name for name in TRAINING_FILES if (model_dir / name).is_file()]
+
+    with _repo_lock(target), atomic_directory(target, overwrite=True) as staging:
+        if (target / ".git").is_dir():
+            shutil.copytree(target / ".git", staging / ".git", symlinks=True)
+        else:
+            _git(staging, "init", "--quiet", "--initial-branch=main")
+        if format == "gpt2":
+            write_gpt2_directory(model, tokenizer, staging)
+        else:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+        for name in present:
+            shutil.copy2(model_dir / name, staging / name)
+        card = model_card(repo_id, model, tokenizer, summary, "loss_plot.png" in present, format, license)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        _git(staging, "add", "--all")
+        # --allow-empty: pushing unchanged files is still a push, and every push is one version.
+        _git(staging, "commit", "--quiet", "--allow-empty", "-m", message or f"Push {model_dir.absolute()} ({format})")
+    return target
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="gptscratch-push",
+        description="Publish a model directory to a local hub directory as a versioned model repository.",
+    )
+    parser.add_argument("--model", required=True, help="model directory (trained or converted)")
+    parser.add_argument(
+        "--hub-dir", required=True, help="root of the local hub; the repository goes to HUB/NAMESPACE/NAME"
+    )
+    parser.add_argument("--repo-id", required=True, help="NAMESPACE/NAME, e.g. alice/tiny-gpt")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="gptscratch",
+        help="gptscratch (default: this project's model file, trust_remote_code=True) or gpt2 (plain GPT2LMHeadModel)",
+    )
+    parser.add_argument("--license", default="apache-2.0", help="license id for the model card (default apache-2.0)")
+    parser.add_argument("--message", default=None, help="commit message of this version")
+    return parser
+
+
+def _main() -> None:
+    args = build_parser().parse_args()
+    target = push_to_local_hub(args.model, args.hub_dir, args.repo_id, args.format, args.license, args.message)
+    commit = _git(target, "rev-parse", "--short", "HEAD")
+    versions = _git(target, "rev-list", "--count", "HEAD")
+    print(f"pushed {args.repo_id} to {target} (commit {commit}, version {versions})")
+
+
+def main() -> None:
+    """Console entry point of `gptscratch-push`."""
+    run_command("gptscratch-push", _main)
+
+
+if __name__ == "__main__":
+    main()
