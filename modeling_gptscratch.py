@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,21 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         )
 
 
+def check_decoding_args(
+    max_new_tokens: int | None, temperature: float | None, top_k: int | None, name: Callable[[str], str] = str
+) -> None:
+    """ValueError unless max_new_tokens >= 0, temperature >= 0 (0 is greedy) and top_k >= 1 (None: unset).
+
+    `name` spells each argument as the caller's user knows it (a command passes its flags: `--top-k`).
+    """
+    if max_new_tokens is not None and max_new_tokens < 0:
+        raise ValueError(f"{name('max_new_tokens')} must be >= 0, got {max_new_tokens}")
+    if temperature is not None and temperature < 0:
+        raise ValueError(f"{name('temperature')} must be >= 0 (0 is greedy decoding), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"{name('top_k')} must be >= 1 (or unset to keep every token), got {top_k}")
+
+
 class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
     """GPTScratchModel plus the output head (tied to the token embedding unless `tie_word_embeddings=False`)."""
 
@@ -414,14 +430,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids is empty: the prompt needs at least one token")
         temperature = kwargs.get("temperature")
-        if temperature is not None and temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 is greedy decoding), got {temperature}")
-        top_k = kwargs.get("top_k")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1 (or None to keep every token), got {top_k}")
-        max_new_tokens = kwargs.get("max_new_tokens")
-        if max_new_tokens is not None and max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        check_decoding_args(kwargs.get("max_new_tokens"), temperature, kwargs.get("top_k"))
 
         unhandled = {name for name, value in kwargs.items() if value is not None} - self._SIMPLE_GENERATE_ARGS
         if unhandled:

@@ -8,14 +8,14 @@ scale/shift, which become weight/bias. Files are read with `torch.load(weights_o
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convert.commands import UsageError
-from convert.weights import check_dtype, check_shapes, first_line
+from convert.commands import UsageError, first_line, parse_json_object, read_json_object
+from convert.model_dir import check_output_directory
+from convert.weights import check_dtype, check_shapes, check_shard_size, save_converted_model, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -42,26 +42,15 @@ _QKV = ("W_query", "W_key", "W_value")
 
 def read_book_config(book_config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     """The book's GPT_CONFIG dict (its seven keys, as GPT_CONFIG_124M) from a dict, a JSON file or a JSON string."""
+    fix = f"pass a JSON file or object like the book's GPT_CONFIG_124M, with the keys {', '.join(BOOK_CONFIG_KEYS)}"
     if isinstance(book_config, Mapping):
         config, source = dict(book_config), "the book config"
+    elif str(book_config).lstrip().startswith("{"):
+        source = f"--book-config {book_config}"
+        config = parse_json_object(str(book_config), source, fix)
     else:
-        text, source = str(book_config), f"--book-config {book_config}"
-        if not text.lstrip().startswith("{"):
-            path = Path(text)
-            if not path.is_file():
-                raise UsageError(
-                    f"book config {path} does not exist; pass a JSON file or object with the keys "
-                    f"{', '.join(BOOK_CONFIG_KEYS)}"
-                )
-            text, source = path.read_text(encoding="utf-8"), f"book config {path}"
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise UsageError(
-                f"{source} is not valid JSON ({error}); pass a JSON object like the book's GPT_CONFIG_124M"
-            ) from error
-        if not isinstance(config, dict):
-            raise UsageError(f"{source} is not a JSON object; pass one like the book's GPT_CONFIG_124M")
+        source = f"book config {book_config}"
+        config = read_json_object(book_config, "book config", fix)
     unknown = sorted(set(config) - set(BOOK_CONFIG_KEYS))
     missing = [key for key in BOOK_CONFIG_KEYS if key not in config]
     if unknown or missing:
@@ -173,7 +162,7 @@ def convert_book_checkpoint(
     output_dir: str | os.PathLike,
     dtype: str = "float32",
     overwrite: bool = False,
-    max_shard_size: str = "2GB",
+    max_shard_size: str | int = "2GB",
 ) -> Path:
     """Converts a checkpoint of the book's `GPTModel` into a model directory; returns its path.
 
@@ -185,14 +174,17 @@ def convert_book_checkpoint(
 
     The head stays tied to the token embedding when the book's out_head equals tok_emb (as after loading OpenAI's
     weights), and becomes a separate weight otherwise (as after the book's pretraining). Bad input is a UsageError
-    raised before anything is written; on any error `output_dir` is left as it was.
+    raised before anything is written, and before the checkpoint is read where the paths and options alone show it;
+    on any error `output_dir` is left as it was.
     """
     config = read_book_config(book_config)
     check_dtype(dtype)
+    check_shard_size(max_shard_size)
     if not Path(tokenizer_dir).is_dir():
         raise UsageError(
             f"tokenizer directory {tokenizer_dir} does not exist; pass the directory holding encoder.json and vocab.bpe"
         )
+    check_output_directory(output_dir, overwrite)
     state_dict = load_book_state_dict(checkpoint)
     check_shapes(
         {name: list(tensor.shape) for name, tensor in state_dict.items()},
@@ -204,15 +196,8 @@ def convert_book_checkpoint(
 
     import torch
 
-    from convert.model_dir import check_output_directory, save_model_directory
-    from convert.weights import assemble_model, load_checkpoint_tokenizer, torch_dtype
-    from modeling_gptscratch import GPTScratchConfig
-
-    tokenizer = load_checkpoint_tokenizer(tokenizer_dir, config["vocab_size"], config["context_length"])
-    check_output_directory(output_dir, overwrite)
     tied = torch.equal(state_dict["out_head.weight"], state_dict["tok_emb.weight"])
-    gptscratch_config = GPTScratchConfig(
-        **config, tie_word_embeddings=tied, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id
+    tensors = book_to_gptscratch(state_dict, config, tied, torch_dtype(dtype))
+    return save_converted_model(
+        config | {"tie_word_embeddings": tied}, tensors, tokenizer_dir, output_dir, overwrite, max_shard_size
     )
-    model = assemble_model(gptscratch_config, book_to_gptscratch(state_dict, config, tied, torch_dtype(dtype)))
-    return save_model_directory(model, tokenizer, output_dir, overwrite=overwrite, max_shard_size=max_shard_size)

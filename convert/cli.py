@@ -21,7 +21,7 @@ from convert.openai_checkpoint import (
     convert_openai_checkpoint,
     download_and_convert_openai_checkpoint,
 )
-from convert.weights import DTYPES
+from convert.weights import DTYPES, check_shard_size
 
 PROG = "gptscratch-convert"
 
@@ -34,6 +34,8 @@ _SOURCE_FLAGS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of `gptscratch-convert`: one source (--checkpoint-dir, --download or --book-checkpoint) and its
+    options; which flags go with which source is checked after parsing (`_check_flag_combination`)."""
     parser = ArgumentParser(
         prog=PROG,
         description="Convert OpenAI's GPT-2 TensorFlow checkpoints, or the book's model.pth files, into a model "
@@ -70,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights (float32)")
     parser.add_argument(
-        "--max-shard-size", default="2GB", metavar="SIZE", help="split the weights into files of at most SIZE (2GB)"
+        # Checked while parsing, so a typo is refused before minutes of converting rather than after them.
+        "--max-shard-size", default="2GB", type=check_shard_size, metavar="SIZE",
+        help="split the weights into files of at most SIZE, e.g. 500MB (2GB)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     return parser

@@ -19,14 +19,17 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from convert.commands import ArgumentParser, UsageError, run_command
-from convert.model_dir import atomic_directory, check_output_directory, load_model_directory
+from convert.model_dir import atomic_directory, check_output_directory, load_model_weights, read_model_directory
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
+
+PROG = "python -m convert.gpt2_export"
 
 
 def gpt2_config(config: GPTScratchConfig) -> GPT2Config:
@@ -60,7 +63,9 @@ def gpt2_config(config: GPTScratchConfig) -> GPT2Config:
 def gpt2_state_dict(model: GPTScratchForCausalLM) -> dict[str, torch.Tensor]:
     """GPTScratch's weights under GPT-2's tensor names, Linear weights [out, in] transposed to Conv1D's [in, out].
 
-    The tied head is left out: GPT2LMHeadModel ties `lm_head.weight` to `transformer.wte.weight` itself.
+    The tied head is left out: GPT2LMHeadModel ties `lm_head.weight` to `transformer.wte.weight` itself. Tensors
+    that keep their layout are `model`'s own (no copy); the transposed ones are contiguous copies, as safetensors
+    stores them.
     """
     base = model.model
     state = {
@@ -75,31 +80,38 @@ def gpt2_state_dict(model: GPTScratchForCausalLM) -> dict[str, torch.Tensor]:
         state.update({
             f"{prefix}.ln_1.weight": block.norm1.weight,
             f"{prefix}.ln_1.bias": block.norm1.bias,
-            f"{prefix}.attn.c_attn.weight": qkv.weight.T,  # [emb, 3 * emb]: q, k, v side by side in both
+            f"{prefix}.attn.c_attn.weight": qkv.weight.T.contiguous(),  # [emb, 3 * emb]: q, k, v side by side
             f"{prefix}.attn.c_attn.bias": qkv.bias if qkv.bias is not None else qkv.weight.new_zeros(qkv.out_features),
-            f"{prefix}.attn.c_proj.weight": block.att.out_proj.weight.T,
+            f"{prefix}.attn.c_proj.weight": block.att.out_proj.weight.T.contiguous(),
             f"{prefix}.attn.c_proj.bias": block.att.out_proj.bias,
             f"{prefix}.ln_2.weight": block.norm2.weight,
             f"{prefix}.ln_2.bias": block.norm2.bias,
-            f"{prefix}.mlp.c_fc.weight": block.ff.layers[0].weight.T,  # [emb, 4 * emb]
+            f"{prefix}.mlp.c_fc.weight": block.ff.layers[0].weight.T.contiguous(),  # [emb, 4 * emb]
             f"{prefix}.mlp.c_fc.bias": block.ff.layers[0].bias,
-            f"{prefix}.mlp.c_proj.weight": block.ff.layers[2].weight.T,  # [4 * emb, emb]
+            f"{prefix}.mlp.c_proj.weight": block.ff.layers[2].weight.T.contiguous(),  # [4 * emb, emb]
             f"{prefix}.mlp.c_proj.bias": block.ff.layers[2].bias,
         })
     return {name: tensor.detach() for name, tensor in state.items()}
 
 
 def to_gpt2(model: GPTScratchForCausalLM) -> GPT2LMHeadModel:
-    """A GPT2LMHeadModel computing the same logits as `model`; a UsageError when GPT-2 cannot express it."""
-    gpt2 = GPT2LMHeadModel(gpt2_config(model.config)).to(dtype=model.dtype).eval()
+    """A GPT2LMHeadModel in eval mode computing the same logits as `model`; a UsageError when GPT-2 cannot express it.
+
+    It shares the tensors whose layout GPT-2 keeps (embeddings, norms, biases) with `model` and holds transposed
+    copies of the projection matrices: built on the meta device, it never allocates random weights of its own, so
+    exporting costs at most one more copy of the matrices, in `model`'s dtype.
+    """
+    config = gpt2_config(model.config)
+    with torch.device("meta"):
+        gpt2 = GPT2LMHeadModel(config)
     # load_state_dict checks every shape; the tied head is the one name left to tie_weights, any other gap or
     # extra name would be a mapping bug.
-    missing, unexpected = gpt2.load_state_dict(gpt2_state_dict(model), strict=False)
+    missing, unexpected = gpt2.load_state_dict(gpt2_state_dict(model), strict=False, assign=True)
     if unexpected or set(missing) != {"lm_head.weight"}:
         raise RuntimeError(f"GPT-2 mapping is incomplete: missing {missing}, unexpected {unexpected}")
     gpt2.tie_weights()
     gpt2.generation_config = copy.deepcopy(model.generation_config)
-    return gpt2
+    return gpt2.eval()
 
 
 def write_gpt2_directory(
@@ -115,16 +127,18 @@ def export_gpt2(model_dir: str | os.PathLike, output_dir: str | os.PathLike, ove
     """Writes `output_dir` atomically: a GPT2LMHeadModel directory (config.json with model_type gpt2,
     model.safetensors with GPT-2's tensor names, generation_config.json, tokenizer) from the model directory."""
     check_output_directory(output_dir, overwrite)  # refuse a taken output before loading the model
-    model, tokenizer = load_model_directory(model_dir)
-    gpt2_config(model.config)  # refuse what GPT-2 cannot express before anything is written
+    config, tokenizer = read_model_directory(model_dir)
+    gpt2_config(config)  # refuse what GPT-2 cannot express before the weights load
+    model = load_model_weights(model_dir, config)
     with atomic_directory(output_dir, overwrite=overwrite) as staging:
         write_gpt2_directory(model, tokenizer, staging)
     return Path(output_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of `python -m convert.gpt2_export`: the gptscratch model directory and the GPT-2 one to write."""
     parser = ArgumentParser(
-        prog="python -m convert.gpt2_export",
+        prog=PROG,
         description="Export a gptscratch model directory as a plain transformers GPT-2 directory (no remote code).",
     )
     parser.add_argument("--model", required=True, help="gptscratch model directory (trained or converted)")
@@ -133,15 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _main() -> None:
-    args = build_parser().parse_args()
+def _main(argv: Sequence[str] | None) -> None:
+    args = build_parser().parse_args(argv)
     output = export_gpt2(args.model, args.output_dir, overwrite=args.overwrite)
     print(f"wrote GPT-2 directory {output} (load with GPT2LMHeadModel.from_pretrained, no trust_remote_code)")
 
 
-def main() -> None:
-    """Entry point of `python -m convert.gpt2_export`."""
-    run_command("convert.gpt2_export", _main)
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `python -m convert.gpt2_export`; `argv` defaults to the command line."""
+    run_command(PROG, lambda: _main(argv))
 
 
 if __name__ == "__main__":

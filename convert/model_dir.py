@@ -1,20 +1,30 @@
-"""The one model directory format: what `save_pretrained` writes, written atomically, and loaded with clear errors."""
+"""The one model directory format: what `save_pretrained` writes, written atomically, and loaded with clear errors.
+
+torch and transformers are imported inside the functions that need them, so a command can check its output
+directory (`check_output_directory`) before paying the seconds those imports take.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM, load_tokenizer
-from safetensors import SafetensorError
-from transformers import PreTrainedTokenizerBase
+from convert.commands import UsageError, first_line, read_json_object
 
-from convert.commands import UsageError
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
+
+# A saved tokenizer always has one of these; without any, AutoTokenizer would fall back to config.json's auto_map
+# and ask on stdin whether to run the directory's code.
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "encoder.json")
 
 
 def check_output_directory(target: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -31,17 +41,26 @@ def check_output_directory(target: str | os.PathLike, overwrite: bool = False) -
     return target
 
 
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-"
+
+
+def _retired_prefix(target: Path) -> str:
+    return f".{target.name}.old-"
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yields an empty temporary sibling of `target`; renames it to `target` only when the block succeeds.
 
     A crash or error leaves `target` as it was (absent, or the previous good version) and removes the temporary.
     An existing non-empty `target` is refused unless `overwrite`, in which case it is replaced at the end.
+    A process killed mid-way can leave its siblings behind; `recover_interrupted_writes` tidies them.
     """
     target = check_output_directory(target, overwrite)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), dir=target.parent))
     except OSError as error:
         raise UsageError(f"cannot write to {target.parent}: {error.strerror}; choose a writable location") from error
     try:
@@ -49,7 +68,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         _give_default_permissions(staging)
         if target.exists():
             # Two renames: the old version is moved aside before the new one takes its name.
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            retired = Path(tempfile.mkdtemp(prefix=_retired_prefix(target), dir=target.parent))
             os.replace(target, retired / target.name)
             os.replace(staging, target)
             shutil.rmtree(retired, ignore_errors=True)
@@ -57,6 +76,28 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
             os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover_interrupted_writes(target: str | os.PathLike) -> None:
+    """Tidies what a killed `atomic_directory(target)` left: puts back a `target` moved aside by a process killed
+    between its two renames (the newest one moved aside, when `target` is missing), then removes every leftover
+    staging and retired sibling.
+
+    Call it only while no other writer can be at work on `target` (under a lock): a live writer's staging
+    directory looks the same as a dead one's.
+    """
+    target = Path(target).absolute()
+    if not target.parent.is_dir():
+        return
+    retired = sorted(
+        (path for path in target.parent.glob(_retired_prefix(target) + "*") if (path / target.name).is_dir()),
+        key=lambda path: path.stat().st_mtime_ns,
+    )
+    if retired and not target.exists():
+        os.replace(retired[-1] / target.name, target)
+    for prefix in (_staging_prefix(target), _retired_prefix(target)):
+        for leftover in target.parent.glob(prefix + "*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _give_default_permissions(staging: Path) -> None:
@@ -76,7 +117,7 @@ def save_model_directory(
     tokenizer: PreTrainedTokenizerBase | None,
     target: str | os.PathLike,
     overwrite: bool = False,
-    max_shard_size: str = "2GB",
+    max_shard_size: str | int = "2GB",
 ) -> Path:
     """Writes a complete model directory atomically: config.json (with auto_map), model.safetensors (sharded past
     `max_shard_size`), generation_config.json, modeling_gptscratch.py and, if given, the tokenizer files."""
@@ -87,32 +128,78 @@ def save_model_directory(
     return Path(target)
 
 
-def load_model_directory(
-    directory: str | os.PathLike, **from_pretrained_kwargs
-) -> tuple[GPTScratchForCausalLM, PreTrainedTokenizerBase]:
-    """Loads a model directory (trained or converted) and its tokenizer, with a clear error for anything else."""
+def inference_device() -> torch.device:
+    """Where the commands, and the Python functions they call, run a model they load: the GPU when CUDA is
+    available, else the CPU. One rule, so a command and its Python equivalent sample the same text for a seed."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def read_model_directory(directory: str | os.PathLike) -> tuple[GPTScratchConfig, PreTrainedTokenizerBase]:
+    """The config and tokenizer of a gptscratch model directory (trained or converted), without its weights.
+
+    A UsageError names the problem for anything else: a missing directory, a missing or damaged config.json, a
+    directory of another model type, no tokenizer. Commands check their input against the config and tokenizer
+    before `load_model_weights`, so a refusal comes at once instead of after the weights load.
+    """
+    from modeling_gptscratch import GPTScratchConfig, load_tokenizer
+
     directory = Path(directory)
-    config_file = directory / "config.json"
     if not directory.is_dir():
         raise UsageError(f"model directory {directory} does not exist; pass a directory written by gptscratch")
-    if not config_file.is_file():
-        raise UsageError(f"{directory} holds no config.json; pass a model directory written by gptscratch")
-    try:
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{config_file} is not valid JSON ({error}); the model directory is damaged") from error
+    fix = "pass a model directory written by gptscratch (save or convert the model again if it is damaged)"
+    values = read_json_object(directory / "config.json", "model config", fix)
+    model_type = values.get("model_type")
     if model_type != GPTScratchConfig.model_type:
         raise UsageError(
             f"{directory} holds a {model_type!r} model, not a gptscratch one; pass a directory written by gptscratch"
         )
     try:
-        model = GPTScratchForCausalLM.from_pretrained(directory, **from_pretrained_kwargs)
-    except (OSError, ValueError, SafetensorError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"cannot load the model in {directory} ({first_line}); the weights are missing or damaged, "
-                         "save or convert the model again") from error
+        config = GPTScratchConfig.from_dict(values)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"model config {directory / 'config.json'} is invalid ({first_line(error)}); {fix}") from None
+    if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
+        raise UsageError(
+            f"{directory} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save the model's tokenizer "
+            "beside it with tokenizer.save_pretrained"
+        )
     try:
         tokenizer = load_tokenizer(directory)
     except (OSError, ValueError) as error:
-        raise UsageError(f"{directory} holds no loadable tokenizer ({error}); save one beside the model") from error
-    return model, tokenizer
+        raise UsageError(
+            f"{directory} holds no loadable tokenizer ({first_line(error)}); save the model's tokenizer beside it "
+            "with tokenizer.save_pretrained"
+        ) from None
+    return config, tokenizer
+
+
+def load_model_weights(
+    directory: str | os.PathLike,
+    config: GPTScratchConfig,
+    device: str | torch.device | None = None,
+    **from_pretrained_kwargs: Any,
+) -> GPTScratchForCausalLM:
+    """The model of a directory that `read_model_directory` accepted (which gave `config`), on `device` (by
+    default where from_pretrained puts it, the CPU). Missing or damaged weights are a UsageError."""
+    from safetensors import SafetensorError
+
+    from modeling_gptscratch import GPTScratchForCausalLM
+
+    try:
+        model = GPTScratchForCausalLM.from_pretrained(directory, config=config, **from_pretrained_kwargs)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise UsageError(
+            f"cannot load the model in {directory} ({first_line(error)}); the weights are missing or damaged, "
+            "save or convert the model again"
+        ) from error
+    return model if device is None else model.to(device)
+
+
+def load_model_directory(
+    directory: str | os.PathLike, device: str | torch.device | None = None, **from_pretrained_kwargs: Any
+) -> tuple[GPTScratchForCausalLM, PreTrainedTokenizerBase]:
+    """Loads a model directory (trained or converted) and its tokenizer, with a clear error for anything else:
+    `read_model_directory` (the cheap checks and the tokenizer), then `load_model_weights`."""
+    config, tokenizer = read_model_directory(directory)
+    return load_model_weights(directory, config, device, **from_pretrained_kwargs), tokenizer

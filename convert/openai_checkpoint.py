@@ -2,19 +2,19 @@
 
 A checkpoint directory holds OpenAI's seven files (`CHECKPOINT_FILES`). Its tensors are read one at a time with
 TensorFlow's checkpoint reader, checked against the shapes hparams.json implies (as the book's `assign` does),
-renamed to GPTScratch's parameters and written with `save_model_directory`, beside the GPT-2 tokenizer built from
+renamed to GPTScratch's parameters and written with `save_converted_model`, beside the GPT-2 tokenizer built from
 encoder.json and vocab.bpe.
 
-TensorFlow (the `convert` extra) is imported only when converting; torch and transformers only once the inputs
-have been checked (see convert/weights.py), so that bad input is reported at once.
+TensorFlow (the `convert` extra) is imported only when converting; TensorFlow, torch and transformers only once the
+inputs and the output options have been checked (see convert/weights.py), so that bad input is reported at once.
 """
 
 from __future__ import annotations
 
 import http.client
-import json
 import math
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from convert.commands import UsageError
-from convert.weights import check_dtype, check_shapes, first_line
+from convert.commands import UsageError, first_line, read_json_object
+from convert.model_dir import check_output_directory
+from convert.weights import check_dtype, check_shapes, check_shard_size, save_converted_model, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -109,13 +110,7 @@ def check_checkpoint_directory(checkpoint_dir: str | os.PathLike) -> Path:
 
 def read_hparams(path: str | os.PathLike) -> dict[str, int]:
     """OpenAI's hparams.json: n_vocab, n_ctx, n_embd, n_head, n_layer as positive integers, n_head dividing n_embd."""
-    path = Path(path)
-    try:
-        hparams = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path} is not valid JSON ({error}); download it again") from error
-    if not isinstance(hparams, dict):
-        raise UsageError(f"{path} holds {type(hparams).__name__}, not a JSON object; download it again")
+    hparams = read_json_object(path, "hparams file", "download it again")
     for key in HPARAMS_KEYS:
         value = hparams.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -205,7 +200,7 @@ def convert_openai_checkpoint(
     output_dir: str | os.PathLike,
     dtype: str = "float32",
     overwrite: bool = False,
-    max_shard_size: str = "2GB",
+    max_shard_size: str | int = "2GB",
 ) -> Path:
     """Converts one of OpenAI's GPT-2 TensorFlow checkpoints into a model directory; returns its path.
 
@@ -216,22 +211,19 @@ def convert_openai_checkpoint(
 
     The config is hparams.json's (vocab_size=n_vocab, context_length=n_ctx, emb_dim=n_embd, n_heads=n_head,
     n_layers=n_layer) with qkv bias, dropout 0 and the head tied to the token embedding; the generation config
-    stops at `<|endoftext|>` (50256). Weights are sharded past `max_shard_size`. Bad input (a missing file, a
-    truncated data file, hparams that disagree with the tensors, a non-empty `output_dir` without `overwrite`)
-    is a UsageError raised before anything is written; on any error `output_dir` is left as it was.
+    stops at `<|endoftext|>` (50256). Weights are sharded past `max_shard_size` (e.g. "500MB"). Bad input (a
+    missing file, a truncated data file, hparams that disagree with the tensors, a non-empty `output_dir` without
+    `overwrite`, an unknown dtype or shard size) is a UsageError raised before anything is written, and before
+    TensorFlow is imported where the files and options alone show it; on any error `output_dir` is left as it was.
     """
     checkpoint_dir = check_checkpoint_directory(checkpoint_dir)
     hparams = read_hparams(checkpoint_dir / "hparams.json")
     check_dtype(dtype)
+    check_shard_size(max_shard_size)
+    check_output_directory(output_dir, overwrite)
     reader = open_checkpoint(checkpoint_dir, hparams)
 
-    from convert.model_dir import check_output_directory, save_model_directory
-    from convert.weights import assemble_model, load_checkpoint_tokenizer, torch_dtype
-    from modeling_gptscratch import GPTScratchConfig
-
-    tokenizer = load_checkpoint_tokenizer(checkpoint_dir, hparams["n_vocab"], hparams["n_ctx"])
-    check_output_directory(output_dir, overwrite)
-    config = GPTScratchConfig(
+    config = dict(
         vocab_size=hparams["n_vocab"],
         context_length=hparams["n_ctx"],
         emb_dim=hparams["n_embd"],
@@ -240,11 +232,9 @@ def convert_openai_checkpoint(
         drop_rate=0.0,
         qkv_bias=True,
         tie_word_embeddings=True,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
-    model = assemble_model(config, _read_tensors(reader, openai_variables(hparams), torch_dtype(dtype)))
-    return save_model_directory(model, tokenizer, output_dir, overwrite=overwrite, max_shard_size=max_shard_size)
+    tensors = _read_tensors(reader, openai_variables(hparams), torch_dtype(dtype))
+    return save_converted_model(config, tensors, checkpoint_dir, output_dir, overwrite, max_shard_size)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -255,14 +245,17 @@ def _open_download(url: str, offset: int, timeout: float) -> tuple[Any, int, int
     """Opens `url` from byte `offset`; returns (response, the offset it actually starts at, the file's total size).
 
     A server that ignores the Range header answers 200 with the whole file: the download then starts over at 0.
+    A 206 answer's Content-Range says where it starts; one without a readable Content-Range is an HTTPException.
     """
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     if response.status == 206:
-        # Content-Range: bytes START-END/TOTAL
-        start, _, total = response.headers.get("Content-Range", "").removeprefix("bytes ").partition("/")
-        start = int(start.partition("-")[0])
-        return response, start, int(total) if total.isdigit() else None
+        content_range = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range", "").strip())
+        if content_range is None:
+            response.close()
+            raise http.client.HTTPException("a partial answer without a readable Content-Range")
+        start, total = content_range.groups()
+        return response, int(start), int(total) if total.isdigit() else None
     length = response.headers.get("Content-Length")
     return response, 0, int(length) if length is not None and length.isdigit() else None
 
@@ -270,9 +263,11 @@ def _open_download(url: str, offset: int, timeout: float) -> tuple[Any, int, int
 def _download_file(urls: Sequence[str], destination: Path, timeout: float) -> None:
     """Downloads the first of `urls` that answers into `destination`, through `destination`.part.
 
-    A `.part` left by an interrupted run is resumed with an HTTP Range request. The file gets its final name only
-    when its size equals the size the server announced; a connection that drops midway keeps the `.part` for the
-    next run. The directory is created only once a server has answered, so an offline run writes nothing.
+    A `.part` left by an interrupted run is resumed with an HTTP Range request; the answer is written from the byte
+    the server says it starts at (the start of the file when it ignores the Range), so a `.part` is never added to
+    twice. The file gets its final name only when its size equals the size the server announced; a connection that
+    drops midway keeps the `.part` for the next run. The directory is created only once a server has answered, so
+    an offline run writes nothing.
     """
     partial = destination.with_name(destination.name + ".part")
     failures = []
@@ -291,6 +286,10 @@ def _download_file(urls: Sequence[str], destination: Path, timeout: float) -> No
             reason = error.reason if isinstance(error, urllib.error.URLError) else error
             failures.append(f"{url} ({reason})")
             continue
+        if start > offset:  # a gap between what is held and what is sent: nothing to append to
+            response.close()
+            failures.append(f"{url} (answered from byte {start}, but only {offset} bytes are held)")
+            continue
         with response:
             try:
                 destination.parent.mkdir(parents=True, exist_ok=True)
@@ -299,10 +298,12 @@ def _download_file(urls: Sequence[str], destination: Path, timeout: float) -> No
                     f"cannot create {destination.parent} ({error.strerror}); choose a writable --models-dir"
                 ) from error
             with (
-                open(partial, "ab" if start else "wb") as file,
+                open(partial, "r+b" if start else "wb") as file,
                 tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name)
                 as bar,
             ):
+                file.seek(start)
+                file.truncate()  # whatever the .part held past `start` is what this answer sends again
                 try:
                     while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
                         file.write(chunk)
@@ -353,17 +354,17 @@ def download_and_convert_openai_checkpoint(
     base_urls: Sequence[str] = DOWNLOAD_BASE_URLS,
     dtype: str = "float32",
     overwrite: bool = False,
-    max_shard_size: str = "2GB",
+    max_shard_size: str | int = "2GB",
 ) -> Path:
     """Downloads GPT-2 `size` into `models_dir`/`size` (see `download_openai_checkpoint`), then converts it into
     `output_dir` (by default `models_dir`/gpt2-`size`, e.g. models/gpt2-124m); returns the model directory.
 
-    The output directory and dtype are checked before the download starts, so a refusal costs no download.
+    The output directory, dtype and shard size are checked before the download starts, so a refusal costs no
+    download.
     """
     output_dir = Path(models_dir) / f"gpt2-{size.lower()}" if output_dir is None else Path(output_dir)
     check_dtype(dtype)
-    from convert.model_dir import check_output_directory
-
+    check_shard_size(max_shard_size)
     check_output_directory(output_dir, overwrite)
     checkpoint_dir = download_openai_checkpoint(size, models_dir, base_urls=base_urls)
     return convert_openai_checkpoint(

@@ -7,8 +7,9 @@ trust_remote_code=True)` loads it where this project is absent. `--format gpt2` 
 instead (no remote code). The training record (summary, metrics, loss plot) travels along when the directory has one.
 
 Versions: the repository is a git repository with one commit per push. A push builds the new version in a hidden
-sibling (a copy of the old history plus the new files, committed there) and swaps it in by rename, so a reader sees
-the old repository or the new one, never a mix, and `git log` / `git checkout` reach every earlier push.
+sibling (a copy of the old history, its objects hard-linked rather than copied, plus the new files, committed there)
+and swaps it in by rename, so a reader sees the old repository or the new one, never a mix, and `git log` /
+`git show` reach every earlier push. A push killed half-way is tidied up by the next push to the same repo id.
 """
 
 from __future__ import annotations
@@ -16,22 +17,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import json
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convert.commands import ArgumentParser, UsageError, run_command
+from convert.commands import ArgumentParser, UsageError, read_json_object, run_command
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from modeling_gptscratch import GPTScratchForCausalLM
 
+PROG = "gptscratch-push"
 FORMATS = ("gptscratch", "gpt2")
 # The training record a trained model directory holds beside the model; copied into the repository when present.
 TRAINING_FILES = ("training_summary.json", "metrics.jsonl", "loss_plot.png", "loss_plot.pdf")
@@ -95,15 +96,28 @@ def _repo_lock(target: Path) -> Iterator[None]:
 def read_training_summary(model_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The trainer's `training_summary.json` in `model_dir`, or None for a directory without one (converted)."""
     path = Path(model_dir) / "training_summary.json"
-    if not path.is_file():
+    if not path.exists():
         return None
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path} is not valid JSON ({error}); fix or remove it") from None
-    if not isinstance(summary, dict):
-        raise UsageError(f"{path} holds {type(summary).__name__}, not a JSON object; fix or remove it")
-    return summary
+    return read_json_object(path, "training summary", "fix or remove it")
+
+
+def _copy_history(repo: Path, staging: Path) -> None:
+    """Copies `repo`/.git into `staging` for the next version, hard-linking the object files instead of copying
+    them: git never changes an object file once written, and they are the bulk of the folder (every earlier
+    version's weights), so a push costs the new version's size, not the whole history's. Where the file system
+    refuses hard links, the objects are copied."""
+    objects = repo / ".git" / "objects"
+
+    def link_objects(source: str, destination: str) -> None:
+        if Path(source).is_relative_to(objects):
+            try:
+                os.link(source, destination)
+                return
+            except OSError:
+                pass
+        shutil.copy2(source, destination)
+
+    shutil.copytree(repo / ".git", staging / ".git", symlinks=True, copy_function=link_objects)
 
 
 def _cell(value: Any, digits: int = 4) -> str:
@@ -210,8 +224,9 @@ def model_card(
         "",
         "## Versions",
         "",
-        "Each push is one git commit of this folder: `git log` lists the versions and "
-        "`git worktree add ../older <commit>` checks an earlier one out beside this one.",
+        "Each push is one git commit of this folder: `git log` lists the versions, `git show <commit>:config.json` "
+        "prints a file as that version had it, and `git clone <this folder> <a folder outside the hub>` followed "
+        "by `git checkout <commit>` there gives a whole earlier version without touching this one.",
         "",
     ]
     return "\n".join(lines)
@@ -248,38 +263,45 @@ def push_to_local_hub(
     # Imported only now: the checks above refuse a mistyped repo id or hub directory at once, not after the
     # seconds that torch and transformers take to load.
     from convert.gpt2_export import gpt2_config, write_gpt2_directory
-    from convert.model_dir import atomic_directory, load_model_directory
+    from convert.model_dir import atomic_directory, load_model_weights, read_model_directory, recover_interrupted_writes
 
     model_dir = Path(model_dir)
-    model, tokenizer = load_model_directory(model_dir)
+    config, tokenizer = read_model_directory(model_dir)
     if format == "gpt2":
-        gpt2_config(model.config)  # refuse what GPT-2 cannot express before anything is written
+        gpt2_config(config)  # refuse what GPT-2 cannot express before the weights load
     summary = read_training_summary(model_dir)
     present = [name for name in TRAINING_FILES if (model_dir / name).is_file()]
+    model = load_model_weights(model_dir, config)
 
-    with _repo_lock(target), atomic_directory(target, overwrite=True) as staging:
-        if (target / ".git").is_dir():
-            shutil.copytree(target / ".git", staging / ".git", symlinks=True)
-        else:
-            _git(staging, "init", "--quiet", "--initial-branch=main")
-        if format == "gpt2":
-            write_gpt2_directory(model, tokenizer, staging)
-        else:
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-        for name in present:
-            shutil.copy2(model_dir / name, staging / name)
-        card = model_card(repo_id, model, tokenizer, summary, "loss_plot.png" in present, format, license)
-        (staging / "README.md").write_text(card, encoding="utf-8")
-        _git(staging, "add", "--all")
-        # --allow-empty: pushing unchanged files is still a push, and every push is one version.
-        _git(staging, "commit", "--quiet", "--allow-empty", "-m", message or f"Push {model_dir.absolute()} ({format})")
+    with _repo_lock(target):
+        recover_interrupted_writes(target)  # under the lock: any staging folder left now is a dead push's
+        with atomic_directory(target, overwrite=True) as staging:
+            if (target / ".git").is_dir():
+                _copy_history(target, staging)
+            else:
+                _git(staging, "init", "--quiet", "--initial-branch=main")
+            if format == "gpt2":
+                write_gpt2_directory(model, tokenizer, staging)
+            else:
+                model.save_pretrained(staging)
+                tokenizer.save_pretrained(staging)
+            for name in present:
+                shutil.copy2(model_dir / name, staging / name)
+            card = model_card(repo_id, model, tokenizer, summary, "loss_plot.png" in present, format, license)
+            (staging / "README.md").write_text(card, encoding="utf-8")
+            _git(staging, "add", "--all")
+            # The directory's name, not its path: the history is published, the pusher's file system is not.
+            default_message = f"Push {model_dir.absolute().name} ({format})"
+            # --allow-empty: pushing unchanged files is still a push, and every push is one version.
+            _git(staging, "commit", "--quiet", "--allow-empty", "-m", message or default_message)
     return target
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of `gptscratch-push`: the model directory, where it goes (hub directory and repo id) and how
+    (format, license, commit message)."""
     parser = ArgumentParser(
-        prog="gptscratch-push",
+        prog=PROG,
         description="Publish a model directory to a local hub directory as a versioned model repository.",
     )
     parser.add_argument("--model", required=True, help="model directory (trained or converted)")
@@ -296,17 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _main() -> None:
-    args = build_parser().parse_args()
+def _main(argv: Sequence[str] | None) -> None:
+    args = build_parser().parse_args(argv)
     target = push_to_local_hub(args.model, args.hub_dir, args.repo_id, args.format, args.license, args.message)
     commit = _git(target, "rev-parse", "--short", "HEAD")
     versions = _git(target, "rev-list", "--count", "HEAD")
     print(f"pushed {args.repo_id} to {target} (commit {commit}, version {versions})")
 
 
-def main() -> None:
-    """Console entry point of `gptscratch-push`."""
-    run_command("gptscratch-push", _main)
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `gptscratch-push` (also `python -m convert.push`); `argv` defaults to the command line."""
+    run_command(PROG, lambda: _main(argv))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""What the two converters share: shape checks against a config, the output dtype, the tokenizer, and a model built
-from converted tensors without initialising random weights first.
+"""What the two converters share: checks of the output options (dtype, shard size), shape checks against a config,
+the tokenizer, and the model built from converted tensors without initialising random weights first and saved.
 
 torch and transformers are imported inside the functions that use them, never at the top: the converters check
 paths, files and shapes first, so bad input is reported in a fraction of a second instead of after the ~5 s those
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from convert.commands import UsageError
+from convert.commands import UsageError, first_line
+from convert.model_dir import save_model_directory
 
 if TYPE_CHECKING:
     import torch
@@ -25,16 +27,30 @@ if TYPE_CHECKING:
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (library errors often run to many lines), or its type's name."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 def check_dtype(dtype: str) -> str:
     """`dtype` if it names a supported output dtype, else a UsageError."""
     if dtype not in DTYPES:
         raise UsageError(f"dtype {dtype!r} is not supported; pass --dtype with one of {', '.join(DTYPES)}")
     return dtype
+
+
+def check_shard_size(size: str | int) -> str | int:
+    """`size` if `save_pretrained(max_shard_size=size)` can shard by it, else a UsageError.
+
+    A positive number of bytes, or a string such as "500MB" or "2GB" (units KB, MB, GB, TB), read by the parser
+    save_pretrained itself uses, so what passes here also passes there: a typo is refused before the conversion
+    instead of crashing after it. Also argparse's `type=` for --max-shard-size.
+    """
+    # huggingface_hub's own parser: transformers' save_pretrained hands the size to it unchanged.
+    from huggingface_hub.serialization._base import parse_size_to_int
+
+    try:
+        size_bytes = size if isinstance(size, int) and not isinstance(size, bool) else parse_size_to_int(str(size))
+    except (ValueError, OverflowError):
+        size_bytes = 0
+    if size_bytes <= 0:
+        raise UsageError(f"--max-shard-size {size!r} is not a size; pass e.g. 500MB or 2GB")
+    return size
 
 
 def check_shapes(
@@ -130,3 +146,24 @@ def assemble_model(
         )
     model.tie_weights()
     return model.eval()
+
+
+def save_converted_model(
+    config: Mapping[str, Any],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    tokenizer_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    max_shard_size: str | int = "2GB",
+) -> Path:
+    """The end both converters share: the tokenizer from `tokenizer_dir` (`load_checkpoint_tokenizer`), a
+    GPTScratchConfig of `config` (GPTScratchConfig's keyword arguments) whose text starts and ends at the
+    tokenizer's end-of-text token, the model assembled from `tensors` (`assemble_model`), and the model directory
+    written atomically to `output_dir`; returns its path. The caller has checked the output directory already.
+    """
+    from modeling_gptscratch import GPTScratchConfig
+
+    tokenizer = load_checkpoint_tokenizer(tokenizer_dir, config["vocab_size"], config["context_length"])
+    model_config = GPTScratchConfig(**config, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = assemble_model(model_config, tensors)
+    return save_model_directory(model, tokenizer, output_dir, overwrite=overwrite, max_shard_size=max_shard_size)

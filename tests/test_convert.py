@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, run_main
 from conftest import SHARED_DATA
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from convert.book_checkpoint import convert_book_checkpoint
+from convert.cli import PROG
 from convert.cli import main as cli_main
 from convert.commands import UsageError
 from convert.openai_checkpoint import (
@@ -156,15 +158,6 @@ def run_cli(*args, timeout: int = 300) -> subprocess.CompletedProcess[str]:
                           timeout=timeout)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *names: str) -> None:
-    """Exit status 2 and a single stderr line, `gptscratch-convert: error: ...`, naming each of `names`."""
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gptscratch-convert: error: "), result.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-
-
 def entries(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
 
@@ -255,8 +248,10 @@ def test_converted_directory_loads_with_auto_classes_and_generates_like_gpt2(con
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_dtype_casts_every_tensor(small, converted, tmp_path, dtype):
-    out = convert_openai_checkpoint(small.directory, tmp_path / "out", dtype=dtype)
+def test_dtype_casts_every_tensor(small, converted, tmp_path, dtype, capsys):
+    out = tmp_path / "out"
+    result = run_main(cli_main, ["--checkpoint-dir", small.directory, "--output-dir", out, "--dtype", dtype], capsys)
+    assert result.returncode == 0 and f"wrote model directory {out}" in result.stdout, result.stderr
     assert json.loads((out / "config.json").read_text())["dtype"] == dtype
     ours, full = safetensors_tensors(out), safetensors_tensors(converted)
     assert ours.keys() == full.keys()
@@ -393,25 +388,33 @@ def test_book_config_may_be_given_inline(bpe_dir, tmp_path):
 # --- downloads -------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def file_server(small) -> Iterator[tuple[str, list[tuple[str, str | None]], dict[str, int]]]:
-    """Serves the small checkpoint's files as /124M/NAME on 127.0.0.1 with HTTP Range support.
+@dataclass
+class FileServer:
+    """A local server of the small checkpoint's files. `requests`: the (path, Range header) of every request.
+    `cuts`: {path: n} makes the next answer for path stop after n bytes while announcing the full length, as a
+    dropped connection does. `honours_range`: False makes it answer every request 200 with the whole file."""
 
-    Yields (base URL, the (path, Range header) of every request, cuts): a cut {path: n} makes the next answer for
-    path stop after n bytes while announcing the full length, as a dropped connection does.
-    """
+    url: str
+    requests: list[tuple[str, str | None]]
+    cuts: dict[str, int]
+    honours_range: bool = True
+
+
+@pytest.fixture
+def file_server(small) -> Iterator[FileServer]:
+    """Serves the small checkpoint's files as /124M/NAME on 127.0.0.1 with HTTP Range support."""
     files = {f"/124M/{name}": (small.directory / name).read_bytes() for name in CHECKPOINT_FILES}
-    requests: list[tuple[str, str | None]] = []
-    cuts: dict[str, int] = {}
+    state = FileServer("", [], {})
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            requests.append((self.path, self.headers.get("Range")))
+            state.requests.append((self.path, self.headers.get("Range")))
             body = files.get(self.path)
             if body is None:
                 self.send_error(404)
                 return
-            start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers["Range"] else 0
+            asked = self.headers["Range"] and state.honours_range
+            start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if asked else 0
             if start:
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
@@ -419,7 +422,7 @@ def file_server(small) -> Iterator[tuple[str, list[tuple[str, str | None]], dict
                 self.send_response(200)
             self.send_header("Content-Length", str(len(body) - start))
             self.end_headers()
-            self.wfile.write(body[start:cuts.pop(self.path, len(body))])
+            self.wfile.write(body[start:state.cuts.pop(self.path, len(body))])
 
         def log_message(self, *args) -> None:
             pass
@@ -427,13 +430,14 @@ def file_server(small) -> Iterator[tuple[str, list[tuple[str, str | None]], dict
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", requests, cuts
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield state
     server.shutdown()
     server.server_close()
 
 
 def test_download_checks_sizes_and_resumes_a_partial_file(small, file_server, tmp_path):
-    url, requests, cuts = file_server
+    url, requests, cuts = file_server.url, file_server.requests, file_server.cuts
     data_size = (small.directory / DATA_FILE).stat().st_size
     cuts[f"/124M/{DATA_FILE}"] = data_size // 3
     with pytest.raises(UsageError, match=rf"got {data_size // 3} of {data_size} bytes.*kept and the next run resumes"):
@@ -452,8 +456,21 @@ def test_download_checks_sizes_and_resumes_a_partial_file(small, file_server, tm
     assert len(requests) == served  # complete files are not fetched again
 
 
+def test_a_server_that_ignores_range_restarts_the_partial_file(small, file_server, tmp_path):
+    """A 200 answer to a Range request holds the whole file: it replaces the .part instead of being appended."""
+    file_server.honours_range = False
+    target = tmp_path / "124M"
+    target.mkdir()
+    data = (small.directory / DATA_FILE).read_bytes()
+    (target / f"{DATA_FILE}.part").write_bytes(b"\0" * (len(data) // 3))  # not even a prefix of the file
+    download_openai_checkpoint("124M", tmp_path, base_urls=[file_server.url])
+    assert (f"/124M/{DATA_FILE}", f"bytes={len(data) // 3}-") in file_server.requests
+    assert (target / DATA_FILE).read_bytes() == data
+    assert not (target / f"{DATA_FILE}.part").exists()
+
+
 def test_cli_downloads_then_converts(file_server, converted, tmp_path):
-    url, _, _ = file_server
+    url = file_server.url
     result = run_cli("--download", "124M", "--models-dir", tmp_path / "models", "--base-url", url)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "models" / "gpt2-124m"
@@ -465,7 +482,7 @@ def test_cli_downloads_then_converts(file_server, converted, tmp_path):
 def test_download_offline_fails_at_once_and_writes_nothing(tmp_path):
     result = run_cli("--download", "124M", "--models-dir", tmp_path / "models", "--base-url",
                      "http://gptscratch-offline-test.invalid", timeout=60)
-    assert_one_line_error(result, "cannot download checkpoint", "gptscratch-offline-test.invalid",
+    assert_one_line_error(result, PROG, "cannot download checkpoint", "gptscratch-offline-test.invalid",
                           "check the network connection")
     assert entries(tmp_path) == []
 
@@ -518,7 +535,7 @@ def test_bad_openai_input_exits_2_and_writes_nothing(small, tmp_path, case):
     make_directory, names = OPENAI_BAD_INPUTS[case]
     checkpoint_dir = make_directory(small, tmp_path)
     result = run_cli("--checkpoint-dir", checkpoint_dir, "--output-dir", tmp_path / "out")
-    assert_one_line_error(result, *(name.format(**small.hparams) for name in names))
+    assert_one_line_error(result, PROG, *(name.format(**small.hparams) for name in names))
     assert "out" not in entries(tmp_path) and not any(name.startswith(".out") for name in entries(tmp_path))
 
 
@@ -530,6 +547,10 @@ def test_cli_flag_mistakes_exit_2_with_one_line(small, tmp_path, capsys):
         ("--checkpoint-dir", str(small.directory), "--output-dir", str(tmp_path / "out"), "--tokenizer",
          str(tmp_path)): "--tokenizer does not go with --checkpoint-dir",
         ("--checkpoint-dir", str(small.directory), "--book-checkpoint", "model.pth"): "not allowed with argument",
+        ("--checkpoint-dir", str(small.directory), "--output-dir", str(tmp_path / "out"), "--max-shard-size",
+         "lots"): "--max-shard-size 'lots' is not a size; pass e.g. 500MB",
+        ("--checkpoint-dir", str(small.directory), "--output-dir", str(tmp_path / "out"), "--max-shard-size",
+         "0MB"): "--max-shard-size '0MB' is not a size",
     }
     for argv, message in cases.items():
         with pytest.raises(SystemExit) as exit_info:
@@ -549,12 +570,40 @@ def test_download_refuses_a_non_empty_output_before_downloading(tmp_path):
     assert entries(tmp_path / "models") == ["gpt2-124m"] and entries(out) == ["keep.txt"]
 
 
+def test_the_python_api_checks_options_and_output_before_reading_checkpoints(small, tmp_path, monkeypatch):
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the options were checked")
+
+    monkeypatch.setattr("convert.openai_checkpoint.open_checkpoint", must_not_read)
+    monkeypatch.setattr("convert.book_checkpoint.load_book_state_dict", must_not_read)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    book_config = dict(vocab_size=300, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0,
+                       qkv_bias=False)
+    bpe = write_tiny_bpe(tmp_path / "bpe")
+    refusals = {
+        "--max-shard-size 'lots' is not a size": dict(max_shard_size="lots"),
+        "dtype 'float64' is not supported": dict(dtype="float64"),
+    }
+    for message, options in refusals.items():
+        with pytest.raises(UsageError, match=message):
+            convert_openai_checkpoint(small.directory, tmp_path / "out", **options)
+        with pytest.raises(UsageError, match=message):
+            convert_book_checkpoint(tmp_path / "model.pth", book_config, bpe, tmp_path / "out", **options)
+    with pytest.raises(UsageError, match="is not empty; pass --overwrite"):
+        convert_openai_checkpoint(small.directory, taken)
+    with pytest.raises(UsageError, match="is not empty; pass --overwrite"):
+        convert_book_checkpoint(tmp_path / "model.pth", book_config, bpe, taken)
+    assert entries(tmp_path) == ["bpe", "taken"] and entries(taken) == ["keep.txt"]
+
+
 def test_missing_tensorflow_says_how_to_install_it(small, tmp_path):
     # None in sys.modules makes `import tensorflow` raise ImportError, as on a machine without it.
     code = ("import sys; sys.modules['tensorflow'] = None; from convert.cli import main; "
             f"main(['--checkpoint-dir', {str(small.directory)!r}, '--output-dir', {str(tmp_path / 'out')!r}])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert_one_line_error(result, "needs TensorFlow", "pip install 'gptscratch[convert]'")
+    assert_one_line_error(result, PROG, "needs TensorFlow", "pip install 'gptscratch[convert]'")
     assert entries(tmp_path) == []
 
 
@@ -607,6 +656,9 @@ BOOK_BAD_INPUTS = {
         _wider_config, ["tok_emb.weight has shape [300, 16]", "implies [300, 32]", "--book-config"]),
     "config that is not JSON": (lambda files, tmp: files["config"].write_text("{vocab_size: 300"),
                                 ["config.json is not valid JSON"]),
+    "config that is a binary file": (
+        lambda files, tmp: files["config"].write_bytes(b"PK\x03\x04\xff\xfe"),
+        ["book config", "config.json is not UTF-8 text (byte offset 4)", "GPT_CONFIG_124M"]),
     "missing tokenizer directory": (lambda files, tmp: shutil.rmtree(files["tokenizer"]),
                                     ["bpe does not exist", "encoder.json and vocab.bpe"]),
     "output that exists and is not empty": (_non_empty_output, ["out exists and is not empty", "--overwrite"]),
@@ -620,7 +672,7 @@ def test_bad_book_input_exits_2_and_writes_nothing(tmp_path, case):
     spoil(files, tmp_path)
     result = run_cli("--book-checkpoint", files["checkpoint"], "--book-config", files["config"],
                      "--tokenizer", files["tokenizer"], "--output-dir", tmp_path / "out")
-    assert_one_line_error(result, *names)
+    assert_one_line_error(result, PROG, *names)
     assert entries(tmp_path / "out") == (["keep.txt"] if case == "output that exists and is not empty" else [])
     assert not (tmp_path / "pwned").exists() and not any(name.startswith(".out") for name in entries(tmp_path))
 
@@ -659,7 +711,8 @@ def test_gpt2_124m_shapes_convert_within_memory_and_match(bpe_dir, tmp_path, cap
     if not Path("/proc/self/status").is_file():
         pytest.skip("peak memory is read from /proc (Linux)")
     # Peak memory of the conversion, less that of a process that only imports what the conversion imports.
-    baseline = _peak_rss_bytes("import tensorflow, convert.cli, convert.weights, convert.model_dir")
+    # convert.model_dir imports torch and transformers lazily, so the baseline names them.
+    baseline = _peak_rss_bytes("import tensorflow, torch, transformers, modeling_gptscratch, convert.cli")
     peak = _peak_rss_bytes(
         f"from convert.cli import main\nmain(['--checkpoint-dir', {str(checkpoint)!r}, '--output-dir', {str(out)!r}])"
     )

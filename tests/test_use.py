@@ -15,18 +15,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, run_main
 from conftest import REPO_ROOT, SHARED_DATA, run_without_project, tiny_config
 from safetensors import safe_open
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast, TextStreamer
 
+import convert.gpt2_export
+import convert.push
+import train.evaluate
+import train.generate
 from convert.commands import UsageError
 from convert.gpt2_export import export_gpt2, to_gpt2
-from convert.model_dir import load_model_directory, save_model_directory
+from convert.model_dir import inference_device, load_model_directory, save_model_directory
 from convert.push import push_to_local_hub, repo_path
 from modeling_gptscratch import GPTScratchForCausalLM, load_tokenizer
 from train.evaluate import evaluate_text, read_text_file, score_token_ids, sliding_windows, text_token_ids
-from train.generate import encode_prompt, generate_text
+from train.generate import EndOfTextStreamer, encode_prompt, generate_text
 
 PARAGRAPH = (
     "I had always thought Jack Gisburn rather a cheap genius--though a good fellow enough--so it was no great "
@@ -180,15 +185,87 @@ def test_generate_text_streams_each_token_and_is_reproducible(model_dir, tokeniz
     assert generate_text(model_dir, PROMPT, 8, temperature=1.0, top_k=20, seed=6, stop_at_eos=False) != text
 
 
-@pytest.mark.slow
-def test_generate_cli_prints_what_the_api_returns(model_dir):
-    result = run_cli(
-        "-m", "train.generate", "--model", str(model_dir), "--prompt", PROMPT, "--max-new-tokens", "12",
-        "--temperature", "0.8", "--top-k", "10", "--seed", "42",
+@pytest.fixture(scope="module")
+def eos_dir(model_dir, tmp_path_factory) -> tuple[Path, str, int]:
+    """(directory, prompt, index of the stopping token): the model of `model_dir` with a generation config that
+    ends text at `<|endoftext|>` and at the 4th token it samples (seed 42, where the command runs it) after a prompt
+    that itself holds `<|endoftext|>`."""
+    prompt = "Every effort<|endoftext|> moves you"
+    model, tokenizer = load_model_directory(model_dir, device=inference_device())
+    prompt_ids = encode_prompt(tokenizer, prompt, len(tokenizer))
+    sampled = model.generate(
+        torch.tensor([prompt_ids], device=model.device), max_new_tokens=12, temperature=1.0, top_k=20,
+        eos_token_id=[], generator=torch.Generator(device=model.device).manual_seed(42),
     )
+    new_ids = sampled[0, len(prompt_ids):].tolist()
+    model.generation_config.eos_token_id = [new_ids[3], tokenizer.eos_token_id]
+    directory = save_model_directory(model, tokenizer, tmp_path_factory.mktemp("models") / "eos")
+    return directory, prompt, min(i for i, token in enumerate(new_ids) if token in (new_ids[3], tokenizer.eos_token_id))
+
+
+class PrintRecorder:
+    """Wraps EndOfTextStreamer so a test sees each piece of text as it is printed, with how many puts preceded it."""
+
+    def __init__(self, monkeypatch):
+        self.puts, self.printed = 0, []
+        put, on_finalized_text = EndOfTextStreamer.put, EndOfTextStreamer.on_finalized_text
+
+        def counting_put(streamer, value):
+            self.puts += 1
+            put(streamer, value)
+
+        def recording_print(streamer, text, stream_end=False):
+            self.printed.append((self.puts, text, stream_end))
+            on_finalized_text(streamer, text, stream_end)
+
+        monkeypatch.setattr(EndOfTextStreamer, "put", counting_put)
+        monkeypatch.setattr(EndOfTextStreamer, "on_finalized_text", recording_print)
+
+
+@pytest.mark.parametrize("stop_at_eos", [True, False])
+def test_generate_cli_streams_what_the_api_returns(eos_dir, tokenizer, monkeypatch, capsys, stop_at_eos):
+    """The command prints, as it is generated, exactly the text generate_text returns: an <|endoftext|> typed in
+    the prompt shows, the end-of-text token that stops generation does not; with --no-stop-at-eos it shows too."""
+    directory, prompt, stop = eos_dir
+    recorder = PrintRecorder(monkeypatch)
+    argv = ["--model", directory, "--prompt", prompt, "--max-new-tokens", "12", "--temperature", "1.0",
+            "--top-k", "20", "--seed", "42"] + ([] if stop_at_eos else ["--no-stop-at-eos"])
+    result = run_main(train.generate.main, argv, capsys)
+    expected = generate_text(directory, prompt, 12, temperature=1.0, top_k=20, seed=42, stop_at_eos=stop_at_eos)
     assert result.returncode == 0, result.stderr
-    expected = generate_text(model_dir, PROMPT, 12, temperature=0.8, top_k=10, seed=42)
     assert result.stdout == expected + "\n"
+    assert expected.startswith(prompt)  # the typed <|endoftext|> is kept
+    # The prompt, then each new token as it is chosen: up to and including the stopping one, or all 12.
+    assert recorder.puts == 1 + (stop + 1 if stop_at_eos else 12)
+    # The printer is handed the text after every token as it arrives (TextStreamer prints it once a word is
+    # complete), not once at the end; the dropped end-of-text token is the one put it does not see.
+    assert [puts for puts, _, end in recorder.printed if not end] == list(range(1, recorder.puts + 1 - stop_at_eos))
+    assert "".join(text + ("\n" if end else "") for _, text, end in recorder.printed) == expected + "\n"
+
+
+def test_generate_text_with_a_directory_refuses_a_second_tokenizer(model_dir, tokenizer):
+    with pytest.raises(UsageError, match="a model directory and a tokenizer; .* leave tokenizer out"):
+        generate_text(model_dir, PROMPT, 4, tokenizer=tokenizer)
+
+
+def test_decoding_settings_are_refused_before_the_model_loads(tmp_path, capsys):
+    """The command names its flags, the function its parameters; a missing model directory comes second."""
+    absent = tmp_path / "absent"
+    cases = {
+        "--max-new-tokens must be >= 0, got -1": ["--max-new-tokens", "-1"],
+        "--temperature must be >= 0 (0 is greedy decoding), got -0.5": ["--temperature", "-0.5"],
+        "--top-k must be >= 1 (or unset to keep every token), got 0": ["--top-k", "0"],
+    }
+    for message, flags in cases.items():
+        result = run_main(train.generate.main, ["--model", absent, "--prompt", PROMPT, *flags], capsys)
+        assert_one_line_error(result, "gptscratch-generate", message)
+    for message, arguments in {
+        "max_new_tokens must be >= 0": dict(max_new_tokens=-1),
+        "temperature must be >= 0": dict(temperature=-0.5),
+        "top_k must be >= 1": dict(top_k=0),
+    }.items():
+        with pytest.raises(UsageError, match=f"^{message}"):
+            generate_text(absent, PROMPT, **arguments)
 
 
 def test_prompts_the_tokenizer_cannot_handle_are_refused(tokenizer):
@@ -199,6 +276,9 @@ def test_prompts_the_tokenizer_cannot_handle_are_refused(tokenizer):
     chars = ascii_char_tokenizer()
     with pytest.raises(UsageError, match="'é', '日'"):
         encode_prompt(chars, "café 日", len(chars))
+    # Python decodes command-line bytes that are not UTF-8 (b"caf\xe9", Latin-1) to lone surrogates.
+    with pytest.raises(UsageError, match=r"the prompt 'caf\\udce9' is not valid text: '\\udce9' at position 3"):
+        encode_prompt(tokenizer, "caf\udce9", len(tokenizer))
     # GPT-2 spells its unknown token <|endoftext|>: written out in a prompt it is that special token, not unknown.
     assert encode_prompt(tokenizer, "a<|endoftext|>b", len(tokenizer))[1] == tokenizer.eos_token_id
 
@@ -307,6 +387,12 @@ def test_eval_cli_prints_one_json_object(model_dir, tmp_path):
     assert printed == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_text_with_no_token_to_score_is_a_usage_error(tokenizer):
+    model = tiny_model_for(tokenizer)
+    with pytest.raises(UsageError, match="the texts hold no token to score"):
+        evaluate_text(model, tokenizer, [""])
+
+
 def test_data_files_that_are_not_text_are_refused(tmp_path):
     (tmp_path / "binary.bin").write_bytes(b"ok\xff\xfe")
     (tmp_path / "empty.txt").write_text("  \n")
@@ -348,9 +434,11 @@ def test_push_writes_a_complete_repository_with_the_training_record(trained_dir,
     for fact in ("the-verdict.txt", "| Steps | 1,234 |", "| Epochs | 3 |", "| Tokens seen | 567,890 |",
                  "| Final training loss | 3.2101 |", "| Final validation loss | 4.5603 |",
                  "| Final training perplexity | 24.78 |", "| Final validation perplexity | 95.62 |",
-                 "](loss_plot.png)", "trust_remote_code=True"):
+                 "](loss_plot.png)", "trust_remote_code=True", "`git show <commit>:config.json`"):
         assert fact in card
+    assert "worktree" not in card  # a worktree would put a second checkout inside the hub
     assert git(repo, "rev-list", "--count", "HEAD") == "1"
+    assert git(repo, "log", "--format=%s") == "Push trained (gptscratch)"  # the folder's name, not its path
     assert git(repo, "status", "--porcelain") == ""
     assert file_tree(trained_dir) == before
     assert [p.name for p in tmp_path.iterdir()] == ["hub"]
@@ -380,18 +468,43 @@ def test_push_again_replaces_atomically_and_keeps_earlier_versions(model_dir, tr
 
     # A push that fails half-way leaves the last good version in place and no staging folder behind.
     head, tree = git(repo, "rev-parse", "HEAD"), file_tree(repo)
-    monkeypatch.setattr("convert.push.model_card", lambda *args, **kwargs: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        push_to_local_hub(model_dir, hub, "alice/tiny-gpt")
+    with monkeypatch.context() as patch:
+        patch.setattr("convert.push.model_card", lambda *args, **kwargs: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            push_to_local_hub(model_dir, hub, "alice/tiny-gpt")
     assert git(repo, "rev-parse", "HEAD") == head and file_tree(repo) == tree
     assert sorted(p.name for p in (hub / "alice").iterdir()) == [".tiny-gpt.lock", "tiny-gpt"]
 
 
-@pytest.mark.slow
-def test_pushed_repositories_load_without_the_project(model_dir, tokenizer, tmp_path):
+def test_a_push_links_the_history_and_recovers_from_a_killed_one(model_dir, trained_dir, tmp_path):
     hub = tmp_path / "hub"
     repo = push_to_local_hub(model_dir, hub, "alice/tiny-gpt")
-    gpt2_repo = push_to_local_hub(model_dir, hub, "alice/tiny-gpt2", format="gpt2")
+    blob = git(repo, "rev-parse", "HEAD:model.safetensors")
+    first_weights = repo / ".git" / "objects" / blob[:2] / blob[2:]
+    inode = first_weights.stat().st_ino
+    # A push killed between its two renames: the repository moved aside, the next version half-staged.
+    (hub / "alice" / ".tiny-gpt.old-killed").mkdir()
+    os.replace(repo, hub / "alice" / ".tiny-gpt.old-killed" / "tiny-gpt")
+    (hub / "alice" / ".tiny-gpt.tmp-killed").mkdir()
+    (hub / "alice" / ".tiny-gpt.tmp-killed" / "model.safetensors").write_bytes(b"half")
+
+    push_to_local_hub(trained_dir, hub, "alice/tiny-gpt")
+    assert sorted(p.name for p in (hub / "alice").iterdir()) == [".tiny-gpt.lock", "tiny-gpt"]
+    assert git(repo, "rev-list", "--count", "HEAD") == "2"  # the history was put back, then pushed onto
+    assert git(repo, "log", "--format=%s") == "Push trained (gptscratch)\nPush converted (gptscratch)"
+    # The first version's weights are the same file, linked into the new repository rather than copied.
+    assert first_weights.stat().st_ino == inode
+
+
+@pytest.mark.slow
+def test_pushed_repositories_load_without_the_project(model_dir, tokenizer, tmp_path, capsys):
+    hub = tmp_path / "hub"
+    repo = push_to_local_hub(model_dir, hub, "alice/tiny-gpt")
+    # The plain GPT-2 one through the command: --format reaches the Python API.
+    pushed = run_main(convert.push.main, ["--model", model_dir, "--hub-dir", hub, "--repo-id", "alice/tiny-gpt2",
+                                          "--format", "gpt2"], capsys)
+    gpt2_repo = hub / "alice" / "tiny-gpt2"
+    assert pushed.returncode == 0 and f"pushed alice/tiny-gpt2 to {gpt2_repo}" in pushed.stdout, pushed.stderr
     code = f"""
 import json, torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeline
@@ -447,6 +560,21 @@ def test_gpt2_export_gives_the_same_logits_without_remote_code(tokenizer, tmp_pa
     assert load_tokenizer(output)(PROMPT)["input_ids"] == tokenizer(PROMPT)["input_ids"]
 
 
+def test_gpt2_export_command_writes_the_directory_and_shares_untransposed_weights(model_dir, tmp_path, capsys):
+    output = tmp_path / "gpt2"
+    result = run_main(convert.gpt2_export.main, ["--model", model_dir, "--output-dir", output], capsys)
+    assert result.returncode == 0 and f"wrote GPT-2 directory {output}" in result.stdout, result.stderr
+    model, _ = load_model_directory(model_dir)
+    gpt2 = GPT2LMHeadModel.from_pretrained(output).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(gpt2(ids).logits, model(ids).logits, rtol=0, atol=1e-5)
+    # Built on the meta device: the export holds the model's own embedding, not a random one it then overwrote.
+    exported = to_gpt2(model)
+    assert exported.transformer.wte.weight.data_ptr() == model.model.tok_emb.weight.data_ptr()
+    assert exported.lm_head.weight is exported.transformer.wte.weight and not exported.training
+
+
 def test_gpt2_export_refuses_an_untied_head_with_the_reason(tokenizer, tmp_path):
     model = tiny_model_for(tokenizer, tie_word_embeddings=False)
     with pytest.raises(UsageError, match=r"GPT-2 cannot express.*tie_word_embeddings=false"):
@@ -466,40 +594,73 @@ def test_repo_ids_that_are_not_two_plain_names_are_refused(repo_id, tmp_path):
         repo_path(tmp_path, repo_id)
 
 
-@pytest.mark.slow
-def test_bad_input_exits_2_and_writes_nothing(model_dir, tokenizer, tmp_path):
-    untied = save_model_directory(tiny_model_for(tokenizer, tie_word_embeddings=False), tokenizer, tmp_path / "untied")
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(model_dir, tokenizer, tmp_path, capfd):
+    """Each command, run in-process on its flags: exit status 2, one stderr line naming the input, nothing written."""
     foreign = export_gpt2(model_dir, tmp_path / "gpt2-dir")
-    chars = ascii_char_tokenizer()
-    unknown_chars = save_model_directory(tiny_model_for(chars), chars, tmp_path / "ascii-model")
     (tmp_path / "a-file").write_text("not a directory")
-    hub = str(tmp_path / "hub")
-    push = ["-m", "convert.push", "--model", str(model_dir), "--hub-dir", hub]
-    generate = ["-m", "train.generate", "--prompt", PROMPT, "--model"]
+    hub = tmp_path / "hub"
+    push = ["--model", model_dir, "--hub-dir", hub]
     cases = {
-        "repo id ../x": (push + ["--repo-id", "../x"], "'../x' is not NAMESPACE/NAME"),
-        "absolute repo id": (push + ["--repo-id", str(tmp_path / "x")], "is not NAMESPACE/NAME"),
-        "empty part": (push + ["--repo-id", "alice//x"], "'alice//x' is not NAMESPACE/NAME"),
-        "hub is a file": (push[:-1] + [str(tmp_path / "a-file"), "--repo-id", "a/b"], "is not a directory"),
-        "hub under a file": (push[:-1] + [str(tmp_path / "a-file" / "hub"), "--repo-id", "a/b"], "is not a directory"),
-        "push missing model": (["-m", "convert.push", "--model", str(tmp_path / "absent"), "--hub-dir", hub,
-                                "--repo-id", "a/b"], "does not exist"),
-        "untied as gpt2": (["-m", "convert.push", "--model", str(untied), "--hub-dir", hub, "--repo-id", "a/b",
-                            "--format", "gpt2"], "GPT-2 cannot express"),
-        "generate foreign model": (generate + [str(foreign)], "holds a 'gpt2' model"),
-        "empty prompt": (["-m", "train.generate", "--model", str(model_dir), "--prompt", ""], "encodes to no tokens"),
-        "unknown characters": (["-m", "train.generate", "--model", str(unknown_chars), "--prompt", "naïve"],
-                               "cannot represent 'ï'"),
-        "eval missing data": (["-m", "train.evaluate", "--model", str(model_dir), "--data", str(tmp_path / "absent")],
+        "repo id ../x": (convert.push.main, push + ["--repo-id", "../x"], "'../x' is not NAMESPACE/NAME"),
+        "absolute repo id": (convert.push.main, push + ["--repo-id", tmp_path / "x"], "is not NAMESPACE/NAME"),
+        "empty part": (convert.push.main, push + ["--repo-id", "alice//x"], "'alice//x' is not NAMESPACE/NAME"),
+        "hub is a file": (convert.push.main, push[:-1] + [tmp_path / "a-file", "--repo-id", "a/b"],
+                          "is not a directory"),
+        "hub under a file": (convert.push.main, push[:-1] + [tmp_path / "a-file" / "hub", "--repo-id", "a/b"],
+                             "is not a directory"),
+        "push missing model": (convert.push.main, ["--model", tmp_path / "absent", "--hub-dir", hub, "--repo-id",
+                                                   "a/b"], "does not exist"),
+        "generate foreign model": (train.generate.main, ["--model", foreign, "--prompt", PROMPT],
+                                   "holds a 'gpt2' model"),
+        "empty prompt": (train.generate.main, ["--model", model_dir, "--prompt", ""], "encodes to no tokens"),
+        # What Python makes of the bytes of a Latin-1 "café" on the command line.
+        "prompt that is not UTF-8": (train.generate.main, ["--model", model_dir, "--prompt", "caf\udce9"],
+                                     "the prompt 'caf\\udce9' is not valid text"),
+        "eval missing data": (train.evaluate.main, ["--model", model_dir, "--data", tmp_path / "absent"],
                               "does not exist"),
-        "stride over context": (["-m", "train.evaluate", "--model", str(model_dir), "--data", str(tmp_path / "a-file"),
-                                 "--stride", "33"], "--stride must be between 1 and the context length 32"),
+        "export taken output": (convert.gpt2_export.main, ["--model", model_dir, "--output-dir", tmp_path],
+                                "is not empty; pass --overwrite"),
     }
     before = file_tree(tmp_path)
-    results = run_clis([command for command, _ in cases.values()])
-    for (case, (_, message)), result in zip(cases.items(), results):
-        assert result.returncode == 2, f"{case}: {result.stderr}"
-        error_lines = [line for line in result.stderr.splitlines() if ": error: " in line]
-        assert len(error_lines) == 1 and message in error_lines[0], f"{case}: {result.stderr}"
-        assert "Traceback" not in result.stderr, case
+    for case, (main, argv, message) in cases.items():
+        prog = {convert.gpt2_export.main: convert.gpt2_export.PROG, convert.push.main: convert.push.PROG,
+                train.generate.main: train.generate.PROG, train.evaluate.main: train.evaluate.PROG}[main]
+        result = run_main(main, argv, capfd)
+        assert_one_line_error(result, prog, message)
+    assert file_tree(tmp_path) == before
+
+
+def test_an_unwritable_hub_directory_is_refused(model_dir, tmp_path, monkeypatch, capfd):
+    # os.access, not chmod: the tests may run as root, whom permissions do not stop.
+    monkeypatch.setattr("convert.push.os.access", lambda path, mode: False)
+    argv = ["--model", model_dir, "--hub-dir", tmp_path / "hub", "--repo-id", "alice/tiny-gpt"]
+    assert_one_line_error(run_main(convert.push.main, argv, capfd), convert.push.PROG,
+                          f"hub directory {tmp_path / 'hub'} is not writable", "choose a writable --hub-dir")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_refusals_after_reading_the_model_directory_print_one_line(model_dir, tokenizer, tmp_path):
+    """The refusals that come after a model directory is read, run as the user runs them: a fresh interpreter,
+    where any library's warning, log line or progress bar would reach stderr before the error."""
+    untied = save_model_directory(tiny_model_for(tokenizer, tie_word_embeddings=False), tokenizer, tmp_path / "untied")
+    chars = ascii_char_tokenizer()
+    unknown_chars = save_model_directory(tiny_model_for(chars), chars, tmp_path / "ascii-model")
+    (tmp_path / "a-file").write_text("some text")
+    hub = str(tmp_path / "hub")
+    cases = {
+        "untied as gpt2": (["-m", "convert.push", "--model", str(untied), "--hub-dir", hub, "--repo-id", "a/b",
+                            "--format", "gpt2"], "gptscratch-push", "GPT-2 cannot express"),
+        "export untied": (["-m", "convert.gpt2_export", "--model", str(untied), "--output-dir",
+                           str(tmp_path / "out")], "python -m convert.gpt2_export", "GPT-2 cannot express"),
+        "unknown characters": (["-m", "train.generate", "--model", str(unknown_chars), "--prompt", "naïve"],
+                               "gptscratch-generate", "cannot represent 'ï'"),
+        "stride over context": (["-m", "train.evaluate", "--model", str(model_dir), "--data", str(tmp_path / "a-file"),
+                                 "--stride", "33"], "gptscratch-eval",
+                                "--stride must be between 1 and the context length 32"),
+    }
+    before = file_tree(tmp_path)
+    results = run_clis([command for command, _, _ in cases.values()])
+    for (case, (_, prog, message)), result in zip(cases.items(), results):
+        assert_one_line_error(result, prog, message)
     assert file_tree(tmp_path) == before

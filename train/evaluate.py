@@ -6,9 +6,15 @@ Python: `evaluate_text(model, tokenizer, texts)`, built on `score_token_ids`.
 Windows follow Hugging Face's perplexity guide (https://huggingface.co/docs/transformers/perplexity) with the book's
 targets: a window holds up to L input tokens and predicts the L tokens after its first; windows start every S tokens
 and each scores only the targets no earlier window scored. So every token is scored exactly once, and with S < L
-it keeps at least L - S + 1 tokens of history (fewer only at the start of a text, where there are no more). With
-S = L the windows are the book's non-overlapping ones (`GPTDatasetV1` with stride = max_length), so the loss equals
-the book's `calc_loss_loader` over them, which is what the training loop reports as validation loss.
+it keeps at least L - S + 1 tokens of history (fewer only at the start of a text, where there are no more).
+
+The command (and `evaluate_text`) scores every byte of each text: the text's token stream starts with an
+`<|endoftext|>` so that its first token is predicted too (`text_token_ids`), and the last window may be shorter than
+L, so the tail of the text counts. The training loop's validation windows are the book's (`GPTDatasetV1` with
+stride = max_length): full windows only, the tail too short for one dropped. To get the training loop's validation
+loss, call `score_token_ids(model, ids, context_length=L, stride=L)` on the loop's validation token IDs cut to whole
+windows (`ids[: k * L + 1]`): it then scores exactly the loop's k non-overlapping windows, and nats / tokens is
+their mean cross-entropy per token.
 
 Bits per byte divide the total surprisal by the text's UTF-8 size instead of its token count, so models with
 different tokenizers compare: bits_per_byte = sum of -ln p(token) / ln 2 / bytes.
@@ -30,7 +36,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from convert.commands import ArgumentParser, UsageError, run_command
-from convert.model_dir import load_model_directory
+from convert.model_dir import inference_device, load_model_weights, read_model_directory
+
+PROG = "gptscratch-eval"
 
 
 def text_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -67,9 +75,12 @@ def score_token_ids(
 ) -> tuple[float, int]:
     """Total negative log-likelihood in nats of a token stream [tokens] and the number of tokens scored.
 
-    Every token but the first is scored once, over `sliding_windows(len(token_ids), context_length, stride)`.
-    context_length defaults to the model's; stride to context_length. Windows of equal length go through the
-    model `batch_size` at a time, and only the scored positions' logits are computed (`logits_to_keep`).
+    Every token but the first is scored once, over `sliding_windows(len(token_ids), context_length, stride)`,
+    the last window shorter when the stream does not end on a window boundary. context_length defaults to the
+    model's; stride to context_length. With stride = context_length = L and len(token_ids) = k * L + 1 these are
+    exactly the training loop's k validation windows over the same IDs (see the module's docstring). Windows of
+    equal length go through the model `batch_size` at a time, and only the scored positions' logits are computed
+    (`logits_to_keep`).
     """
     if context_length is None:
         context_length = model.config.max_position_embeddings
@@ -114,8 +125,10 @@ def evaluate_text(
 ) -> dict[str, float | int]:
     """Loss, perplexity and bits per byte of `model` over `texts`, each text scored on its own.
 
+    Each text is scored as `text_token_ids` gives it (after a leading `<|endoftext|>`), over sliding windows that
+    include the last, shorter one (`score_token_ids`), so every token of the text is scored once.
     Returns {"loss": mean nats per token, "perplexity": exp(loss), "bits_per_byte": total nats / ln 2 / bytes,
-    "tokens": tokens scored, "bytes": UTF-8 bytes of the texts}. See `score_token_ids` for the windows.
+    "tokens": tokens scored, "bytes": UTF-8 bytes of the texts}. Texts with no token to score are a UsageError.
     """
     was_training = model.training
     model.eval()
@@ -131,7 +144,10 @@ def evaluate_text(
     finally:
         model.train(was_training)
     if total_tokens == 0:
-        raise ValueError("the texts hold no token to score; pass non-empty text")
+        raise UsageError(
+            "the texts hold no token to score (a text needs two tokens, counting the leading end-of-text token); "
+            "pass longer text"
+        )
     loss = total_nats / total_tokens
     return {
         "loss": loss,
@@ -165,16 +181,21 @@ def read_text_file(path: str | os.PathLike) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of `gptscratch-eval`: the model directory, the text files and the sliding window."""
     parser = ArgumentParser(
-        prog="gptscratch-eval",
-        description="Loss, perplexity and bits per byte of a model directory on text files (sliding window).",
+        prog=PROG,
+        description="Loss, perplexity and bits per byte of a model directory on text files (sliding window). Each "
+        "file is scored on its own, after a leading <|endoftext|> so that its first token is scored too, and the "
+        "last window may be shorter than the context, so every token of the text is scored once. (The training "
+        "loop's validation loss scores only the full windows of its own token stream; "
+        "train.evaluate.score_token_ids reproduces it.)",
     )
     parser.add_argument("--model", required=True, help="model directory (trained or converted)")
     parser.add_argument("--data", required=True, nargs="+", metavar="FILE", help="UTF-8 text files, each scored alone")
     parser.add_argument("--context-length", type=int, default=None, help="window length (default: the model's)")
     parser.add_argument(
         "--stride", type=int, default=None,
-        help="tokens between window starts (default: the context length, the training loop's validation windows); "
+        help="tokens between window starts (default: the context length, non-overlapping windows as in training); "
         "smaller gives each token more history and costs context/stride times more",
     )
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
@@ -182,13 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _main() -> None:
-    args = build_parser().parse_args()
+def _main(argv: Sequence[str] | None) -> None:
+    args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     texts = [read_text_file(path) for path in args.data]
-    model, tokenizer = load_model_directory(args.model)
-    model_context = model.config.max_position_embeddings
+    config, tokenizer = read_model_directory(args.model)
+    model_context = config.max_position_embeddings
     context_length = model_context if args.context_length is None else args.context_length
     if not 1 <= context_length <= model_context:
         raise UsageError(
@@ -197,8 +218,7 @@ def _main() -> None:
     stride = context_length if args.stride is None else args.stride
     if not 1 <= stride <= context_length:
         raise UsageError(f"--stride must be between 1 and the context length {context_length}, got {stride}")
-    if torch.cuda.is_available():
-        model.to("cuda")
+    model = load_model_weights(args.model, config, device=inference_device())
     result = evaluate_text(model, tokenizer, texts, context_length, stride, args.batch_size)
     if args.json:
         print(json.dumps(result))
@@ -210,9 +230,9 @@ def _main() -> None:
         print(f"bits per byte  {result['bits_per_byte']:.4f}")
 
 
-def main() -> None:
-    """Console entry point of `gptscratch-eval`."""
-    run_command("gptscratch-eval", _main)
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `gptscratch-eval` (also `python -m train.evaluate`); `argv` defaults to the command line."""
+    run_command(PROG, lambda: _main(argv))
 
 
 if __name__ == "__main__":

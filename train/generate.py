@@ -1,35 +1,58 @@
 """Generate text from a model directory (trained or converted) with the book's decoding, streamed as it is produced.
 
 Command line: `gptscratch-generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K]
-[--seed S] [--no-stop-at-eos]`; Python: `generate_text(...)`. Both run the same loop, so the same arguments give
-the same text.
+[--seed S] [--no-stop-at-eos]`; Python: `generate_text(...)`. Both load a directory the same way
+(`load_for_generation`, on the GPU when there is one) and run the same loop, so the same arguments give the same
+text, and the command prints what the function returns.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase, TextStreamer
 from transformers.generation.streamers import BaseStreamer
 
 from convert.commands import ArgumentParser, UsageError, run_command
-from convert.model_dir import load_model_directory
+from convert.model_dir import inference_device, load_model_weights, read_model_directory
+import modeling_gptscratch
 from modeling_gptscratch import GPTScratchForCausalLM
+
+PROG = "gptscratch-generate"
+
+
+def check_decoding_args(
+    max_new_tokens: int, temperature: float, top_k: int | None, name: Callable[[str], str] = str
+) -> None:
+    """The model's own check of the decoding settings, as a UsageError, so a command refuses before loading."""
+    try:
+        modeling_gptscratch.check_decoding_args(max_new_tokens, temperature, top_k, name)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, vocab_size: int) -> list[int]:
     """The prompt's token IDs, or a UsageError when the tokenizer cannot represent the prompt.
 
-    Refused: a prompt that encodes to no tokens, characters the tokenizer maps to its unknown token (a byte-level
+    Refused: text that is not valid Unicode (lone surrogates: Python's stand-ins for command-line bytes that are not
+    UTF-8), a prompt that encodes to no tokens, characters the tokenizer maps to its unknown token (a byte-level
     BPE such as GPT-2's has none; a character vocabulary does), and IDs beyond the model's embedding table (a
     tokenizer that does not belong to the model). `<|endoftext|>` in the prompt is the special token, as in the book.
     """
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UsageError(
+            f"the prompt {prompt!r} is not valid text: {prompt[error.start]!r} at position {error.start} stands for "
+            "a byte that is not UTF-8; pass the prompt as UTF-8 text"
+        ) from None
     encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
     ids: list[int] = encoding["input_ids"]
     if not ids:
-        raise UsageError(f"the prompt {prompt!r} encodes to no tokens; pass --prompt with some text to continue")
+        raise UsageError(f"the prompt {prompt!r} encodes to no tokens; pass a prompt with some text to continue")
     unk_id = tokenizer.unk_token_id
     if unk_id is not None:
         # GPT-2 names <|endoftext|> as its unknown token too, so an unknown ID only counts when the text under it is
@@ -53,14 +76,51 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, vocab_size: i
     return ids
 
 
-def _eos_token_ids(model: GPTScratchForCausalLM, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The end-of-text IDs: the generation config's, else the tokenizer's, else none (decode to the length limit)."""
+def end_of_text_ids(model: GPTScratchForCausalLM, tokenizer: PreTrainedTokenizerBase, stop_at_eos: bool) -> list[int]:
+    """The IDs that end generation: none without `stop_at_eos` (decode to the length limit), else the generation
+    config's end-of-text IDs, else the tokenizer's, else none."""
+    if not stop_at_eos:
+        return []
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
     if eos is None:
         return []
     return [eos] if isinstance(eos, int) else list(eos)
+
+
+class EndOfTextStreamer(TextStreamer):
+    """transformers' TextStreamer (prints words as they form) that shows special tokens as written, so an
+    `<|endoftext|>` typed in the prompt is printed, and leaves out only the end-of-text token that ends generation.
+
+    `model.generate` stops right after emitting one of `eos_token_ids`, so a new token (any put after the prompt's)
+    that is one of them is the last and is dropped, as `generate_text` drops it from the text it returns.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, eos_token_ids: Sequence[int]):
+        super().__init__(tokenizer, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        self.eos_token_ids = set(eos_token_ids)
+
+    def put(self, value: torch.Tensor) -> None:
+        # TextStreamer only tracks the prompt with skip_prompt; end() sets next_tokens_are_prompt back to True.
+        is_prompt, self.next_tokens_are_prompt = self.next_tokens_are_prompt, False
+        if not is_prompt and value.numel() == 1 and int(value) in self.eos_token_ids:
+            return
+        super().put(value)
+
+
+def load_for_generation(
+    model_dir: str | os.PathLike, prompt: str
+) -> tuple[GPTScratchForCausalLM, PreTrainedTokenizerBase]:
+    """A model directory's model, on `inference_device()`, and its tokenizer, for continuing `prompt`.
+
+    The prompt is checked against the tokenizer (`encode_prompt`) before the weights load, so a prompt it cannot
+    represent is refused at once. The command and `generate_text` both load this way, so they agree on the device
+    and, for a seed, on the text.
+    """
+    config, tokenizer = read_model_directory(model_dir)
+    encode_prompt(tokenizer, prompt, config.vocab_size)
+    return load_model_weights(model_dir, config, device=inference_device()), tokenizer
 
 
 def generate_text(
@@ -76,32 +136,34 @@ def generate_text(
 ) -> str:
     """The prompt followed by up to `max_new_tokens` generated tokens, as text.
 
-    model_dir_or_model: a model directory (its tokenizer is loaded from it) or a loaded model with `tokenizer`.
-    temperature 0 is greedy; above 0 samples from softmax(logits / temperature), from the `top_k` highest logits
-    when set. `seed` makes sampling reproducible. With `stop_at_eos` generation ends at the end-of-text token, which
-    is left out of the text; without, `<|endoftext|>` appears where the model emits it and decoding goes on.
-    `streamer` (e.g. transformers' `TextStreamer`) is passed to `model.generate`: it receives the prompt IDs, then
-    each new ID as it is chosen, then `end()`. Bad arguments or a prompt the tokenizer cannot represent raise
-    `UsageError`.
+    model_dir_or_model: a model directory, loaded with its own tokenizer by `load_for_generation` (on the GPU when
+    there is one; passing `tokenizer` too is a UsageError, since it would be ignored), or a loaded model, which
+    needs `tokenizer` and is used where it is. temperature 0 is greedy; above 0 samples from
+    softmax(logits / temperature), from the `top_k` highest logits when set. `seed` makes sampling reproducible.
+    With `stop_at_eos` generation ends at the end-of-text token, which is left out of the text; without,
+    `<|endoftext|>` appears where the model emits it and decoding goes on. An `<|endoftext|>` in the prompt stays.
+    `streamer` (e.g. `EndOfTextStreamer`) is passed to `model.generate`: it receives the prompt IDs [1, tokens],
+    then each new ID [1] as it is chosen, then `end()`. Bad arguments or a prompt the tokenizer cannot represent
+    raise `UsageError`, before a model directory is loaded.
     """
-    if max_new_tokens < 0:
-        raise UsageError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise UsageError(f"temperature must be >= 0 (0 is greedy decoding), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise UsageError(f"top_k must be >= 1 (or unset to keep every token), got {top_k}")
+    check_decoding_args(max_new_tokens, temperature, top_k)
     if isinstance(model_dir_or_model, (str, os.PathLike)):
-        model, tokenizer = load_model_directory(model_dir_or_model)
+        if tokenizer is not None:
+            raise UsageError(
+                "generate_text got a model directory and a tokenizer; a directory is used with its own tokenizer, "
+                "so leave tokenizer out (or pass a loaded model with it)"
+            )
+        model, tokenizer = load_for_generation(model_dir_or_model, prompt)
     elif tokenizer is None:
         raise UsageError("generate_text got a model object without a tokenizer; pass tokenizer=...")
     else:
         model = model_dir_or_model
+    prompt_ids = encode_prompt(tokenizer, prompt, model.config.vocab_size)
+    eos_ids = end_of_text_ids(model, tokenizer, stop_at_eos)
+    generator = None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
-        prompt_ids = encode_prompt(tokenizer, prompt, model.config.vocab_size)
-        eos_ids = _eos_token_ids(model, tokenizer) if stop_at_eos else []
-        generator = None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
         output = model.generate(
             torch.tensor([prompt_ids], device=model.device), max_new_tokens=max_new_tokens,
             temperature=temperature, top_k=top_k, eos_token_id=eos_ids, generator=generator, streamer=streamer,
@@ -115,8 +177,9 @@ def generate_text(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of `gptscratch-generate`: the model directory, the prompt and the book's decoding settings."""
     parser = ArgumentParser(
-        prog="gptscratch-generate",
+        prog=PROG,
         description="Continue a prompt with a model directory, printing the text as it is generated.",
     )
     parser.add_argument("--model", required=True, help="model directory (trained or converted)")
@@ -132,22 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _main() -> None:
-    args = build_parser().parse_args()
-    model, tokenizer = load_model_directory(args.model)
-    if torch.cuda.is_available():
-        model.to("cuda")
-    # With --no-stop-at-eos, <|endoftext|> is shown where the model emits it; otherwise the final one is not text.
-    streamer = TextStreamer(tokenizer, skip_special_tokens=args.stop_at_eos, clean_up_tokenization_spaces=False)
+def _main(argv: Sequence[str] | None) -> None:
+    args = build_parser().parse_args(argv)
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    check_decoding_args(args.max_new_tokens, args.temperature, args.top_k, name=flag)
+    model, tokenizer = load_for_generation(args.model, args.prompt)
+    streamer = EndOfTextStreamer(tokenizer, end_of_text_ids(model, tokenizer, args.stop_at_eos))
     generate_text(
         model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed,
         stop_at_eos=args.stop_at_eos, tokenizer=tokenizer, streamer=streamer,
     )
 
 
-def main() -> None:
-    """Console entry point of `gptscratch-generate`."""
-    run_command("gptscratch-generate", _main)
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `gptscratch-generate` (also `python -m train.generate`); `argv` defaults to the command line."""
+    run_command(PROG, lambda: _main(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""Checks shared by the command tests: how a refusal must look, and running a command's `main` in-process."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Sequence
+
+import pytest
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], prog: str, *names: str) -> None:
+    """Exit status 2 and exactly one stderr line, `PROG: error: ...`, naming each of `names`.
+
+    Strict on purpose: a traceback, a warning or a progress bar before the error (tqdm's carriage returns count as
+    line breaks here) all fail it.
+    """
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), result.stderr
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+
+
+def run_main(
+    main: Callable[[Sequence[str]], None], argv: Sequence[object], capture: pytest.CaptureFixture[str]
+) -> subprocess.CompletedProcess[str]:
+    """Runs a command's `main` on `argv` (paths become strings) in this process, so no seconds go to importing
+    torch again, and returns its exit status and what it printed (`capture` is capsys or capfd), as a finished
+    subprocess would."""
+    argv = [str(arg) for arg in argv]
+    capture.readouterr()  # drop what earlier steps of the test printed
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    captured = capture.readouterr()
+    return subprocess.CompletedProcess(argv, exit_info.value.code or 0, captured.out, captured.err)
