@@ -664,3 +664,24 @@ def test_refusals_after_reading_the_model_directory_print_one_line(model_dir, to
     for (case, (_, prog, message)), result in zip(cases.items(), results):
         assert_one_line_error(result, prog, message)
     assert file_tree(tmp_path) == before
+
+
+def test_eval_on_the_training_windows_equals_the_training_loops_validation_loss(tiny_model):
+    """Issue 5's contract: on the same windows, gptscratch-eval's scoring is the loop's validation loss."""
+    import datasets
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from train.data import TokenWindows
+    from train.evaluate import score_token_ids
+    from train.loop import evaluate_loss
+
+    context, windows = 16, 7
+    ids = torch.randint(0, 97, (windows * context + 1,), generator=torch.Generator().manual_seed(9)).tolist()
+    dataset = TokenWindows(datasets.Dataset.from_dict({"input_ids": [ids]}), context, context)
+    assert len(dataset) == windows
+    loader = DataLoader(dataset, batch_size=3, shuffle=False, drop_last=False)  # an uneven last batch
+    loop_loss = evaluate_loss(tiny_model, loader, Accelerator(cpu=True))
+    nats, tokens = score_token_ids(tiny_model, ids, context_length=context, stride=context, batch_size=2)
+    assert tokens == windows * context
+    assert nats / tokens == pytest.approx(loop_loss, rel=1e-5)

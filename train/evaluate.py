@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from convert.commands import ArgumentParser, UsageError, run_command
+from convert.commands import ArgumentParser, UsageError, read_utf8_file, run_command
 from convert.model_dir import inference_device, load_model_weights, read_model_directory
 
 PROG = "gptscratch-eval"
@@ -160,21 +160,7 @@ def evaluate_text(
 
 def read_text_file(path: str | os.PathLike) -> str:
     """A UTF-8 text file's contents, or a UsageError that names the file and what is wrong with it."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"data file {path} does not exist; pass an existing UTF-8 text file") from None
-    except IsADirectoryError:
-        raise UsageError(f"data file {path} is a directory; pass the text files inside it") from None
-    except OSError as error:
-        raise UsageError(f"cannot read data file {path}: {error.strerror}") from error
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UsageError(
-            f"data file {path} is not UTF-8 text (byte offset {error.start}); pass a UTF-8 text file"
-        ) from None
+    text = read_utf8_file(path, "data file", "pass a UTF-8 text file with text to evaluate on")
     if not text.strip():
         raise UsageError(f"data file {path} is empty; pass a file with text to evaluate on")
     return text

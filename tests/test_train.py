@@ -1,0 +1,416 @@
+"""gptscratch-train, train.loop and train.trainer: the book's functions, outputs, resume, engines, processes, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
+from train import cli
+from train import data as D
+from train.run import RunDirectory
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# A 2-layer, 32-dimension model with a 300-token tokenizer: hundreds of steps per second on a CPU.
+TINY_MODEL = [
+    "--n-layers", "2", "--emb-dim", "32", "--n-heads", "2", "--config", "context_length=32", "--vocab-size", "300",
+    "--dropout", "0",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """Arrow caches and fitted tokenizers, shared by this module's runs and kept out of the user's cache."""
+    return tmp_path_factory.mktemp("datasets-cache")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """About 40 KB of English from the embedded corpus, as a local file: ~90 training steps per epoch below."""
+    from pydoc_data.topics import topics
+
+    path = tmp_path_factory.mktemp("corpus") / "topics.txt"
+    path.write_text("\n".join(topics[key] for key in sorted(topics)[:12])[:40_000], encoding="utf-8")
+    return path
+
+
+def common(corpus: Path, cache: Path) -> list[str]:
+    return ["--data", str(corpus), "--cache-dir", str(cache), *TINY_MODEL, "--batch-size", "4", "--eval-iter", "2"]
+
+
+def train_cli(argv: list[str]) -> int:
+    """gptscratch-train in this process; returns its exit status."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    return exit_info.value.code
+
+
+def read_metrics(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def subprocess_env() -> dict[str, str]:
+    """A child with this process's thread count: float results then match an in-process run bit for bit."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=str(REPO_ROOT))
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The book's functions
+
+
+def copy_book_weights(book: torch.nn.Module, ours: GPTScratchForCausalLM) -> None:
+    """The book's GPTModel weights into GPTScratchForCausalLM (separate W_query/W_key/W_value -> fused qkv)."""
+    model = ours.model
+    with torch.no_grad():
+        model.tok_emb.weight.copy_(book.tok_emb.weight)
+        model.pos_emb.weight.copy_(book.pos_emb.weight)
+        for theirs, mine in zip(book.trf_blocks, model.trf_blocks):
+            attention = theirs.att
+            for kind in ("weight", "bias"):
+                parts = [getattr(getattr(attention, name), kind) for name in ("W_query", "W_key", "W_value")]
+                getattr(mine.att.qkv, kind).copy_(torch.cat(parts))
+            mine.att.out_proj.load_state_dict(attention.out_proj.state_dict())
+            mine.ff.layers[0].load_state_dict(theirs.ff.layers[0].state_dict())
+            mine.ff.layers[2].load_state_dict(theirs.ff.layers[2].state_dict())
+            for norm, book_norm in ((mine.norm1, theirs.norm1), (mine.norm2, theirs.norm2)):
+                norm.weight.copy_(book_norm.scale)
+                norm.bias.copy_(book_norm.shift)
+        model.final_norm.weight.copy_(book.final_norm.scale)
+        model.final_norm.bias.copy_(book.final_norm.shift)
+        ours.out_head.weight.copy_(book.out_head.weight)
+
+
+def test_train_model_simple_matches_the_books_on_the_same_weights(corpus, cache, monkeypatch, capsys):
+    """train_model_simple + create_dataloader on GPTScratchForCausalLM reproduce chapter 5's losses."""
+    from llms_from_scratch import ch04, ch05
+
+    from train.loop import calc_loss_loader, train_model_simple
+
+    text = corpus.read_text(encoding="utf-8")[:12_000]
+    documents = D.split_documents(D.local_corpus([str(corpus)], cache_dir=cache).documents, 0.9)[0]
+    tokenizer = D.train_bpe_tokenizer(documents, 300, cache)
+    cfg = {"vocab_size": 300, "context_length": 32, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0,
+           "qkv_bias": True}
+    torch.manual_seed(123)
+    book_model = ch04.GPTModel(cfg)
+    our_model = GPTScratchForCausalLM(GPTScratchConfig(**cfg, tie_word_embeddings=False))
+    copy_book_weights(book_model, our_model)
+    split_idx = int(0.9 * len(text))
+
+    def run(model, train_function):
+        torch.manual_seed(123)
+        train_loader = D.create_dataloader(text[:split_idx], tokenizer, batch_size=2, max_length=32, stride=32)
+        val_loader = D.create_dataloader(text[split_idx:], tokenizer, batch_size=2, max_length=32, stride=32,
+                                         shuffle=False, drop_last=False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
+        return train_function(model, train_loader, val_loader, optimizer, "cpu", num_epochs=2, eval_freq=10,
+                              eval_iter=2, start_context="The", tokenizer=tokenizer), val_loader
+
+    # The book prints samples through tiktoken's encode signature; the losses are what is compared.
+    monkeypatch.setattr(ch05, "generate_and_print_sample", lambda *args: None)
+    (book_train, book_val, book_tokens), _ = run(book_model, ch05.train_model_simple)
+    capsys.readouterr()
+    (our_train, our_val, our_tokens), val_loader = run(our_model, train_model_simple)
+    printed = capsys.readouterr().out
+    assert our_tokens == book_tokens and len(our_train) >= 8
+    torch.testing.assert_close(our_train, book_train, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(our_val, book_val, rtol=1e-4, atol=1e-4)
+    assert our_val[-1] < our_val[0] - 0.5
+    assert "Ep 2 (Step 000" in printed and printed.count("The") >= 2  # progress lines, and a sample per epoch
+    full_val = calc_loss_loader(val_loader, our_model.eval(), "cpu")
+    assert abs(full_val - ch05.calc_loss_loader(val_loader, book_model.eval(), "cpu")) < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The command and its outputs
+
+
+def test_train_writes_metrics_plot_summary_checkpoints_and_a_loadable_model(tmp_path, corpus, cache, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from convert.model_dir import load_model_directory
+
+    output = tmp_path / "run"
+    status = train_cli([*common(corpus, cache), "--output-dir", str(output), "--max-steps", "30", "--eval-freq", "10",
+                        "--save-steps", "10", "--lr", "3e-3", "--report-to", "tensorboard"])
+    printed = capsys.readouterr().out
+    assert status == 0
+    for expected in ("Plan", "Val perplexity", "Sample: 'Every effort moves you", "done (completed): 30 steps",
+                     "reloaded with AutoModelForCausalLM"):
+        assert expected in printed
+
+    records = read_metrics(output)
+    assert [record["step"] for record in records] == [0, 10, 20, 30]
+    assert [record["tokens_seen"] for record in records] == [0, 1280, 2560, 3840]  # 10 steps x 4 windows x 32
+    for record in records:
+        assert {"step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity"} <= record.keys()
+        assert record["val_perplexity"] == pytest.approx(math.exp(record["val_loss"]))
+    assert records[-1]["val_loss"] < records[0]["val_loss"] - 1.0
+
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["source"].startswith("topics.txt") and "300 tokens" in summary["tokenizer"]
+    assert (summary["steps"], summary["tokens_seen"], summary["val_loss"]) == (30, 3840, records[-1]["val_loss"])
+    assert summary["train_perplexity"] == pytest.approx(math.exp(summary["train_loss"]))
+    assert {"epochs", "train_loss", "val_perplexity"} <= summary.keys()
+    assert (output / "loss_plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert (output / "loss_plot.pdf").read_bytes()[:4] == b"%PDF"
+    assert list((output / "tensorboard").rglob("events.out.tfevents.*"))
+
+    checkpoints = RunDirectory(output).checkpoint_dirs()
+    assert [path.name for path in checkpoints] == ["checkpoint-20", "checkpoint-30"]  # --save-total-limit 2
+
+    model = AutoModelForCausalLM.from_pretrained(output, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    assert type(model).__name__ == "GPTScratchForCausalLM" and len(tokenizer) == model.config.vocab_size == 300
+    final_weights = load_file(checkpoints[-1] / "model.safetensors")
+    for name, tensor in final_weights.items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    prompt = torch.tensor([tokenizer.encode("The for")])
+    assert model.generate(prompt, max_new_tokens=5).shape == (1, prompt.shape[1] + 5)
+    loaded, _ = load_model_directory(output)
+    assert loaded.config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, corpus, cache, capsys):
+    output = tmp_path / "run"
+    assert train_cli([*common(corpus, cache), "--output-dir", str(output), "--dry-run", "--max-steps", "7"]) == 0
+    printed = capsys.readouterr().out
+    config = GPTScratchConfig.from_preset("tiny", n_layers=2, emb_dim=32, n_heads=2, context_length=32,
+                                          vocab_size=300)
+    total = sum(p.numel() for p in GPTScratchForCausalLM(config).parameters())
+    without_embeddings = total - 300 * 32 - 32 * 32
+    assert f"{total:,}" in printed and f"{without_embeddings:,} without embeddings" in printed
+    assert f"Chinchilla-optimal for {total / 1e6:.2f} M parameters (20 tokens/parameter) is {20 * total:,}" in printed
+    assert "this run sees 896;" in printed  # 7 steps x 4 windows x 32 tokens
+    for expected in ("weights", "gradients", "AdamW states", "activations", "steps/epoch", "7 steps (max steps)"):
+        assert expected in printed
+    assert not output.exists()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, cache):
+    """Interrupted at a step decided by the clock, then resumed: the same metrics and weights, bit for bit."""
+    args = [*common(corpus, cache), "--max-steps", "150", "--eval-freq", "1", "--eval-iter", "1", "--save-steps", "40",
+            "--dropout", "0.1"]
+    command = [sys.executable, "-m", "train", *args]
+    full, interrupted = tmp_path / "full", tmp_path / "interrupted"
+    subprocess.run([*command, "--output-dir", str(full)], env=subprocess_env(), check=True, capture_output=True)
+
+    process = subprocess.Popen([*command, "--output-dir", str(interrupted)], env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = interrupted / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and '"step": 20,' in metrics.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    stopped_at = int(stdout.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert 20 <= stopped_at < 150
+    assert (interrupted / "checkpoints" / f"checkpoint-{stopped_at}" / "loop_state.json").is_file()
+    assert not (interrupted / "config.json").exists()  # no model directory for an unfinished run
+
+    # A resume must use the options that shape the numbers.
+    assert train_cli([*args, "--batch-size", "8", "--output-dir", str(interrupted), "--resume"]) == 2
+    resumed = subprocess.run([*command, "--output-dir", str(interrupted), "--resume"], env=subprocess_env(),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {interrupted / 'checkpoints' / f'checkpoint-{stopped_at}'}" in resumed.stdout
+    assert read_metrics(interrupted) == read_metrics(full)
+    assert (interrupted / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint(tmp_path, corpus, cache, monkeypatch):
+    from accelerate import Accelerator
+
+    output = tmp_path / "run"
+    args = [*common(corpus, cache), "--output-dir", str(output), "--max-steps", "6", "--save-steps", "3",
+            "--eval-freq", "3"]
+    save_state = Accelerator.save_state
+    calls = []
+
+    def crash_on_second_save(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        result = save_state(self, output_dir, **kwargs)
+        if len(calls) == 2:
+            raise OSError("disk full")  # after the state files, before the checkpoint is complete
+        return result
+
+    monkeypatch.setattr(Accelerator, "save_state", crash_on_second_save)
+    with pytest.raises(OSError, match="disk full"):
+        cli.main(args)
+    directory = RunDirectory(output)
+    assert [path.name for path in directory.checkpoint_dirs()] == ["checkpoint-3"]
+    assert (directory.checkpoints / ".tmp-checkpoint-6").is_dir()  # the unfinished write, not taken for one
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    assert train_cli([*args, "--resume"]) == 0
+    assert [path.name for path in directory.checkpoint_dirs()] == ["checkpoint-3", "checkpoint-6"]
+    assert not list(directory.checkpoints.glob(".tmp-*"))
+    assert [record["step"] for record in read_metrics(output)] == [0, 3, 6]
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus, cache, capsys):
+    output = tmp_path / "run"
+    status = train_cli([*common(corpus, cache), "--output-dir", str(output), "--max-steps", "10", "--lr", "1e30",
+                        "--warmup-steps", "0", "--save-steps", "1"])
+    stderr = capsys.readouterr().err
+    assert status == 1
+    assert "the training loss became nan at step 2" in stderr and "checkpoint-1" in stderr
+    assert [path.name for path in RunDirectory(output).checkpoint_dirs()] == ["checkpoint-1"]
+    assert not (output / "config.json").exists()
+
+
+def test_early_stopping_keeps_the_best_model(tmp_path, corpus, cache):
+    output = tmp_path / "run"
+    # A learning rate this high overfits and then degrades within a few dozen steps.
+    status = train_cli([*common(corpus, cache), "--output-dir", str(output), "--max-steps", "300", "--eval-freq", "2",
+                        "--lr", "3e-2", "--warmup-steps", "0", "--early-stopping-patience", "2",
+                        "--lr-scheduler", "constant"])
+    assert status == 0
+    summary = json.loads((output / "training_summary.json").read_text())
+    records = read_metrics(output)
+    best = min(records, key=lambda record: record["val_loss"])
+    assert summary["stopped"] == "early-stopped" and summary["steps"] < 300
+    assert records[-1]["step"] == best["step"] + 4  # two evaluations without improvement
+    assert summary["val_loss"] == best["val_loss"]
+    final = load_file(output / "model.safetensors")
+    kept = load_file(output / "checkpoints" / "best-model" / "model.safetensors")
+    assert final.keys() == kept.keys() and all(torch.equal(final[name], kept[name]) for name in final)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Trainer engine
+
+
+@pytest.mark.slow
+def test_trainer_engine_agrees_with_the_accelerate_loop_and_resumes(tmp_path, corpus, cache):
+    """Same seed, data and settings: the two engines' evaluations agree to 1e-4.
+
+    Both draw the same initial weights, the same shuffled windows (Accelerate's seedable sampler, seed + epoch),
+    the same fused AdamW groups, warmup + cosine schedule and clipping, and the same loss; they differ only in the
+    order of float32 reductions (how the loss is averaged and scaled), which we measure at ~1e-6 after 24 steps.
+    A real difference (data order, decay groups, schedule, loss definition) moves the losses by more than 1e-2
+    within a few steps, so 1e-4 tells the two apart with room to spare.
+    """
+    args = [*common(corpus, cache), "--max-steps", "24", "--eval-freq", "4", "--save-steps", "12", "--lr", "3e-3",
+            "--warmup-steps", "4", "--grad-accum", "2"]
+    loop_dir, trainer_dir = tmp_path / "loop", tmp_path / "trainer"
+    assert train_cli([*args, "--output-dir", str(loop_dir)]) == 0
+    assert train_cli([*args, "--output-dir", str(trainer_dir), "--engine", "trainer"]) == 0
+    loop_records, trainer_records = read_metrics(loop_dir), read_metrics(trainer_dir)
+    assert [r.keys() for r in trainer_records] == [r.keys() for r in loop_records]
+    assert [r["step"] for r in trainer_records] == [0, 4, 8, 12, 16, 20, 24]
+    for ours, theirs in zip(loop_records, trainer_records):
+        assert (ours["tokens_seen"], ours["epoch"]) == (theirs["tokens_seen"], theirs["epoch"])
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-4)
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-4)
+    assert loop_records[-1]["val_loss"] < loop_records[0]["val_loss"] - 0.5
+
+    # The same output directory, with the Trainer's checkpoints and perplexity among its eval metrics.
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "loss_plot.png", "training_summary.json"):
+        assert (trainer_dir / name).is_file()
+    last = trainer_dir / "checkpoints" / "checkpoint-24"
+    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    perplexities = [entry["eval_val_perplexity"] for entry in history if "eval_val_perplexity" in entry]
+    assert perplexities[-1] == pytest.approx(trainer_records[-1]["val_perplexity"])
+
+    # resume_from_checkpoint: back to step 12, then on to the same end.
+    shutil.rmtree(last)
+    assert train_cli([*args, "--output-dir", str(trainer_dir), "--engine", "trainer", "--resume"]) == 0
+    resumed = read_metrics(trainer_dir)
+    assert [r["step"] for r in resumed] == [0, 4, 8, 12, 16, 20, 24]
+    for before, after in zip(trainer_records, resumed):
+        assert after["val_loss"] == pytest.approx(before["val_loss"], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data parallelism
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus, cache):
+    """torchrun, 2 CPU processes x batch 2 against 1 process x batch 4: the same windows per step, so the same losses
+    up to the order of float additions (gradients averaged by all-reduce, losses gathered)."""
+    args = [*common(corpus, cache), "--max-steps", "12", "--eval-freq", "4"]
+    single, double = tmp_path / "one", tmp_path / "two"
+    assert train_cli([*args, "--batch-size", "4", "--output-dir", str(single)]) == 0
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "train", *args, "--batch-size", "2", "--output-dir", str(double)],
+        env=dict(subprocess_env(), OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "2 processes" in launched.stdout
+    one, two = read_metrics(single), read_metrics(double)
+    assert [r["tokens_seen"] for r in two] == [r["tokens_seen"] for r in one] == [0, 512, 1024, 1536]
+    for ours, theirs in zip(one, two):
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-5)
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-5)
+    assert one[-1]["val_loss"] < one[0]["val_loss"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: one line naming the input, exit status 2, nothing written
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "binary.bin").write_bytes(b"text then \x89PNG\r\n\x1a\n\x00\x00")
+    (tmp_path / "tiny.txt").write_text("Only a few words here.", encoding="utf-8")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("not a run", encoding="utf-8")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"--data": "missing.txt"}, "--data missing.txt: no such file or directory"),
+        ({"--data": "empty.txt"}, "--data empty.txt: the file is empty"),
+        ({"--data": "binary.bin"}, "binary.bin is not UTF-8 text: byte 0x89 at byte offset 10"),
+        ({"--data": "tiny.txt"}, "the training split has"),
+        ({"--context-length": "64"}, "--context-length 64 is longer than the model's context_length 32"),
+        ({"--batch-size": "100000"}, "--batch-size 100000 (x 1 processes x 1 accumulation steps) is larger than"),
+        ({"--preset": "gpt5"}, "--preset gpt5: unknown preset; choose one of: tiny, gpt2-124m"),
+        ({"--engine": "deepspeed"}, "argument --engine: invalid choice: 'deepspeed'"),
+        ({"--resume": None}, "--resume: {tmp}/out/checkpoints holds no complete checkpoint"),
+        ({"--resume": "nowhere"}, "--resume nowhere: no such checkpoint directory"),
+        ({"--output-dir": "used"}, "--output-dir {tmp}/used exists and is not empty; pass --overwrite"),
+        ({"--vocab-size": "100"}, "--vocab-size 100: a byte-level BPE needs at least 257"),
+        ({"--config": "colour=1"}, "--config colour: not a model field"),
+        ({"--train-ratio": "1.5"}, "--train-ratio 1.5: must be between 0 and 1"),
+        ({"--tokenizer": "no/such/dir"}, "--tokenizer no/such/dir:"),
+        ({"--dataset": "someone/no-such-dataset"}, "--dataset someone/no-such-dataset: could not load it"),
+        ({"--max-steps": "0"}, "--max-steps 0: must be a positive integer"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_status_2(bad_files, corpus, cache, capsys, monkeypatch, change, expected):
+    monkeypatch.chdir(bad_files)
+    values = {"--data": str(corpus), "--output-dir": "out"}
+    values.update(change)
+    if "--dataset" in change:
+        del values["--data"]
+    argv = ["--cache-dir", str(cache), *TINY_MODEL, "--batch-size", "4"]
+    for flag, value in values.items():
+        argv += [flag] if value is None else [flag, value]
+    assert train_cli(argv) == 2
+    stderr = capsys.readouterr().err
+    last_line = stderr.rstrip("\n").split("\n")[-1]  # earlier output can only be progress bars (\r-rewritten)
+    assert stderr.count("error:") == 1 and last_line.startswith("gptscratch-train: error: ")
+    assert expected.format(tmp=bad_files) in last_line
+    assert not (bad_files / "out").exists()  # nothing written

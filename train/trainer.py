@@ -1,0 +1,241 @@
+"""The Hugging Face Trainer engine (`--engine trainer`): the same data, model and options on `transformers.Trainer`.
+
+Options map onto `TrainingArguments` (lr, weight decay, warmup, scheduler, clipping, accumulation, bf16/fp16,
+evaluation, saving and logging steps, seeds). The windows are already the book's (input, target) pairs, so rows
+go to the model as `input_ids` and `labels` through `default_data_collator` (the pre-windowed equivalent of the
+causal-LM collator with mlm=False), and the loss is the book's: cross-entropy of every position against its
+target. `DataCollatorForLanguageModeling(mlm=False)` would copy the inputs into the labels and let the model
+shift them, dropping each window's last target: 1 / context_length of the signal, and a loss that no longer
+matches the Accelerate loop's.
+
+Evaluations measure the same fixed windows as the Accelerate loop (the Trainer's dict `eval_dataset`: `train` and
+`val`), add perplexity to the metrics, and write the same metrics.jsonl records; checkpoints live in
+OUTPUT/checkpoints/checkpoint-<step> as the Trainer writes them, and `--resume` hands one to
+`resume_from_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers.integrations import TensorBoardCallback
+
+from train.loop import generate_sample, lm_loss
+from train.run import (
+    RunContext,
+    TrainingDiverged,
+    TrainResult,
+    any_process,
+    check_finite_weights,
+    format_evaluation,
+    fused_adamw,
+    full_model,
+    metrics_record,
+    perplexity,
+    save_best_model,
+    scheduler_name,
+    use_cpu,
+)
+
+
+class WindowFeatures(Dataset):
+    """Windows as Trainer rows: {"input_ids": [tokens], "labels": [tokens]}, the labels already shifted by one."""
+
+    def __init__(self, windows: Dataset):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        inputs, targets = self.windows[index]
+        return {"input_ids": inputs, "labels": targets}
+
+
+class GPTScratchTrainer(Trainer):
+    """Trainer with the book's loss on pre-shifted labels, perplexity in eval metrics, and a NaN stop."""
+
+    # compute_loss returns a per-batch mean; the Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """Mean cross-entropy of logits [batch, tokens, vocab] against labels [batch, tokens] (already shifted)."""
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, use_cache=False)
+        loss = lm_loss(outputs.logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
+    def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
+        """Evaluation batches in order and without dropping the last one (`dataloader_drop_last` is for training)."""
+        if isinstance(eval_dataset, str):
+            eval_dataset = self.eval_dataset[eval_dataset]
+        elif eval_dataset is None:
+            eval_dataset = self.eval_dataset
+        loader = DataLoader(eval_dataset, batch_size=self.args.eval_batch_size, collate_fn=self.data_collator)
+        return self.accelerator.prepare(loader)
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        """Adds `<prefix>_perplexity` = exp(loss) to the metrics, before they are logged and passed to callbacks."""
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", "eval")
+        if f"{prefix}_loss" in output.metrics:
+            output.metrics[f"{prefix}_perplexity"] = perplexity(output.metrics[f"{prefix}_loss"])
+        return output
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        """The Trainer's step, then a check on every process: a non-finite loss stops before the optimizer step."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        value = self.accelerator.reduce(loss.detach(), reduction="mean").item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"the training loss became {value} at step {self.state.global_step + 1}; stopped without updating "
+                f"the weights. The last good checkpoint is in {self.args.output_dir}; resume from it with a lower "
+                "--lr, more --warmup-steps or --max-grad-norm"
+            )
+        return loss
+
+
+class RunCallback(TrainerCallback):
+    """metrics.jsonl records, progress lines, samples, early stopping, and the stop on Ctrl-C / SIGTERM."""
+
+    def __init__(self, context: RunContext, steps_per_epoch: int, tokens_per_step: int):
+        self.context = context
+        self.trainer: Trainer | None = None  # set once the Trainer exists: best models are gathered through it
+        self.steps_per_epoch = steps_per_epoch
+        self.tokens_per_step = tokens_per_step
+        self.pending: dict[str, float] = {}
+        self.reason = "completed"
+
+    def on_evaluate(
+        self, args: TrainingArguments, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any
+    ) -> None:
+        # The dict eval_dataset is evaluated one split at a time; the record is complete after both.
+        self.pending.update(metrics or {})
+        if "eval_train_loss" not in self.pending or "eval_val_loss" not in self.pending:
+            return
+        step = state.global_step
+        record = metrics_record(
+            step,
+            step / self.steps_per_epoch,
+            step * self.tokens_per_step,
+            self.pending.pop("eval_train_loss"),
+            self.pending.pop("eval_val_loss"),
+        )
+        self.pending.clear()
+        self.context.metrics.append(record)
+        self.context.log(format_evaluation(record))
+        early_stopping = self.context.early_stopping
+        if early_stopping.update(record) and early_stopping.patience is not None:
+            best = full_model(self.trainer.accelerator, self.trainer.model_wrapped, self.context.config)
+            if best is not None:
+                save_best_model(best, self.context.directory.best_model)
+        if early_stopping.should_stop:
+            self.reason = "early-stopped"
+            control.should_training_stop = True
+            control.should_save = True
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if any_process(self.context.stop.requested):
+            self.reason = "interrupted"
+            control.should_training_stop = True
+            control.should_save = True
+        if control.should_save:
+            checkpoints = self.context.directory.checkpoint_dirs()
+            check_finite_weights(kwargs["model"], state.global_step, checkpoints[-1] if checkpoints else None)
+
+    def on_epoch_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        # Every process generates (sharded weights are gathered by each forward pass); the main one prints.
+        options = self.context.options
+        text = generate_sample(
+            kwargs["model"], self.context.data.tokenizer, self.context.start_context,
+            options.max_new_tokens, options.temperature, options.top_k, options.seed,
+        )
+        self.context.log(f"Sample: {text!r}")
+
+
+def training_arguments(context: RunContext, total_steps: int) -> TrainingArguments:
+    """The run's options as TrainingArguments."""
+    options = context.options
+    return TrainingArguments(
+        output_dir=str(context.directory.checkpoints),
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.batch_size,
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps or -1,
+        learning_rate=options.lr,
+        weight_decay=options.weight_decay,
+        lr_scheduler_type=scheduler_name(options.lr_scheduler, options.warmup_steps),
+        warmup_steps=options.warmup_steps,
+        max_grad_norm=options.max_grad_norm,
+        gradient_accumulation_steps=options.grad_accum,
+        optim="adamw_torch_fused" if fused_adamw() else "adamw_torch",  # the Accelerate loop's, so the engines agree
+        bf16=options.mixed_precision == "bf16",
+        fp16=options.mixed_precision == "fp16",
+        torch_compile=options.compile,
+        use_cpu=use_cpu(),
+        eval_strategy="steps",
+        eval_steps=options.eval_freq,
+        eval_on_start=context.resume_from is None,
+        save_strategy="steps",
+        save_steps=options.save_steps or total_steps,  # the Trainer also saves at the last step
+        save_total_limit=options.save_total_limit,
+        logging_steps=options.eval_freq,
+        report_to=[name for name in options.report_to if name != "tensorboard"] or "none",
+        seed=options.seed,
+        data_seed=options.seed,
+        dataloader_drop_last=True,
+        remove_unused_columns=False,
+        # compute_loss is the book's per-batch mean: no token counts to gather across processes.
+        average_tokens_across_devices=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def fit(context: RunContext) -> TrainResult:
+    """Trains `context.model` with transformers' Trainer; the same outputs as `train.loop.fit`."""
+    options = context.options
+    plan = context.plan
+    callback = RunCallback(context, plan.steps_per_epoch, plan.tokens_per_step)
+    callbacks: list[TrainerCallback] = [callback]
+    if "tensorboard" in options.report_to:
+        from torch.utils.tensorboard import SummaryWriter
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(context.directory.root / "tensorboard"))))
+    trainer = GPTScratchTrainer(
+        model=context.model,
+        args=training_arguments(context, plan.total_steps),
+        train_dataset=WindowFeatures(context.data.train),
+        eval_dataset={"train": WindowFeatures(context.train_eval), "val": WindowFeatures(context.val_eval)},
+        data_collator=default_data_collator,
+        processing_class=context.data.tokenizer,
+        callbacks=callbacks,
+    )
+    callback.trainer = trainer
+    if context.resume_from is not None:
+        context.log(f"resuming from {context.resume_from}")
+    trainer.train(resume_from_checkpoint=str(context.resume_from) if context.resume_from else None)
+    checkpoints = context.directory.checkpoint_dirs()
+    step = trainer.state.global_step
+    context.model = full_model(trainer.accelerator, trainer.model_wrapped, context.config)
+    return TrainResult(
+        reason=callback.reason,
+        steps=step,
+        epochs=step / plan.steps_per_epoch,
+        tokens_seen=step * plan.tokens_per_step,
+        output_dir=context.directory.root,
+        metrics=context.metrics.records,
+        last_checkpoint=checkpoints[-1] if checkpoints else None,
+        signal_number=context.stop.signal_number,
+    )
