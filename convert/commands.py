@@ -61,11 +61,10 @@ def parse_json_object(text: str, source: str, fix: str) -> dict[str, Any]:
     return value
 
 
-def read_json_object(path: str | os.PathLike, what: str, fix: str) -> dict[str, Any]:
-    """The JSON object in the file at `path`, or a UsageError that names the file as `what PATH` and ends with `fix`.
+def read_utf8_file(path: str | os.PathLike, what: str, fix: str) -> str:
+    """The text of the UTF-8 file at `path`, or a UsageError that names it as `what PATH` and ends with `fix`.
 
-    Refused: a missing file, a directory, an unreadable file, bytes that are not UTF-8, text that is not JSON, and
-    JSON that is not an object (e.g. an array).
+    Refused: a missing file, a directory, an unreadable file, and bytes that are not UTF-8 (with the byte offset).
     """
     path = Path(path)
     source = f"{what} {path}"
@@ -74,11 +73,18 @@ def read_json_object(path: str | os.PathLike, what: str, fix: str) -> dict[str, 
     except FileNotFoundError:
         raise UsageError(f"{source} does not exist; {fix}") from None
     except IsADirectoryError:
-        raise UsageError(f"{source} is a directory, not a JSON file; {fix}") from None
+        raise UsageError(f"{source} is a directory, not a file; {fix}") from None
     except OSError as error:
         raise UsageError(f"cannot read {source} ({error.strerror}); {fix}") from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise UsageError(f"{source} is not UTF-8 text (byte offset {error.start}); {fix}") from None
-    return parse_json_object(text, source, fix)
+
+
+def read_json_object(path: str | os.PathLike, what: str, fix: str) -> dict[str, Any]:
+    """The JSON object in the file at `path`, or a UsageError that names the file as `what PATH` and ends with `fix`.
+
+    Refused: what `read_utf8_file` refuses, text that is not JSON, and JSON that is not an object (e.g. an array).
+    """
+    return parse_json_object(read_utf8_file(path, what, fix), f"{what} {Path(path)}", fix)

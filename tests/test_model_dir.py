@@ -91,7 +91,7 @@ def test_read_json_object_names_missing_files_and_directories(tmp_path):
     assert str(missing.value) == f"training summary {tmp_path / 'absent.json'} does not exist; fix it"
     with pytest.raises(UsageError) as directory:
         read_json_object(tmp_path, "training summary", "fix it")
-    assert str(directory.value) == f"training summary {tmp_path} is a directory, not a JSON file; fix it"
+    assert str(directory.value) == f"training summary {tmp_path} is a directory, not a file; fix it"
     (tmp_path / "ok.json").write_text('{"a": [1]}', encoding="utf-8")
     assert read_json_object(tmp_path / "ok.json", "training summary", "fix it") == {"a": [1]}
 
