@@ -143,7 +143,7 @@ def read_model_directory(directory: str | os.PathLike) -> tuple[GPTScratchConfig
     directory of another model type, no tokenizer. Commands check their input against the config and tokenizer
     before `load_model_weights`, so a refusal comes at once instead of after the weights load.
     """
-    from modeling_gptscratch import GPTScratchConfig, load_tokenizer
+    from modeling_gptscratch import GPTScratchConfig
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -164,14 +164,24 @@ def read_model_directory(directory: str | os.PathLike) -> tuple[GPTScratchConfig
             f"{directory} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save the model's tokenizer "
             "beside it with tokenizer.save_pretrained"
         )
-    try:
-        tokenizer = load_tokenizer(directory)
-    except (OSError, ValueError) as error:
-        raise UsageError(
-            f"{directory} holds no loadable tokenizer ({first_line(error)}); save the model's tokenizer beside it "
-            "with tokenizer.save_pretrained"
-        ) from None
+    tokenizer = load_tokenizer_or_refuse(
+        directory, f"{directory} holds no loadable tokenizer",
+        "save the model's tokenizer beside it with tokenizer.save_pretrained",
+    )
     return config, tokenizer
+
+
+def load_tokenizer_or_refuse(
+    source: str | os.PathLike, failure: str, fix: str, error_class: type[UsageError] = UsageError
+) -> PreTrainedTokenizerBase:
+    """`load_tokenizer(source)`, or `error_class("FAILURE (first line of the reason); FIX")` when it fails."""
+    from modeling_gptscratch import load_tokenizer
+
+    try:
+        return load_tokenizer(source)
+    except (OSError, ValueError) as error:
+        # json.JSONDecodeError and UnicodeDecodeError are ValueErrors: a damaged encoder.json lands here too.
+        raise error_class(f"{failure} ({first_line(error)}); {fix}") from None
 
 
 def load_model_weights(

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from convert.commands import UsageError, first_line
-from convert.model_dir import save_model_directory
+from convert.commands import UsageError
+from convert.model_dir import load_tokenizer_or_refuse, save_model_directory
 
 if TYPE_CHECKING:
     import torch
@@ -93,16 +93,9 @@ def load_checkpoint_tokenizer(
     A tokenizer with more tokens than the model's `vocab_size` embedding rows is a UsageError: its highest IDs
     would index past the embedding.
     """
-    from modeling_gptscratch import load_tokenizer
-
-    try:
-        tokenizer = load_tokenizer(directory)
-    except (OSError, ValueError) as error:
-        # json.JSONDecodeError and UnicodeDecodeError are ValueErrors: a damaged encoder.json lands here.
-        raise UsageError(
-            f"cannot read a tokenizer from {directory} ({first_line(error)}); it needs OpenAI's encoder.json and "
-            "vocab.bpe"
-        ) from error
+    tokenizer = load_tokenizer_or_refuse(
+        directory, f"cannot read a tokenizer from {directory}", "it needs OpenAI's encoder.json and vocab.bpe"
+    )
     if len(tokenizer) > vocab_size:
         raise UsageError(
             f"the tokenizer in {directory} has {len(tokenizer)} tokens but the model's embedding has {vocab_size} "

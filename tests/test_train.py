@@ -394,7 +394,7 @@ def bad_files(tmp_path):
         ({"--vocab-size": "100"}, "--vocab-size 100: a byte-level BPE needs at least 257"),
         ({"--config": "colour=1"}, "--config colour: not a model field"),
         ({"--train-ratio": "1.5"}, "--train-ratio 1.5: must be between 0 and 1"),
-        ({"--tokenizer": "no/such/dir"}, "--tokenizer no/such/dir:"),
+        ({"--tokenizer": "no/such/dir"}, "--tokenizer no/such/dir could not be loaded"),
         ({"--dataset": "someone/no-such-dataset"}, "--dataset someone/no-such-dataset: could not load it"),
         ({"--max-steps": "0"}, "--max-steps 0: must be a positive integer"),
     ],

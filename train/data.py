@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from convert.commands import UsageError, first_line
+from convert.model_dir import load_tokenizer_or_refuse
 from modeling_gptscratch import GPT2Tokenizer, load_tokenizer
 
 EOS_TOKEN = "<|endoftext|>"
@@ -455,13 +456,11 @@ def resolve_tokenizer(
     if spec == "train":
         tokenizer = train_bpe_tokenizer(train_documents, vocab_size, cache_dir)
         return tokenizer, f"byte-level BPE fitted on the training split ({len(tokenizer)} tokens)"
-    try:
-        tokenizer = load_tokenizer(spec)
-    except (OSError, ValueError) as error:
-        raise DataError(
-            f"--tokenizer {spec}: {error}; pass a directory with encoder.json + vocab.bpe or a saved tokenizer, "
-            "or --tokenizer train"
-        ) from error
+    tokenizer = load_tokenizer_or_refuse(
+        spec, f"--tokenizer {spec} could not be loaded",
+        "pass a directory with encoder.json + vocab.bpe or a saved tokenizer, or --tokenizer train",
+        error_class=DataError,
+    )
     if tokenizer.eos_token_id is None:
         raise DataError(f"--tokenizer {spec} has no end-of-text token; documents are joined with one, choose another")
     if spec == "gpt2":
