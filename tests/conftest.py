@@ -21,6 +21,20 @@ torch.set_num_threads(1)
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM  # noqa: E402
 
 
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def tiktoken_gpt2(bpe_dir: Path):
+    """GPT-2's encoding rebuilt offline by tiktoken from OpenAI's encoder.json + vocab.bpe: an implementation
+    independent of ours, and what the book's loaders use (tiktoken would otherwise download it)."""
+    tiktoken = pytest.importorskip("tiktoken")
+    import tiktoken.load
+
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(bpe_dir / "vocab.bpe"), str(bpe_dir / "encoder.json"))
+    return tiktoken.Encoding("gpt2-offline", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": len(ranks)})
+
+
 def shared_file(relative: str) -> Path:
     """A file under ../shared/data, or a clean skip where that folder is absent."""
     path = SHARED_DATA / relative

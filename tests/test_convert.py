@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_main
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, tiktoken_gpt2
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -39,7 +39,6 @@ from convert.openai_checkpoint import (
     download_openai_checkpoint,
 )
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 DATA_FILE = "model.ckpt.data-00000-of-00001"
 
 
@@ -60,16 +59,6 @@ def write_tiny_bpe(directory: Path) -> Path:
         "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges), encoding="utf-8"
     )
     return directory
-
-
-def tiktoken_reference(bpe_dir: Path):
-    """GPT-2's encoding rebuilt offline by tiktoken from the same two files: an implementation independent of ours."""
-    import tiktoken
-    import tiktoken.load
-
-    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(bpe_dir / "vocab.bpe"), str(bpe_dir / "encoder.json"))
-    return tiktoken.Encoding("gpt2-reference", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": len(ranks)})
 
 
 def random_openai_arrays(hparams: dict[str, int], seed: int = 0, scale: float = 0.1) -> dict[str, np.ndarray]:
@@ -317,7 +306,7 @@ TOKENIZER_CASES = [
 def test_converted_tokenizer_ids_equal_gpt2(gpt2_bpe_dir, verdict_text, converted, bpe_dir):
     assert bpe_dir == gpt2_bpe_dir  # the converted directory was built from OpenAI's files
     tokenizer = AutoTokenizer.from_pretrained(converted)
-    reference = tiktoken_reference(gpt2_bpe_dir)
+    reference = tiktoken_gpt2(gpt2_bpe_dir)
     assert tokenizer.encode("Hello, world") == [15496, 11, 995]  # GPT-2's published IDs
     assert tokenizer.encode("<|endoftext|>") == [50256] and len(tokenizer) == 50257
     for text in [verdict_text, *TOKENIZER_CASES]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import datasets
 import pytest
 import torch
+from conftest import tiktoken_gpt2
 from transformers import AutoTokenizer
 
 from train import data as D
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +33,6 @@ def documents(texts, starts=None):
     return datasets.Dataset.from_dict({"text": texts, "doc_start": starts}, D.DOCUMENT_FEATURES)
 
 
-def offline_gpt2_encoding(bpe_dir):
-    """tiktoken's GPT-2 encoding built from OpenAI's files, for the book's loader (which would download it)."""
-    import tiktoken
-    import tiktoken.load
-
-    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(bpe_dir / "vocab.bpe"), str(bpe_dir / "encoder.json"))
-    return tiktoken.Encoding(
-        "gpt2-offline", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
-    )
-
-
 @pytest.mark.parametrize("tokenizer_kind", ["transformers", "tiktoken"])
 def test_create_dataloader_builds_the_books_loaders(verdict_text, gpt2_bpe_dir, monkeypatch, tokenizer_kind):
     """The book's settings (the-verdict.txt, GPT-2, ratio 0.9, context 256, stride 256, batch 2) give its batches."""
@@ -51,7 +40,7 @@ def test_create_dataloader_builds_the_books_loaders(verdict_text, gpt2_bpe_dir, 
 
     from modeling_gptscratch import load_tokenizer
 
-    encoding = offline_gpt2_encoding(gpt2_bpe_dir)
+    encoding = tiktoken_gpt2(gpt2_bpe_dir)
     monkeypatch.setattr(ch02.tiktoken, "get_encoding", lambda name: encoding)
     tokenizer = load_tokenizer(gpt2_bpe_dir) if tokenizer_kind == "transformers" else encoding
     split_idx = int(0.90 * len(verdict_text))

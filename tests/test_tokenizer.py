@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiktoken_gpt2
 from transformers import AutoTokenizer
 
 from modeling_gptscratch import GPT2_EOS_TOKEN_ID, load_tokenizer, text_to_token_ids, token_ids_to_text
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 EDGE_CASES = [
     "Hello, world!",
@@ -20,16 +20,6 @@ EDGE_CASES = [
     "numbers 12345 and 3.14159, contractions it's we'll they've",
     "",
 ]
-
-
-def tiktoken_gpt2(bpe_dir):
-    """An independent GPT-2 encoder: tiktoken built offline from the same two files."""
-    tiktoken = pytest.importorskip("tiktoken")
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-
-    ranks = data_gym_to_mergeable_bpe_ranks(str(bpe_dir / "vocab.bpe"), str(bpe_dir / "encoder.json"))
-    return tiktoken.Encoding("gpt2-offline", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": GPT2_EOS_TOKEN_ID})
 
 
 def test_ids_equal_gpt2s_from_openais_files(gpt2_bpe_dir, verdict_text):
