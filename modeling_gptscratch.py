@@ -114,6 +114,25 @@ class GPTScratchConfig(PretrainedConfig):
         return cls(**{**PRESETS[name], **overrides})
 
 
+class Projection(nn.Module):
+    """A linear layer whose weight is stored [in, out], as GPT-2's Conv1D (nn.Linear stores [out, in]).
+
+    A one-token decoding step is a vector-matrix product that streams every weight from memory; on CPU this layout
+    streams 11-13% faster than nn.Linear's (benchmarks/bench_model.py), and the math is the same.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., in] -> [..., out]."""
+        flat = x.reshape(-1, x.shape[-1])
+        out = flat @ self.weight if self.bias is None else torch.addmm(self.bias, flat, self.weight)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (the book's `MultiHeadAttention`) with fused q/k/v and a KV cache."""
 
@@ -123,9 +142,10 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = config.emb_dim // config.n_heads
         self.layer_idx = layer_idx
         self.dropout = config.drop_rate
-        # One matmul for queries, keys and values (the book's W_query, W_key, W_value side by side).
-        self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
-        self.out_proj = nn.Linear(config.emb_dim, config.emb_dim)
+        # One matmul for queries, keys and values: weight [emb, 3 * emb], the book's W_query, W_key, W_value
+        # (transposed) side by side.
+        self.qkv = Projection(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
+        self.out_proj = Projection(config.emb_dim, config.emb_dim)
         self.out_proj.is_residual_projection = True
 
     def forward(
@@ -163,9 +183,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: GPTScratchConfig):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(config.emb_dim, 4 * config.emb_dim),
+            Projection(config.emb_dim, 4 * config.emb_dim),
             nn.GELU(approximate="tanh"),
-            nn.Linear(4 * config.emb_dim, config.emb_dim),
+            Projection(4 * config.emb_dim, config.emb_dim),
         )
         self.layers[2].is_residual_projection = True
 
@@ -210,7 +230,11 @@ class GPTScratchPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2's initialisation: normal(0, 0.02); residual output projections scaled by 1/sqrt(2 * n_layers)."""
         super()._init_weights(module)
-        # The flag sits on the Linear itself: transformers skips custom modules that hold no parameters directly.
+        if isinstance(module, Projection):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        # The flag sits on the projection itself: transformers skips custom modules holding no parameters directly.
         if getattr(module, "is_residual_projection", False):
             std = self.config.initializer_range / (2 * self.config.n_layers) ** 0.5
             init.normal_(module.weight, mean=0.0, std=std)

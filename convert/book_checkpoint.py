@@ -24,7 +24,8 @@ BOOK_CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_lay
 _INTEGER_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers")
 
 # One transformer block apart from W_query/W_key/W_value: the book's name under trf_blocks.{i}., GPTScratch's under
-# model.trf_blocks.{i}., and the shape as a function of emb_dim (both are nn.Linear / vectors: no transposes).
+# model.trf_blocks.{i}., and the book's shape as a function of emb_dim. The book's nn.Linear weights are [out, in];
+# GPTScratch's Projection weights are [in, out], so matrices are transposed on the way.
 _BLOCK_TENSORS = (
     ("att.out_proj.weight", "att.out_proj.weight", lambda e: [e, e]),
     ("att.out_proj.bias", "att.out_proj.bias", lambda e: [e]),
@@ -135,8 +136,9 @@ def book_to_gptscratch(
     state_dict: dict[str, torch.Tensor], config: Mapping[str, Any], tied: bool, dtype: torch.dtype
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(GPTScratch name, tensor in `dtype`) for each of the book's tensors; entries are popped from `state_dict` as
-    they are converted, so memory holds one copy of the model. W_query, W_key, W_value ([emb, emb] each) stack into
-    qkv [3 * emb, emb] in that order; `out_head.weight` is kept only when the head is not `tied`."""
+    they are converted, so memory holds one copy of the model. W_query, W_key, W_value ([emb, emb] each, [out, in])
+    become qkv [emb, 3 * emb] ([in, out], q, k, v side by side); every other block matrix is transposed to [in, out];
+    `out_head.weight` is kept only when the head is not `tied`."""
     import torch
 
     yield "model.tok_emb.weight", state_dict.pop("tok_emb.weight").to(dtype)
@@ -145,9 +147,10 @@ def book_to_gptscratch(
         book, ours = f"trf_blocks.{i}.", f"model.trf_blocks.{i}."
         for part in ("weight", "bias") if config["qkv_bias"] else ("weight",):
             parts = [state_dict.pop(f"{book}att.{projection}.{part}") for projection in _QKV]
-            yield f"{ours}att.qkv.{part}", torch.cat(parts).to(dtype)
+            yield f"{ours}att.qkv.{part}", torch.cat(parts).T.contiguous().to(dtype)  # a bias's .T is itself
         for book_suffix, our_suffix, _ in _BLOCK_TENSORS:
-            yield ours + our_suffix, state_dict.pop(book + book_suffix).to(dtype)
+            tensor = state_dict.pop(book + book_suffix)
+            yield ours + our_suffix, (tensor.T.contiguous() if tensor.dim() == 2 else tensor).to(dtype)
     yield "model.final_norm.weight", state_dict.pop("final_norm.scale").to(dtype)
     yield "model.final_norm.bias", state_dict.pop("final_norm.shift").to(dtype)
     head = state_dict.pop("out_head.weight")
@@ -170,7 +173,7 @@ def convert_book_checkpoint(
     state is not part of a model directory). book_config: the dict the model was built with (vocab_size,
     context_length, emb_dim, n_heads, n_layers, drop_rate, qkv_bias), or a JSON file / object string holding it.
     tokenizer_dir: OpenAI's encoder.json + vocab.bpe (or a saved tokenizer). Shapes: tok_emb [vocab, emb], pos_emb
-    [context, emb], W_query/W_key/W_value [emb, emb] -> qkv [3 * emb, emb], out_head [vocab, emb].
+    [context, emb], W_query/W_key/W_value [emb, emb] -> qkv [emb, 3 * emb], out_head [vocab, emb].
 
     The head stays tied to the token embedding when the book's out_head equals tok_emb (as after loading OpenAI's
     weights), and becomes a separate weight otherwise (as after the book's pretraining). Bad input is a UsageError

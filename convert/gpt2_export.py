@@ -1,8 +1,8 @@
 """Export a GPTScratch model directory as a plain transformers GPT-2 directory (`GPT2LMHeadModel`, no remote code).
 
-GPTScratch is GPT-2's architecture under the book's names, so the export renames tensors and transposes the
-matrices: GPT-2 keeps its projections in `Conv1D` modules whose weights are [in, out], the transpose of
-`nn.Linear`'s [out, in]. The fused q/k/v matrix maps to `c_attn` as it is (both stack q, k, v in that order).
+GPTScratch is GPT-2's architecture under the book's names, so the export only renames tensors: both keep their
+projection weights as [in, out] (GPT-2's `Conv1D`, GPTScratch's `Projection`), and the fused q/k/v matrix maps to
+`c_attn` as it is (both put q, k, v side by side in that order).
 
 What GPT-2 cannot express is refused with the reason:
 - an output head separate from the token embedding (`tie_word_embeddings=false`): GPT-2 ties them, and programs
@@ -61,11 +61,9 @@ def gpt2_config(config: GPTScratchConfig) -> GPT2Config:
 
 
 def gpt2_state_dict(model: GPTScratchForCausalLM) -> dict[str, torch.Tensor]:
-    """GPTScratch's weights under GPT-2's tensor names, Linear weights [out, in] transposed to Conv1D's [in, out].
+    """GPTScratch's weights under GPT-2's tensor names: `model`'s own tensors, no copies (same layouts).
 
-    The tied head is left out: GPT2LMHeadModel ties `lm_head.weight` to `transformer.wte.weight` itself. Tensors
-    that keep their layout are `model`'s own (no copy); the transposed ones are contiguous copies, as safetensors
-    stores them.
+    The tied head is left out: GPT2LMHeadModel ties `lm_head.weight` to `transformer.wte.weight` itself.
     """
     base = model.model
     state = {
@@ -80,15 +78,15 @@ def gpt2_state_dict(model: GPTScratchForCausalLM) -> dict[str, torch.Tensor]:
         state.update({
             f"{prefix}.ln_1.weight": block.norm1.weight,
             f"{prefix}.ln_1.bias": block.norm1.bias,
-            f"{prefix}.attn.c_attn.weight": qkv.weight.T.contiguous(),  # [emb, 3 * emb]: q, k, v side by side
-            f"{prefix}.attn.c_attn.bias": qkv.bias if qkv.bias is not None else qkv.weight.new_zeros(qkv.out_features),
-            f"{prefix}.attn.c_proj.weight": block.att.out_proj.weight.T.contiguous(),
+            f"{prefix}.attn.c_attn.weight": qkv.weight,  # [emb, 3 * emb]: q, k, v side by side
+            f"{prefix}.attn.c_attn.bias": qkv.bias if qkv.bias is not None else qkv.weight.new_zeros(qkv.weight.shape[1]),
+            f"{prefix}.attn.c_proj.weight": block.att.out_proj.weight,
             f"{prefix}.attn.c_proj.bias": block.att.out_proj.bias,
             f"{prefix}.ln_2.weight": block.norm2.weight,
             f"{prefix}.ln_2.bias": block.norm2.bias,
-            f"{prefix}.mlp.c_fc.weight": block.ff.layers[0].weight.T.contiguous(),  # [emb, 4 * emb]
+            f"{prefix}.mlp.c_fc.weight": block.ff.layers[0].weight,  # [emb, 4 * emb]
             f"{prefix}.mlp.c_fc.bias": block.ff.layers[0].bias,
-            f"{prefix}.mlp.c_proj.weight": block.ff.layers[2].weight.T.contiguous(),  # [4 * emb, emb]
+            f"{prefix}.mlp.c_proj.weight": block.ff.layers[2].weight,  # [4 * emb, emb]
             f"{prefix}.mlp.c_proj.bias": block.ff.layers[2].bias,
         })
     return {name: tensor.detach() for name, tensor in state.items()}
@@ -97,9 +95,8 @@ def gpt2_state_dict(model: GPTScratchForCausalLM) -> dict[str, torch.Tensor]:
 def to_gpt2(model: GPTScratchForCausalLM) -> GPT2LMHeadModel:
     """A GPT2LMHeadModel in eval mode computing the same logits as `model`; a UsageError when GPT-2 cannot express it.
 
-    It shares the tensors whose layout GPT-2 keeps (embeddings, norms, biases) with `model` and holds transposed
-    copies of the projection matrices: built on the meta device, it never allocates random weights of its own, so
-    exporting costs at most one more copy of the matrices, in `model`'s dtype.
+    It shares `model`'s tensors (only a missing q/k/v bias is a new zero vector): built on the meta device, it never
+    allocates random weights of its own, so exporting costs no second copy of the model.
     """
     config = gpt2_config(model.config)
     with torch.device("meta"):

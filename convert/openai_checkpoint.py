@@ -49,8 +49,8 @@ DOWNLOAD_CHUNK_BYTES = 1 << 20
 
 # One transformer block: OpenAI's variable under model/h{i}/, GPTScratch's parameter under model.trf_blocks.{i}., and
 # the TensorFlow shape as a function of n_embd. OpenAI's linear layers are 1x1 convolutions: weights
-# [1, in_features, out_features], which become nn.Linear's [out_features, in_features] by dropping the 1 and
-# transposing. c_attn's columns are queries, keys, values, the order of GPTScratch's fused qkv rows.
+# [1, in_features, out_features], which become GPTScratch's Projection weights [in_features, out_features] by
+# dropping the 1. c_attn's columns are queries, keys, values, the order of GPTScratch's fused qkv columns.
 _BLOCK_VARIABLES = (
     ("ln_1/g", "norm1.weight", lambda e: [e]),
     ("ln_1/b", "norm1.bias", lambda e: [e]),
@@ -190,8 +190,8 @@ def _read_tensors(
             raise UsageError(
                 f"{DATA_FILE} is damaged: reading {tf_name} failed ({first_line(error)}); download it again"
             ) from error
-        if len(shape) == 3:  # a 1x1 convolution [1, in, out] -> nn.Linear's [out, in]
-            tensor = tensor[0].T
+        if len(shape) == 3:  # a 1x1 convolution [1, in, out] -> Projection's [in, out]
+            tensor = tensor[0]
         yield name, tensor.to(dtype).contiguous()
 
 
@@ -207,7 +207,7 @@ def convert_openai_checkpoint(
     checkpoint_dir: OpenAI's files (hparams.json, model.ckpt.index, model.ckpt.data-00000-of-00001, encoder.json,
     vocab.bpe; `checkpoint` and `model.ckpt.meta` are not needed). Tensors arrive as wte [n_vocab, n_embd],
     wpe [n_ctx, n_embd], 1x1-convolution weights [1, in, out] and vectors [n]; they leave as nn.Embedding /
-    nn.Linear weights ([out, in]) in `dtype` (float32, bfloat16 or float16).
+    Projection weights ([in, out]) in `dtype` (float32, bfloat16 or float16).
 
     The config is hparams.json's (vocab_size=n_vocab, context_length=n_ctx, emb_dim=n_embd, n_heads=n_head,
     n_layers=n_layer) with qkv bias, dropout 0 and the head tied to the token embedding; the generation config

@@ -220,7 +220,7 @@ def test_converted_directory_is_a_complete_model_directory(small, converted, bpe
     # One tensor per OpenAI variable; the tied head is stored once, as the token embedding.
     assert len(tensors) == len(small.arrays) and "out_head.weight" not in tensors
     torch.testing.assert_close(tensors["model.trf_blocks.1.att.qkv.weight"],
-                               torch.from_numpy(small.arrays["model/h1/attn/c_attn/w"][0].T), rtol=0, atol=0)
+                               torch.from_numpy(small.arrays["model/h1/attn/c_attn/w"][0]), rtol=0, atol=0)
     assert entries(converted.parent) == [converted.name]  # no temporary sibling left behind
 
 

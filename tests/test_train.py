@@ -70,26 +70,12 @@ def subprocess_env() -> dict[str, str]:
 # The book's functions
 
 
-def copy_book_weights(book: torch.nn.Module, ours: GPTScratchForCausalLM) -> None:
-    """The book's GPTModel weights into GPTScratchForCausalLM (separate W_query/W_key/W_value -> fused qkv)."""
-    model = ours.model
-    with torch.no_grad():
-        model.tok_emb.weight.copy_(book.tok_emb.weight)
-        model.pos_emb.weight.copy_(book.pos_emb.weight)
-        for theirs, mine in zip(book.trf_blocks, model.trf_blocks):
-            attention = theirs.att
-            for kind in ("weight", "bias"):
-                parts = [getattr(getattr(attention, name), kind) for name in ("W_query", "W_key", "W_value")]
-                getattr(mine.att.qkv, kind).copy_(torch.cat(parts))
-            mine.att.out_proj.load_state_dict(attention.out_proj.state_dict())
-            mine.ff.layers[0].load_state_dict(theirs.ff.layers[0].state_dict())
-            mine.ff.layers[2].load_state_dict(theirs.ff.layers[2].state_dict())
-            for norm, book_norm in ((mine.norm1, theirs.norm1), (mine.norm2, theirs.norm2)):
-                norm.weight.copy_(book_norm.scale)
-                norm.bias.copy_(book_norm.shift)
-        model.final_norm.weight.copy_(book.final_norm.scale)
-        model.final_norm.bias.copy_(book.final_norm.shift)
-        ours.out_head.weight.copy_(book.out_head.weight)
+def copy_book_weights(book: torch.nn.Module, ours: GPTScratchForCausalLM, config: dict) -> None:
+    """The book's GPTModel weights into GPTScratchForCausalLM through the converter's own mapping (an untied head)."""
+    from convert.book_checkpoint import book_to_gptscratch
+
+    state = {name: tensor.detach().clone() for name, tensor in book.state_dict().items()}
+    ours.load_state_dict(dict(book_to_gptscratch(state, config, tied=False, dtype=torch.float32)))
 
 
 def test_train_model_simple_matches_the_books_on_the_same_weights(corpus, cache, monkeypatch, capsys):
@@ -106,7 +92,7 @@ def test_train_model_simple_matches_the_books_on_the_same_weights(corpus, cache,
     torch.manual_seed(123)
     book_model = ch04.GPTModel(cfg)
     our_model = GPTScratchForCausalLM(GPTScratchConfig(**cfg, tie_word_embeddings=False))
-    copy_book_weights(book_model, our_model)
+    copy_book_weights(book_model, our_model, cfg)
     split_idx = int(0.9 * len(text))
 
     def run(model, train_function):
