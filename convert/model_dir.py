@@ -100,16 +100,21 @@ def recover_interrupted_writes(target: str | os.PathLike) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _give_default_permissions(staging: Path) -> None:
-    """Gives the staged tree the modes a plain mkdir/open would (0777/0666 less the umask) instead of mkdtemp's
-    private 0700 and the 0600 of writers that go through temporary files: outputs are there to be read.
-    A .git folder keeps the modes git chose."""
-    umask = os.umask(0)
+def default_mode(directory: bool) -> int:
+    """The mode a plain mkdir (0777) or open (0666) gives under the current umask."""
+    umask = os.umask(0)  # the only way to read the umask is to set it
     os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def _give_default_permissions(staging: Path) -> None:
+    """Gives the staged tree the modes a plain mkdir/open would instead of mkdtemp's private 0700 and the 0600 of
+    writers that go through temporary files: outputs are there to be read. A .git folder keeps git's modes."""
+    file_mode, directory_mode = default_mode(directory=False), default_mode(directory=True)
+    staging.chmod(directory_mode)
     for path in staging.rglob("*"):
         if ".git" not in path.relative_to(staging).parts and not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+            path.chmod(directory_mode if path.is_dir() else file_mode)
 
 
 def save_model_directory(

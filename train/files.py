@@ -9,14 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Temporary files are created private (0600); what they become is published with the usual permissions.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from convert.model_dir import default_mode
 
 
 def publish(temporary: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Gives a finished temporary file the permissions a new file would get, then renames it over `target`."""
-    os.chmod(temporary, 0o666 & ~_UMASK)
+    """Gives a finished temporary file (created private, 0600) the permissions a new file would get, then renames it
+    over `target`."""
+    os.chmod(temporary, default_mode(directory=False))
     os.replace(temporary, target)
 
 
