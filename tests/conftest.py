@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,9 +29,9 @@ def tiktoken_gpt2(bpe_dir: Path):
     """GPT-2's encoding rebuilt offline by tiktoken from OpenAI's encoder.json + vocab.bpe: an implementation
     independent of ours, and what the book's loaders use (tiktoken would otherwise download it)."""
     tiktoken = pytest.importorskip("tiktoken")
-    import tiktoken.load
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(bpe_dir / "vocab.bpe"), str(bpe_dir / "encoder.json"))
+    ranks = data_gym_to_mergeable_bpe_ranks(str(bpe_dir / "vocab.bpe"), str(bpe_dir / "encoder.json"))
     return tiktoken.Encoding("gpt2-offline", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": len(ranks)})
 
@@ -71,10 +72,8 @@ def tiny_model() -> GPTScratchForCausalLM:
     return GPTScratchForCausalLM(tiny_config()).eval()
 
 
-def run_without_project(code: str, cwd: Path, timeout: int = 300) -> "subprocess.CompletedProcess[str]":
+def run_without_project(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """Runs Python code in a fresh interpreter that cannot import this project (not installed, not on sys.path)."""
-    import subprocess
-
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
     # -I: isolated mode, so neither the working directory nor user site-packages lands on sys.path; the editable

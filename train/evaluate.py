@@ -28,7 +28,6 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
