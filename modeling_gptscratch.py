@@ -34,7 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import can_return_tuple
@@ -154,16 +154,23 @@ class CausalSelfAttention(nn.Module):
         attn_mask: torch.Tensor | None,
         is_causal: bool,
         past_key_values: Cache | None = None,
+        past_length: int = 0,
     ) -> torch.Tensor:
-        """x: [batch, tokens, emb_dim]; attn_mask: boolean [batch or 1, 1, tokens, past + tokens], True = attend."""
+        """x: [batch, tokens, emb_dim]; attn_mask: boolean [batch or 1, 1, tokens, past + tokens], True = attend.
+
+        past_length: the tokens already in `past_key_values`.
+        """
         batch, tokens, emb_dim = x.shape
         # [batch, tokens, 3 * emb_dim] -> 3 x [batch, n_heads, tokens, head_dim]
         queries, keys, values = (
             self.qkv(x).view(batch, tokens, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         )
         if past_key_values is not None:
-            # keys, values: [batch, n_heads, past + tokens, head_dim]
             keys, values = past_key_values.update(keys, values, self.layer_idx)
+            # keys, values: [batch, n_heads, past + tokens, head_dim]. A StaticCache hands back its whole
+            # preallocated buffer; its filled part is the first past + tokens positions.
+            kv_length = past_length + tokens
+            keys, values = keys[:, :, :kv_length], values[:, :, :kv_length]
         context = F.scaled_dot_product_attention(
             queries,
             keys,
@@ -210,9 +217,10 @@ class TransformerBlock(GradientCheckpointingLayer):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         past_key_values: Cache | None = None,
+        past_length: int = 0,
     ) -> torch.Tensor:
         """hidden_states: [batch, tokens, emb_dim] -> [batch, tokens, emb_dim]."""
-        attended = self.att(self.norm1(hidden_states), attn_mask, is_causal, past_key_values=past_key_values)
+        attended = self.att(self.norm1(hidden_states), attn_mask, is_causal, past_key_values, past_length)
         hidden_states = hidden_states + self.drop_resid(attended)
         return hidden_states + self.drop_resid(self.ff(self.norm2(hidden_states)))
 
@@ -314,7 +322,8 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
             use_cache = self.config.use_cache and not self.training
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        # int(): a StaticCache counts its tokens in a tensor.
+        past_length = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
         if past_length + tokens > self.config.context_length:
             raise ValueError(
                 f"the sequence has {past_length + tokens} tokens but the model's context_length is "
@@ -338,7 +347,9 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         for block in self.trf_blocks:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            hidden_states = block(hidden_states, attn_mask, is_causal, past_key_values=past_key_values)
+            hidden_states = block(
+                hidden_states, attn_mask, is_causal, past_key_values=past_key_values, past_length=past_length
+            )
         hidden_states = self.final_norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
@@ -420,6 +431,11 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
         )
 
+    def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """GenerationMixin's hook for preallocated caches (`cache_implementation="static"`): this model takes the
+        [batch, past + tokens] padding mask as it is and builds its own SDPA mask from it."""
+        return attention_mask
+
     # Arguments the simple decoding loop below implements; any other goes to GenerationMixin.generate.
     _SIMPLE_GENERATE_ARGS = frozenset(
         {"max_new_tokens", "temperature", "top_k", "do_sample", "eos_token_id", "pad_token_id", "use_cache", "streamer"}
@@ -439,8 +455,9 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         softmax(logits / temperature); `top_k` keeps the k highest logits. A row that emits `eos_token_id` stops
         and is filled with `pad_token_id` while the others go on. Prompts longer than `context_length` are cropped
         to their last `context_length` tokens for the forward pass (the returned sequence keeps the whole prompt),
-        and decoding goes on past the window. Keys and values are cached, so each new token costs one token's
-        forward pass while the window lasts; past it, every step re-reads the last `context_length` tokens.
+        and decoding goes on past the window. Keys and values are cached in a preallocated `StaticCache`, so each
+        new token costs one token's forward pass while the window lasts; past it, every step re-reads the last
+        `context_length` tokens.
 
         Unset arguments come from `model.generation_config` (greedy, 20 new tokens, eos 50256 by default;
         `eos_token_id=[]` decodes to the length limit). Sampling is reproducible with
@@ -531,13 +548,15 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         eos = torch.tensor(eos_token_ids, dtype=torch.long, device=input_ids.device)
         cache, cache_length, step_ids = None, 0, None
+        # Preallocated keys and values: appending a token writes it in place instead of copying the whole cache.
+        cache_size = min(context_length, input_ids.shape[1] + max_new_tokens)
         if streamer is not None:
             streamer.put(input_ids.cpu())
         for _ in range(max_new_tokens):
             if not use_cache or cache is None or cache_length >= context_length:
                 # (Re)start from the last context_length tokens: cached keys past the window would carry
                 # positions the model does not have, so the cache starts over there, as the book's crop does.
-                cache = DynamicCache(config=self.config) if use_cache else None
+                cache = StaticCache(config=self.config, max_cache_len=cache_size) if use_cache else None
                 step_ids = sequences[:, -context_length:]
                 window_mask = mask[:, -context_length:]
             else:

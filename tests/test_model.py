@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, run_without_project, tiny_config
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedTokenizerFast
+from transformers.cache_utils import StaticCache
 
 from modeling_gptscratch import (
     PRESETS,
@@ -157,6 +158,18 @@ def test_cached_and_uncached_logits_are_equal(tiny_model):
     assert step.past_key_values.get_seq_length() == 18
 
 
+def test_a_static_cache_gives_the_uncached_logits(tiny_model):
+    ids = random_ids(2, 24)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding
+    full = tiny_model(ids, attention_mask=mask).logits
+    cache = StaticCache(config=tiny_model.config, max_cache_len=32)  # longer than the tokens: the rest is unfilled
+    prefix = tiny_model(ids[:, :10], attention_mask=mask[:, :10], past_key_values=cache, use_cache=True)
+    step = tiny_model(ids[:, 10:11], attention_mask=mask[:, :11], past_key_values=cache, use_cache=True)
+    torch.testing.assert_close(torch.cat([prefix.logits, step.logits], 1), full[:, :11], rtol=1e-5, atol=1e-5)
+    assert int(cache.get_seq_length()) == 11
+
+
 def test_left_padded_batch_gives_each_row_its_own_logits(tiny_model):
     long, short = random_ids(1, 9, seed=2), random_ids(1, 5, seed=3)
     batch = torch.cat([long, torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1)])
@@ -300,8 +313,13 @@ def test_long_prompts_and_generation_past_the_window_match_the_books_generate(ti
 
 
 def test_generation_feeds_one_token_per_step_through_the_cache(tiny_model):
-    seen_lengths = []
-    hook = tiny_model.model.register_forward_pre_hook(lambda _, args: seen_lengths.append(args[0].shape[1]))
+    seen_lengths, key_buffers = [], []
+
+    def record(_, args, kwargs, output):
+        seen_lengths.append(args[0].shape[1])
+        key_buffers.append(kwargs["past_key_values"].layers[0].keys)
+
+    hook = tiny_model.model.register_forward_hook(record, with_kwargs=True)
     try:
         tiny_model.generate(random_ids(1, 10), max_new_tokens=30, temperature=0)
     finally:
@@ -309,6 +327,9 @@ def test_generation_feeds_one_token_per_step_through_the_cache(tiny_model):
     # 10-token prefill, one token per step until the 32-token window is full, then the window is re-read.
     assert seen_lengths[:23] == [10] + [1] * 22
     assert seen_lengths[23:] == [32] * 7
+    # Within the window each token is written into the same preallocated keys: nothing grows or is copied.
+    assert len({buffer.data_ptr() for buffer in key_buffers[:23]}) == 1
+    assert key_buffers[0].shape[2] == 32
 
 
 def test_options_the_override_does_not_implement_go_to_generation_mixin(tiny_model):
@@ -324,11 +345,14 @@ def test_options_the_override_does_not_implement_go_to_generation_mixin(tiny_mod
         tiny_model.generate(prompt, max_new_tokens=2, top_p=0.9, temperature=1.0, generator=torch.Generator())
 
 
-def test_transformers_greedy_search_agrees_with_the_override(tiny_model):
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
+def test_transformers_greedy_search_agrees_with_the_override(tiny_model, cache_implementation):
     prompt = random_ids(2, 6)
     mask = torch.ones_like(prompt)
+    mask[1, :2] = 0  # left padding
     ours = tiny_model.generate(prompt, attention_mask=mask, max_new_tokens=12, temperature=0)
-    theirs = GenerationMixin.generate(tiny_model, prompt, attention_mask=mask, max_new_tokens=12, do_sample=False)
+    theirs = GenerationMixin.generate(tiny_model, prompt, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                      cache_implementation=cache_implementation)
     assert torch.equal(ours, theirs)
 
 
