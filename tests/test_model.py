@@ -16,6 +16,7 @@ from modeling_gptscratch import (
     GPTScratchConfig,
     GPTScratchForCausalLM,
     GPTScratchModel,
+    causal_lm_loss,
 )
 
 
@@ -135,6 +136,39 @@ def test_loss_is_cross_entropy_of_shifted_logits_ignoring_minus_100(tiny_model):
             if target != -100:
                 manual_terms.append(-torch.log_softmax(logits[row, t], dim=-1)[target])
     torch.testing.assert_close(out.loss.double(), torch.stack(manual_terms).mean(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("accumulation", [False, True])
+def test_loss_and_its_gradient_equal_transformers_causal_lm_loss(dtype, accumulation):
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    # GPT-2's vocabulary, so the loss works through several row blocks, the last one partial.
+    vocab = 50257
+    logits = (torch.randn(3, 13, vocab, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    labels = random_ids(3, 13, vocab=vocab)
+    labels[1, :6] = -100
+    num_items = torch.tensor(50) if accumulation else None  # the Trainer's count over all accumulated batches
+    losses, grads = [], []
+    for loss_function in (causal_lm_loss, ForCausalLMLoss):
+        leaf = logits.clone().requires_grad_()
+        loss = loss_function(leaf, labels, vocab_size=vocab, num_items_in_batch=num_items)
+        loss.backward()
+        losses.append(loss)
+        grads.append(leaf.grad.float())
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-3  # bf16 gradients carry 8 bits of mantissa
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=tolerance)
+    assert grads[0][1, :5].abs().max() == 0  # positions whose next label is ignored get no gradient
+
+
+def test_model_uses_its_loss_function_and_accepts_a_replacement(tiny_model):
+    ids = random_ids(2, 8)
+    assert tiny_model.loss_function is causal_lm_loss
+    model = GPTScratchForCausalLM(tiny_model.config)
+    model.loss_function = lambda logits, labels, **kwargs: logits.sum() * 0 + 7.0
+    assert model(ids, labels=ids).loss.item() == 7.0
+    assert tiny_model.loss_function is causal_lm_loss
 
 
 def test_books_calc_loss_batch_works_on_the_logits(tiny_model):
