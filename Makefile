@@ -32,6 +32,7 @@ test-fast: setup
 
 bench: setup
 	$(PYTHON) benchmarks/bench_model.py
+	$(PYTHON) benchmarks/bench_loss.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -6,9 +6,10 @@
 Prints, for each case, both models' figures and their ratio (ours / GPT2LMHeadModel; above 1.0 means ours is
 faster, below 1.0 that ours needs less memory): training-step tokens/s and peak memory (124M shape at context 256,
 batch 2, and the tiny preset), greedy generation tokens/s (batch 1, 16-token prompt, 200 new tokens), time per new
-token near positions 50 and 900 (flat with the KV cache), and the model FLOPs utilisation against this machine's
-own measured matmul peak. Each measurement runs in a fresh subprocess, so peak memory is that model's alone
-(peak RSS growth on CPU, torch.cuda.max_memory_allocated on a GPU). Runs alternate ours / theirs and keep the best.
+token near positions 50 and 900 inside each model's own `generate` (flat with the KV cache), and the model FLOPs
+utilisation against this machine's own measured matmul peak. Each measurement runs in a fresh subprocess, so peak
+memory is that model's alone (peak RSS growth on CPU, torch.cuda.max_memory_allocated on a GPU). Runs alternate
+ours / theirs and keep the best.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ SHAPES = {
 }
 TRAIN_SEQ, TRAIN_BATCH = 256, 2
 PROMPT_TOKENS, NEW_TOKENS = 16, 200
+TIMED_STEPS = 20  # decoding steps timed at each position
 
 
 # --- worker: one model, one measurement, JSON on stdout -------------------------------------------------------------
@@ -62,6 +65,19 @@ def current_rss_bytes() -> int:
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+class TokenClock:
+    """A streamer for `generate` that notes the time each put() arrives: the prompt, then one per new token."""
+
+    def __init__(self):
+        self.arrivals: list[float] = []
+
+    def put(self, value) -> None:  # generate hands over the tokens on the CPU, so the step has finished here
+        self.arrivals.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
 
 
 def synchronize(device: str) -> None:
@@ -129,18 +145,19 @@ def worker(args: argparse.Namespace) -> dict:
             synchronize(device)
         assert out.shape[1] == PROMPT_TOKENS + NEW_TOKENS, out.shape
         result["tokens_per_s"] = NEW_TOKENS / (time.perf_counter() - start)
-    else:  # per-token time at a position: fill the cache to it, then time single-token steps
+    else:  # per-token time at a position: each model's own generate, a streamer noting when each token arrives
         model.eval()
         for position in (50, 900):
-            ids = torch.randint(0, vocab, (1, position + args.steps), generator=generator).to(device)
+            prompt = torch.randint(0, vocab, (1, position), generator=generator).to(device)
+            clock = TokenClock()
+            options = dict(max_new_tokens=TIMED_STEPS + 1, do_sample=False, streamer=clock)
+            if args.impl == "gpt2":
+                options["pad_token_id"] = 0
             with torch.no_grad(), autocast:
-                cache = model(input_ids=ids[:, :position], use_cache=True).past_key_values
-                synchronize(device)
-                start = time.perf_counter()
-                for t in range(position, position + args.steps):
-                    cache = model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True).past_key_values
-                synchronize(device)
-            result[f"ms_per_token_at_{position}"] = 1000 * (time.perf_counter() - start) / args.steps
+                model.generate(prompt, **options)
+            # arrivals: the prompt, the first new token (after the prompt's forward pass), then one per step
+            steps = [later - earlier for earlier, later in zip(clock.arrivals[1:], clock.arrivals[2:])]
+            result[f"ms_per_token_at_{position}"] = 1000 * statistics.median(steps)
 
     if device == "cuda":
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -195,7 +212,7 @@ def main() -> None:
     parser.add_argument("--impl", choices=["ours", "gpt2"], help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=list(SHAPES), help=argparse.SUPPRESS)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (tiny: 5x)")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per measurement (tiny: 5x)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per model; the best is kept")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
