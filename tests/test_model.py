@@ -204,6 +204,24 @@ def test_a_static_cache_gives_the_uncached_logits(tiny_model):
     assert int(cache.get_seq_length()) == 11
 
 
+@pytest.mark.parametrize("mode", ["bf16 weights", "bf16 autocast"])
+def test_bf16_decoding_steps_match_the_uncached_logits(tiny_model, mode):
+    # One-token steps on CPU attend in fp32 (SDPA's bf16 kernel is slow there); the result must not change.
+    model = GPTScratchForCausalLM(tiny_model.config).eval()
+    model.load_state_dict(tiny_model.state_dict())
+    if mode == "bf16 weights":
+        model.to(torch.bfloat16)
+    ids = random_ids(2, 20)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16 autocast"):
+        full = model(ids).logits
+        cache = model(ids[:, :12], use_cache=True).past_key_values
+        steps = []
+        for t in range(12, 20):
+            steps.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
+    assert steps[0].dtype == torch.bfloat16
+    torch.testing.assert_close(torch.cat(steps, 1).float(), full[:, 12:].float(), rtol=0, atol=0.02)
+
+
 def test_left_padded_batch_gives_each_row_its_own_logits(tiny_model):
     long, short = random_ids(1, 9, seed=2), random_ids(1, 5, seed=3)
     batch = torch.cat([long, torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1)])
