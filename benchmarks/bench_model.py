@@ -1,15 +1,18 @@
 """GPTScratchForCausalLM against transformers' GPT2LMHeadModel: same shapes, same precision, side by side.
 
-    python benchmarks/bench_model.py                  # CPU: fp32 and bf16 autocast; about 6 minutes on 2 cores
+    python benchmarks/bench_model.py                  # CPU: fp32 and bf16 autocast; about 13 minutes on 2 cores
     python benchmarks/bench_model.py --compile        # add torch.compile (worth it on a GPU)
 
 Prints, for each case, both models' figures and their ratio (ours / GPT2LMHeadModel; above 1.0 means ours is
 faster, below 1.0 that ours needs less memory): training-step tokens/s and peak memory (124M shape at context 256,
 batch 2, and the tiny preset), greedy generation tokens/s (batch 1, 16-token prompt, 200 new tokens), time per new
 token near positions 50 and 900 inside each model's own `generate` (flat with the KV cache), and the model FLOPs
-utilisation against this machine's own measured matmul peak. Each measurement runs in a fresh subprocess, so peak
-memory is that model's alone (peak RSS growth on CPU, torch.cuda.max_memory_allocated on a GPU). Runs alternate
-ours / theirs and keep the best.
+utilisation against this machine's own measured matmul peak.
+
+Each run is one model alone in a fresh process, as a user runs it (so peak memory is that model's own: peak RSS
+growth on CPU, torch.cuda.max_memory_allocated on a GPU). A round runs both models, ours first in one round and
+theirs first in the next; each figure is a model's median over the rounds (a training run's figure is its median
+step), and the last column gives the range of the per-round ratios, this machine's noise.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +34,13 @@ SHAPES = {
     "124m": dict(context_length=1024, emb_dim=768, n_heads=12, n_layers=12, vocab_size=50257),
     "tiny": dict(context_length=256, emb_dim=192, n_heads=6, n_layers=6, vocab_size=50257),
 }
+IMPLS = ("ours", "gpt2")
 TRAIN_SEQ, TRAIN_BATCH = 256, 2
 PROMPT_TOKENS, NEW_TOKENS = 16, 200
 TIMED_STEPS = 20  # decoding steps timed at each position
 
 
-# --- worker: one model, one measurement, JSON on stdout -------------------------------------------------------------
+# --- worker: one measurement in a fresh process, JSON on stdout -----------------------------------------------------
 
 
 def build_model(impl: str, shape: str, drop_rate: float):
@@ -58,15 +63,6 @@ def build_model(impl: str, shape: str, drop_rate: float):
     return GPT2LMHeadModel(config)
 
 
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-
-
 class TokenClock:
     """A streamer for `generate` that notes the time each put() arrives: the prompt, then one per new token."""
 
@@ -80,6 +76,15 @@ class TokenClock:
         pass
 
 
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
 def synchronize(device: str) -> None:
     import torch
 
@@ -87,7 +92,33 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def training_step(model, device: str, autocast) -> Callable[[], None]:
+    """One AdamW step (dropout on) on a fixed random batch."""
+    import torch
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (TRAIN_BATCH, TRAIN_SEQ), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def step() -> None:
+        with autocast:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def generation_options(impl: str, **options) -> dict:
+    if impl == "gpt2":
+        options["pad_token_id"] = 0  # GPT-2's config has none; without it generate warns on every call
+    return {"do_sample": False, **options}
+
+
 def worker(args: argparse.Namespace) -> dict:
+    """One model alone in this fresh process: warm-up, then the timed task; peak memory for training."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -95,74 +126,53 @@ def worker(args: argparse.Namespace) -> dict:
     baseline = current_rss_bytes()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = build_model(args.impl, args.shape, drop_rate=0.1 if args.worker == "train" else 0.0).to(device)
+    model = build_model(args.impl, args.shape, drop_rate=0.1 if args.task == "train" else 0.0).to(device)
     if args.compile:
         model.forward = torch.compile(model.forward)
     vocab = SHAPES[args.shape]["vocab_size"]
     generator = torch.Generator().manual_seed(0)
-    result: dict = {"impl": args.impl}
 
-    if args.worker == "train":
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-        ids = torch.randint(0, vocab, (TRAIN_BATCH, TRAIN_SEQ), generator=generator).to(device)
-
-        def step():
-            with autocast:
-                loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        # A tiny step is about 5x shorter than a 124M one: time 5x as many, so both measurements last seconds.
-        steps = args.steps * (5 if args.shape == "tiny" else 1)
+    if args.task == "train":
+        step = training_step(model, device, autocast)
         for _ in range(args.warmup):
             step()
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        synchronize(device)
-        seconds = (time.perf_counter() - start) / steps
-        result["tokens_per_s"] = TRAIN_BATCH * TRAIN_SEQ / seconds
-        with torch.device("meta"):
-            params = build_model(args.impl, args.shape, 0.0).num_parameters()
-        s = SHAPES[args.shape]
-        # nanoGPT's estimate: 6 FLOPs per weight per token (the position table does no matmul), plus attention.
-        weights = params - s["context_length"] * s["emb_dim"]
-        result["flops_per_token"] = 6 * weights + 12 * s["n_layers"] * s["emb_dim"] * TRAIN_SEQ
-    elif args.worker == "generate":
-        model.eval()
-        prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), generator=generator).to(device)
-        options = dict(max_new_tokens=NEW_TOKENS, do_sample=False)
-        if args.impl == "gpt2":
-            options["pad_token_id"] = 0
-        with torch.no_grad(), autocast:
-            model.generate(prompt, **{**options, "max_new_tokens": 8})
+        # A tiny step is about 6x shorter than a 124M one: time 5x as many, so both runs last seconds.
+        seconds = []
+        for _ in range(args.steps * (5 if args.shape == "tiny" else 1)):
             synchronize(device)
             start = time.perf_counter()
-            out = model.generate(prompt, **options)
+            step()
+            synchronize(device)
+            seconds.append(time.perf_counter() - start)
+        result = {"tokens_per_s": TRAIN_BATCH * TRAIN_SEQ / statistics.median(seconds)}
+        if device == "cuda":
+            result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            result["peak_memory_mb"] = (peak_rss_bytes() - baseline) / 2**20
+        return result
+
+    model.eval()
+    if args.task == "generate":
+        prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), generator=generator).to(device)
+        with torch.no_grad(), autocast:
+            model.generate(prompt, **generation_options(args.impl, max_new_tokens=8))
+            synchronize(device)
+            start = time.perf_counter()
+            out = model.generate(prompt, **generation_options(args.impl, max_new_tokens=NEW_TOKENS))
             synchronize(device)
         assert out.shape[1] == PROMPT_TOKENS + NEW_TOKENS, out.shape
-        result["tokens_per_s"] = NEW_TOKENS / (time.perf_counter() - start)
-    else:  # per-token time at a position: each model's own generate, a streamer noting when each token arrives
-        model.eval()
-        for position in (50, 900):
-            prompt = torch.randint(0, vocab, (1, position), generator=generator).to(device)
-            clock = TokenClock()
-            options = dict(max_new_tokens=TIMED_STEPS + 1, do_sample=False, streamer=clock)
-            if args.impl == "gpt2":
-                options["pad_token_id"] = 0
-            with torch.no_grad(), autocast:
-                model.generate(prompt, **options)
-            # arrivals: the prompt, the first new token (after the prompt's forward pass), then one per step
-            steps = [later - earlier for earlier, later in zip(clock.arrivals[1:], clock.arrivals[2:])]
-            result[f"ms_per_token_at_{position}"] = 1000 * statistics.median(steps)
+        return {"tokens_per_s": NEW_TOKENS / (time.perf_counter() - start)}
 
-    if device == "cuda":
-        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        result["peak_memory_mb"] = (peak_rss_bytes() - baseline) / 2**20
+    result = {}  # per-token: a streamer notes when each new token arrives
+    for position in (50, 900):
+        prompt = torch.randint(0, vocab, (1, position), generator=generator).to(device)
+        with torch.no_grad(), autocast:
+            model.generate(prompt, **generation_options(args.impl, max_new_tokens=2))  # warm-up at this length
+            clock = TokenClock()
+            model.generate(prompt, **generation_options(args.impl, max_new_tokens=TIMED_STEPS + 1, streamer=clock))
+        # arrivals: the prompt, the first new token (after the prompt's forward pass), then one per step
+        steps = [later - earlier for earlier, later in zip(clock.arrivals[1:], clock.arrivals[2:])]
+        result[f"ms_per_token_at_{position}"] = 1000 * statistics.median(steps)
     return result
 
 
@@ -185,36 +195,42 @@ def matmul_peak_flops(precision: str) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
+def training_flops_per_token(shape: str) -> float:
+    """nanoGPT's estimate: 6 FLOPs per weight per token (the position table does no matmul), plus attention."""
+    s = SHAPES[shape]
+    weights = s["vocab_size"] * s["emb_dim"] + s["n_layers"] * 12 * s["emb_dim"] ** 2  # tied head, blocks
+    return 6 * weights + 12 * s["n_layers"] * s["emb_dim"] * TRAIN_SEQ
+
+
 # --- orchestrator ----------------------------------------------------------------------------------------------------
 
 
-def measure(task: str, shape: str, precision: str, args: argparse.Namespace) -> dict[str, dict]:
-    """Runs ours and GPT2LMHeadModel alternately `args.repeats` times; keeps each one's best run."""
-    best: dict[str, dict] = {}
-    for _ in range(args.repeats):
-        for impl in ("ours", "gpt2"):
-            command = [sys.executable, __file__, "--worker", task, "--impl", impl, "--shape", shape,
+def measure(args: argparse.Namespace, task: str, shape: str, precision: str) -> list[dict[str, dict]]:
+    """`args.rounds` rounds, each one fresh process per model, the order alternating; [{impl: result}] per round."""
+    rounds = []
+    for index in range(args.rounds):
+        results = {}
+        for impl in IMPLS if index % 2 == 0 else IMPLS[::-1]:
+            command = [sys.executable, __file__, "--worker", "--task", task, "--impl", impl, "--shape", shape,
                        "--precision", precision, "--steps", str(args.steps), "--warmup", str(args.warmup)]
             if args.compile:
                 command.append("--compile")
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            run = json.loads(output.strip().splitlines()[-1])
-            key = "tokens_per_s" if "tokens_per_s" in run else "ms_per_token_at_900"
-            better = (lambda a, b: a > b) if key == "tokens_per_s" else (lambda a, b: a < b)
-            if impl not in best or better(run[key], best[impl][key]):
-                best[impl] = run
-    return best
+            results[impl] = json.loads(output.strip().splitlines()[-1])
+        rounds.append(results)
+    return rounds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", choices=["train", "generate", "per-token"], help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["ours", "gpt2"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--task", choices=["train", "generate", "per-token"], help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=list(SHAPES), help=argparse.SUPPRESS)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps per measurement (tiny: 5x)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs per model; the best is kept")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of one run per model, the order alternating")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per run (tiny: 5x)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed training steps before timing")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     args = parser.parse_args()
@@ -226,35 +242,38 @@ def main() -> None:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {device}; torch {torch.__version__}; python {platform.python_version()}; "
-          f"compile: {args.compile}; best of {args.repeats} alternating runs\n")
-    header = f"{'case':<40} {'ours':>12} {'GPT2LMHead':>12} {'ratio':>7}"
-    rows = []
+          f"compile: {args.compile}; median of {args.rounds} rounds, one fresh process per model per round\n")
+    print(f"{'case':<40} {'ours':>12} {'GPT2LMHead':>12} {'ratio':>7}  {'rounds':>11}")
 
-    def row(case: str, ours: float, theirs: float, unit: str, digits: int = 1) -> None:
-        line = f"{case:<40} {ours:>10.{digits}f}{unit:>2} {theirs:>10.{digits}f}{unit:>2} {ours / theirs:>7.2f}"
-        rows.append(line)
+    def row(case: str, ours: float, theirs: float, digits: int = 1, spread: list[float] | None = None) -> None:
+        line = f"{case:<40} {ours:>12.{digits}f} {theirs:>12.{digits}f} {ours / theirs:>7.2f}"
+        if spread:
+            line += f"  {min(spread):>5.2f}-{max(spread):.2f}"
         print(line, flush=True)
 
-    print(header)
+    def speed_rows(case: str, rounds: list[dict], key: str, digits: int = 1) -> dict[str, float]:
+        medians = {impl: statistics.median(r[impl][key] for r in rounds) for impl in IMPLS}
+        row(case, medians["ours"], medians["gpt2"], digits, [r["ours"][key] / r["gpt2"][key] for r in rounds])
+        return medians
+
     for precision in args.precisions.split(","):
         peak = matmul_peak_flops(precision)
         print(f"-- {precision}: measured matmul peak {peak / 1e9:.1f} GFLOP/s")
         for shape in ("124m", "tiny"):
-            best = measure("train", shape, precision, args)
-            ours, theirs = best["ours"], best["gpt2"]
-            row(f"train {shape} {precision} tokens/s", ours["tokens_per_s"], theirs["tokens_per_s"], "")
-            row(f"train {shape} {precision} peak memory MB", ours["peak_memory_mb"], theirs["peak_memory_mb"], "", 0)
-            mfu = [r["tokens_per_s"] * r["flops_per_token"] / peak * 100 for r in (ours, theirs)]
-            row(f"train {shape} {precision} MFU %", mfu[0], mfu[1], "")
-        best = measure("generate", "124m", precision, args)
-        row(f"generate 124m {precision} tokens/s", best["ours"]["tokens_per_s"], best["gpt2"]["tokens_per_s"], "")
-        best = measure("per-token", "124m", precision, args)
-        for position in (50, 900):
-            key = f"ms_per_token_at_{position}"
-            row(f"124m {precision} ms/token at position {position}", best["ours"][key], best["gpt2"][key], "", 2)
-        flat = best["ours"]["ms_per_token_at_900"] / best["ours"]["ms_per_token_at_50"]
-        print(f"   ours: time per token at 900 / at 50 = {flat:.2f} (1.0 = flat)")
-    print("\nratio = ours / GPT2LMHeadModel (for tokens/s and MFU higher is better; for memory and ms lower is)")
+            rounds = measure(args, "train", shape, precision)
+            medians = speed_rows(f"train {shape} {precision} tokens/s", rounds, "tokens_per_s")
+            memory = {impl: statistics.median(r[impl]["peak_memory_mb"] for r in rounds) for impl in IMPLS}
+            row(f"train {shape} {precision} peak memory MB", memory["ours"], memory["gpt2"], 0)
+            mfu = [medians[impl] * training_flops_per_token(shape) / peak * 100 for impl in IMPLS]
+            row(f"train {shape} {precision} MFU %", mfu[0], mfu[1])
+        rounds = measure(args, "generate", "124m", precision)
+        speed_rows(f"generate 124m {precision} tokens/s", rounds, "tokens_per_s")
+        rounds = measure(args, "per-token", "124m", precision)
+        at = {p: speed_rows(f"124m {precision} ms/token at position {p}", rounds, f"ms_per_token_at_{p}", 2)
+              for p in (50, 900)}
+        print(f"   ours: time per token at 900 / at 50 = {at[900]['ours'] / at[50]['ours']:.2f} (1.0 = flat)")
+    print("\nratio = ours / GPT2LMHeadModel (for tokens/s and MFU higher is better; for memory and ms lower is);"
+          "\nrounds = the lowest and highest per-round ratio")
 
 
 if __name__ == "__main__":
