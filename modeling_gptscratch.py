@@ -412,7 +412,7 @@ class _CrossEntropyByRows(torch.autograd.Function):
 
 def causal_lm_loss(
     logits: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     vocab_size: int | None = None,
     num_items_in_batch: torch.Tensor | int | None = None,
     ignore_index: int = -100,
@@ -421,8 +421,9 @@ def causal_lm_loss(
 ) -> torch.Tensor:
     """transformers' `ForCausalLMLoss`, same arguments and values: position t predicts labels[t + 1].
 
-    logits: [batch, tokens, vocab]; labels: [batch, tokens], `ignore_index` where nothing is predicted. The mean over
-    predicted tokens, or their sum divided by `num_items_in_batch` (the Trainer's gradient accumulation).
+    logits: [batch, tokens, vocab]; labels: [batch, tokens], `ignore_index` where nothing is predicted, or
+    `shift_labels` instead: targets already shifted (position t predicts shift_labels[t]). The mean over predicted
+    tokens, or their sum divided by `num_items_in_batch` (the Trainer's gradient accumulation).
     """
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]

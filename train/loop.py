@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from convert.commands import UsageError
-from modeling_gptscratch import GPTScratchForCausalLM, text_to_token_ids, token_ids_to_text
+from modeling_gptscratch import GPTScratchForCausalLM, causal_lm_loss, text_to_token_ids, token_ids_to_text
 from train.run import (
     LOOP_STATE_FILE,
     RunContext,
@@ -53,7 +53,7 @@ logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed sh
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of logits [batch, tokens, vocab] against targets [batch, tokens] (already shifted)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    return causal_lm_loss(logits, labels=None, shift_labels=targets)
 
 
 def calc_loss_batch(
