@@ -37,10 +37,17 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.pytorch_utils import Conv1D
 from transformers.utils import can_return_tuple
 
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOS_TOKEN_ID = 50256  # <|endoftext|>
+
+# transformers 5.24 renamed the KV cache, as a forward argument and as an output field, from `past_key_values` to
+# `cache`. The model reads and returns it under the installed version's name, so GenerationMixin finds it again at
+# the next step, and takes the other name too (older callers).
+CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+LEGACY_CACHE_NAME = "past_key_values"
 
 # Model sizes by name. The GPT-2 sizes are OpenAI's; "tiny" trains in minutes on a laptop CPU.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -61,7 +68,7 @@ class GPTScratchConfig(PretrainedConfig):
     """
 
     model_type = "gptscratch"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = [CACHE_NAME]
     attribute_map = {
         "hidden_size": "emb_dim",
         "num_hidden_layers": "n_layers",
@@ -114,23 +121,25 @@ class GPTScratchConfig(PretrainedConfig):
         return cls(**{**PRESETS[name], **overrides})
 
 
-class Projection(nn.Module):
-    """A linear layer whose weight is stored [in, out], as GPT-2's Conv1D (nn.Linear stores [out, in]).
+class Projection(Conv1D):
+    """transformers' `Conv1D`, GPT-2's linear layer (weight [in, out]; nn.Linear stores [out, in]), bias optional.
 
     A one-token decoding step is a vector-matrix product that streams every weight from memory; on CPU this layout
-    streams 11-13% faster than nn.Linear's (benchmarks/bench_model.py), and the math is the same.
+    streams 11-13% faster than nn.Linear's (benchmarks/bench_model.py), and the math is the same. Being a Conv1D,
+    it is a layer PEFT knows: LoRA adapters go on it (`target_modules=["qkv", "out_proj"]` or `"all-linear"`).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        super().__init__(nf=out_features, nx=in_features)
+        if not bias:
+            del self.bias
+            self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., in] -> [..., out]."""
-        flat = x.reshape(-1, x.shape[-1])
-        out = flat @ self.weight if self.bias is None else torch.addmm(self.bias, flat, self.weight)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        if self.bias is not None:
+            return super().forward(x)
+        return (x.reshape(-1, self.nx) @ self.weight).view(*x.shape[:-1], self.nf)
 
 
 class CausalSelfAttention(nn.Module):
@@ -153,23 +162,23 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         attn_mask: torch.Tensor | None,
         is_causal: bool,
-        past_key_values: Cache | None = None,
-        past_length: int = 0,
+        cache: Cache | None = None,
+        kv_length: int = 0,
     ) -> torch.Tensor:
-        """x: [batch, tokens, emb_dim]; attn_mask: boolean [batch or 1, 1, tokens, past + tokens], True = attend.
+        """x: [batch, tokens, emb_dim]; attn_mask: boolean [batch or 1, 1, tokens, kv_length], True = attend.
 
-        past_length: the tokens already in `past_key_values`.
+        kv_length: the keys to attend to once `cache` holds this step's, past and new.
         """
         batch, tokens, emb_dim = x.shape
         # [batch, tokens, 3 * emb_dim] -> 3 x [batch, n_heads, tokens, head_dim]
         queries, keys, values = (
             self.qkv(x).view(batch, tokens, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         )
-        if past_key_values is not None:
-            keys, values = past_key_values.update(keys, values, self.layer_idx)
+        if cache is not None:
+            keys, values = cache.update(keys, values, self.layer_idx)
             # keys, values: [batch, n_heads, past + tokens, head_dim]. A StaticCache hands back its whole
-            # preallocated buffer; its filled part is the first past + tokens positions.
-            kv_length = past_length + tokens
+            # preallocated buffer; eager runs attend to its filled part (a view, no copy), compiled ones to all of it
+            # with the unfilled positions masked.
             keys, values = keys[:, :, :kv_length], values[:, :, :kv_length]
         options = dict(attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
         if tokens == 1 and x.device.type == "cpu" and queries.dtype == torch.bfloat16:
@@ -217,11 +226,11 @@ class TransformerBlock(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
-        past_key_values: Cache | None = None,
-        past_length: int = 0,
+        cache: Cache | None = None,
+        kv_length: int = 0,
     ) -> torch.Tensor:
         """hidden_states: [batch, tokens, emb_dim] -> [batch, tokens, emb_dim]."""
-        attended = self.att(self.norm1(hidden_states), attn_mask, is_causal, past_key_values, past_length)
+        attended = self.att(self.norm1(hidden_states), attn_mask, is_causal, cache, kv_length)
         hidden_states = hidden_states + self.drop_resid(attended)
         return hidden_states + self.drop_resid(self.ff(self.norm2(hidden_states)))
 
@@ -232,7 +241,7 @@ class GPTScratchPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["TransformerBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_sdpa = True
 
     @torch.no_grad()
@@ -249,29 +258,54 @@ class GPTScratchPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
 
 
+def packed_sequence_ids(position_ids: torch.Tensor, batch: int) -> torch.Tensor | None:
+    """Which of the sequences packed into a row each token belongs to: [batch, tokens], counting from 0.
+
+    A sequence starts wherever a position does not follow the one before it by 1 (TRL's padding-free packing and
+    transformers' `DataCollatorWithFlattening` restart `position_ids` at 0 for each sequence). None when no row
+    restarts, except under torch.compile, which cannot branch on the values and always gets the ids.
+    """
+    position_ids = position_ids.expand(batch, -1)
+    restarts = torch.diff(position_ids, dim=-1, prepend=position_ids[:, :1] - 1) != 1
+    sequence_ids = restarts.cumsum(-1)
+    if not torch.compiler.is_compiling() and not bool(sequence_ids[:, -1].any()):
+        return None
+    return sequence_ids
+
+
 def _attention_mask_for_sdpa(
-    attention_mask: torch.Tensor | None, past_length: int, tokens: int
+    attention_mask: torch.Tensor | None,
+    sequence_ids: torch.Tensor | None,
+    past_length: int | torch.Tensor,
+    tokens: int,
+    kv_length: int,
+    device: torch.device,
 ) -> tuple[torch.Tensor | None, bool]:
     """The (attn_mask, is_causal) pair for `scaled_dot_product_attention`.
 
-    attention_mask: [batch, past_length + tokens], 1 for real tokens and 0 for padding, or None.
-    Without padding, SDPA's own causal path is used (the fastest); otherwise a boolean
-    [batch, 1, tokens, past_length + tokens] mask, True where a query may attend.
+    attention_mask: [batch, past_length + tokens], 1 for real tokens and 0 for padding, or None. sequence_ids:
+    [batch, tokens] from `packed_sequence_ids` (no past), or None. kv_length: the keys attended to, past_length +
+    tokens, or a compiled StaticCache's whole buffer, whose unfilled positions the causal rule hides (they lie after
+    every query). Without padding or packing, SDPA's own causal path is used (the fastest); otherwise a boolean
+    [batch or 1, 1, tokens, kv_length] mask, True where a query may attend. Under torch.compile a padding mask is
+    always applied: looking at its values first would break the graph.
     """
-    if attention_mask is None or bool(attention_mask.all()):
-        if past_length == 0:
+    padded = attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all()))
+    if not padded and sequence_ids is None:
+        if isinstance(past_length, int) and past_length == 0:
             return None, tokens > 1
         if tokens == 1:
             return None, False
-    device = attention_mask.device if attention_mask is not None else None
-    key_positions = torch.arange(past_length + tokens, device=device)
-    query_positions = torch.arange(past_length, past_length + tokens, device=device)
-    causal = key_positions[None, :] <= query_positions[:, None]  # [tokens, past_length + tokens]
-    if attention_mask is None:
-        return causal[None, None], False
-    allowed = causal[None, None] & attention_mask[:, None, None, :].bool()
-    # A padding query sees no real key; letting it see itself keeps its softmax finite (its output is unused).
-    allowed |= (key_positions[None, :] == query_positions[:, None])[None, None]
+    key_positions = torch.arange(kv_length, device=device)
+    query_positions = torch.arange(tokens, device=device) + past_length
+    allowed = (key_positions[None, :] <= query_positions[:, None])[None, None]  # [1, 1, tokens, kv_length]
+    if padded:
+        real_keys = F.pad(attention_mask, (0, kv_length - attention_mask.shape[-1])).bool()
+        allowed = allowed & real_keys[:, None, None, :]
+        # A padding query sees no real key; letting it see itself keeps its softmax finite (its output is unused).
+        allowed = allowed | (key_positions[None, :] == query_positions[:, None])[None, None]
+    if sequence_ids is not None:  # no past here: keys and queries are the same tokens
+        allowed = allowed & (sequence_ids[:, None, :, None] == sequence_ids[:, None, None, :])
     return allowed, False
 
 
@@ -300,7 +334,7 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         **kwargs: Any,
@@ -308,8 +342,11 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         """input_ids: [batch, tokens] -> last_hidden_state: [batch, tokens, emb_dim].
 
         attention_mask: [batch, past + tokens] with 0 at padding; position_ids: [batch or 1, tokens], by default
-        counted from each row's first real token, so a left-padded row sees the positions it sees alone.
+        counted from each row's first real token, so a left-padded row sees the positions it sees alone. Without a
+        mask and a past, position_ids that restart mark packed sequences, and each attends only within itself.
+        cache: the KV cache (`past_key_values` before transformers 5.24; either name works).
         """
+        cache = _cache_argument(cache, kwargs)
         if input_ids is None or input_ids.dim() != 2:
             raise ValueError("input_ids must be a [batch, tokens] tensor of token IDs")
         for unsupported in ("output_attentions", "inputs_embeds"):
@@ -321,44 +358,62 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         batch, tokens = input_ids.shape
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        # int(): a StaticCache counts its tokens in a tensor.
-        past_length = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
-        if past_length + tokens > self.config.context_length:
-            raise ValueError(
-                f"the sequence has {past_length + tokens} tokens but the model's context_length is "
-                f"{self.config.context_length}; crop the input to its last {self.config.context_length} tokens"
-            )
-        if attention_mask is not None and attention_mask.shape != (batch, past_length + tokens):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, past_length + tokens)} "
-                "(one entry per cached and new token)"
-            )
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        kv_length = past_length + tokens
+        if torch.is_tensor(past_length):  # a StaticCache counts its tokens in a tensor
+            if torch.compiler.is_compiling():
+                # Reading the count would break the graph: attend to the whole buffer, unfilled positions masked.
+                kv_length = cache.layers[0].max_cache_len
+            else:
+                past_length = int(past_length)
+                kv_length = past_length + tokens
+        if isinstance(past_length, int):
+            if kv_length > self.config.context_length:
+                raise ValueError(
+                    f"the sequence has {kv_length} tokens but the model's context_length is "
+                    f"{self.config.context_length}; crop the input to its last {self.config.context_length} tokens"
+                )
+            if attention_mask is not None and attention_mask.shape != (batch, kv_length):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, kv_length)} "
+                    "(one entry per cached and new token)"
+                )
+        sequence_ids = None
+        if position_ids is not None and attention_mask is None and isinstance(past_length, int) and past_length == 0:
+            sequence_ids = packed_sequence_ids(position_ids, batch)
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -tokens:]
             else:
-                position_ids = torch.arange(past_length, past_length + tokens, device=input_ids.device)[None]
+                position_ids = (torch.arange(tokens, device=input_ids.device) + past_length)[None]
 
         hidden_states = self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(position_ids))
-        attn_mask, is_causal = _attention_mask_for_sdpa(attention_mask, past_length, tokens)
+        attn_mask, is_causal = _attention_mask_for_sdpa(
+            attention_mask, sequence_ids, past_length, tokens, kv_length, input_ids.device
+        )
         # As GPT-2: the input of every block, then the final normalised output (n_layers + 1 entries).
         all_hidden_states = () if output_hidden_states else None
         for block in self.trf_blocks:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            hidden_states = block(
-                hidden_states, attn_mask, is_causal, past_key_values=past_key_values, past_length=past_length
-            )
+            hidden_states = block(hidden_states, attn_mask, is_causal, cache=cache, kv_length=kv_length)
         hidden_states = self.final_norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
-            hidden_states=all_hidden_states,
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{CACHE_NAME: cache if use_cache else None}
         )
+
+
+def _cache_argument(cache: Cache | None, kwargs: dict[str, Any]) -> Cache | None:
+    """The KV cache a caller passed, under transformers' current name (`cache`) or the one before 5.24, which is
+    taken out of `kwargs`."""
+    legacy = kwargs.pop(LEGACY_CACHE_NAME, None)
+    if cache is not None and legacy is not None:
+        raise ValueError(f"pass the KV cache once: as cache or as {LEGACY_CACHE_NAME}, not both")
+    return cache if cache is not None else legacy
 
 
 def check_decoding_args(
@@ -465,37 +520,36 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """input_ids: [batch, tokens] -> logits: [batch, tokens, vocab_size] (the last `logits_to_keep` if set).
 
         labels: [batch, tokens], usually the input_ids themselves; they are shifted inside (position t predicts
-        token t + 1) and -100 is ignored. The loss is the mean cross-entropy over predicted tokens, or, when the
+        token t + 1) and -100 is ignored. `shift_labels` gives targets already shifted instead (and wins over
+        labels, as in transformers' models). The loss is the mean cross-entropy over predicted tokens, or, when the
         Trainer passes `num_items_in_batch` under gradient accumulation, the sum divided by that count.
         """
+        cache = _cache_argument(cache, kwargs)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        if logits_to_keep:
-            hidden_states = hidden_states[:, -logits_to_keep:]
-        logits = self.out_head(hidden_states)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.out_head(hidden_states[:, keep])
         loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits, labels, vocab_size=self.config.vocab_size, num_items_in_batch=kwargs.get("num_items_in_batch")
-            )
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_NAME: getattr(outputs, CACHE_NAME)}
         )
 
     def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
@@ -628,9 +682,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
                 window_mask = mask[:, -context_length:]
             else:
                 window_mask = mask[:, -(cache_length + 1) :]
-            outputs = self(
-                step_ids, attention_mask=window_mask, past_key_values=cache, use_cache=use_cache, logits_to_keep=1
-            )
+            outputs = self(step_ids, attention_mask=window_mask, cache=cache, use_cache=use_cache, logits_to_keep=1)
             cache_length = window_mask.shape[1]
             logits = outputs.logits[:, -1, :].float()  # [batch, vocab]
             if top_k is not None:

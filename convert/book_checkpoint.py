@@ -145,9 +145,11 @@ def book_to_gptscratch(
     yield "model.pos_emb.weight", state_dict.pop("pos_emb.weight").to(dtype)
     for i in range(config["n_layers"]):
         book, ours = f"trf_blocks.{i}.", f"model.trf_blocks.{i}."
-        for part in ("weight", "bias") if config["qkv_bias"] else ("weight",):
-            parts = [state_dict.pop(f"{book}att.{projection}.{part}") for projection in _QKV]
-            yield f"{ours}att.qkv.{part}", torch.cat(parts).T.contiguous().to(dtype)  # a bias's .T is itself
+        weights = [state_dict.pop(f"{book}att.{projection}.weight") for projection in _QKV]
+        yield f"{ours}att.qkv.weight", torch.cat(weights).T.contiguous().to(dtype)
+        if config["qkv_bias"]:
+            biases = [state_dict.pop(f"{book}att.{projection}.bias") for projection in _QKV]
+            yield f"{ours}att.qkv.bias", torch.cat(biases).to(dtype)
         for book_suffix, our_suffix, _ in _BLOCK_TENSORS:
             tensor = state_dict.pop(book + book_suffix)
             yield ours + our_suffix, (tensor.T.contiguous() if tensor.dim() == 2 else tensor).to(dtype)

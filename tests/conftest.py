@@ -56,6 +56,18 @@ def verdict_text() -> str:
     return shared_file("the-verdict.txt").read_text(encoding="utf-8")
 
 
+def assert_same_logits(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """Two fp32 implementations of the same network agree to rounding: within 1e-5 of the largest |logit|.
+
+    fp32 keeps 24 bits (6e-8 relative). Two correct implementations that add the same products in another order
+    (other kernels, other thread counts) differ by a few units in the last place of the largest partial sums, which
+    are of the order of the largest logit: 5e-7 of it was measured. 1e-5 of it is 20 times that, far below what a
+    wrong mapping does (it moves logits by about their spread). A fixed atol, by contrast, is crossed by large
+    logits' rounding alone.
+    """
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
+
+
 def tiny_config(**overrides) -> GPTScratchConfig:
     """A config small enough for many forward passes per test: 2 layers, 32 dims, vocab 97."""
     values = dict(

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_main
-from conftest import SHARED_DATA, tiktoken_gpt2
+from conftest import SHARED_DATA, assert_same_logits, tiktoken_gpt2
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -198,7 +198,7 @@ def test_openai_checkpoint_logits_match_gpt2lmheadmodel(small, converted, refere
     with torch.no_grad():
         ours, theirs = load_converted(converted)(ids).logits, reference(ids).logits
     assert theirs.std() > 0.5  # logits large enough that a wrong mapping could not pass as rounding
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert_same_logits(ours, theirs)
 
 
 def test_converted_directory_is_a_complete_model_directory(small, converted, bpe_dir):
@@ -358,7 +358,7 @@ def test_book_checkpoint_logits_match_the_books_model(bpe_dir, tmp_path, file_na
     ids = random_ids(vocab_size, 16)
     book.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, book(ids), rtol=0, atol=1e-5)
+        assert_same_logits(model(ids).logits, book(ids))
     assert model.generation_config.eos_token_id == AutoTokenizer.from_pretrained(out).eos_token_id
 
 
@@ -716,4 +716,4 @@ def test_gpt2_124m_shapes_convert_within_memory_and_match(bpe_dir, tmp_path, cap
         ours = load_converted(out)(ids).logits
         theirs = gpt2_reference(hparams, arrays)(ids).logits
     assert theirs.std() > 0.1
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert_same_logits(ours, theirs)

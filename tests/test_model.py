@@ -369,7 +369,7 @@ def test_generation_feeds_one_token_per_step_through_the_cache(tiny_model):
 
     def record(_, args, kwargs, output):
         seen_lengths.append(args[0].shape[1])
-        key_buffers.append(kwargs["past_key_values"].layers[0].keys)
+        key_buffers.append(kwargs["cache"].layers[0].keys)
 
     hook = tiny_model.model.register_forward_hook(record, with_kwargs=True)
     try:

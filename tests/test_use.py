@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_main
-from conftest import REPO_ROOT, SHARED_DATA, run_without_project, tiny_config
+from conftest import REPO_ROOT, SHARED_DATA, assert_same_logits, run_without_project, tiny_config
 from safetensors import safe_open
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast, TextStreamer
@@ -533,8 +533,8 @@ print(json.dumps({{
     assert loaded["ids"] == tokenizer(PROMPT)["input_ids"]
     with torch.no_grad():
         expected = model(ids).logits[0, -1]
-    torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(torch.tensor(loaded["gpt2_logits"]), expected, rtol=0, atol=1e-5)
+    assert_same_logits(torch.tensor(loaded["logits"]), expected)
+    assert_same_logits(torch.tensor(loaded["gpt2_logits"]), expected)
     assert loaded["generated"] == generate_text(model, PROMPT, 5, tokenizer=tokenizer)
 
 
@@ -556,7 +556,7 @@ def test_gpt2_export_gives_the_same_logits_without_remote_code(tokenizer, tmp_pa
     gpt2 = GPT2LMHeadModel.from_pretrained(output).eval()
     ids = torch.randint(0, len(tokenizer), (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(gpt2(ids).logits, model(ids).logits, rtol=0, atol=1e-5)
+        assert_same_logits(gpt2(ids).logits, model(ids).logits)
     assert load_tokenizer(output)(PROMPT)["input_ids"] == tokenizer(PROMPT)["input_ids"]
 
 
@@ -568,7 +568,7 @@ def test_gpt2_export_command_writes_the_directory_and_shares_untransposed_weight
     gpt2 = GPT2LMHeadModel.from_pretrained(output).eval()
     ids = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(gpt2(ids).logits, model(ids).logits, rtol=0, atol=1e-5)
+        assert_same_logits(gpt2(ids).logits, model(ids).logits)
     # Built on the meta device: the export holds the model's own embedding, not a random one it then overwrote.
     exported = to_gpt2(model)
     assert exported.transformer.wte.weight.data_ptr() == model.model.tok_emb.weight.data_ptr()
