@@ -324,6 +324,49 @@ def test_trainer_engine_agrees_with_the_accelerate_loop_and_resumes(tmp_path, co
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# --document-mask
+
+
+def test_document_positions_restart_at_each_separator_and_keep_attention_inside_documents():
+    from train.loop import window_logits
+
+    eos = 7
+    window = torch.tensor([[5, 6, eos, 8, 9, 3, eos, 4], [eos, 1, 2, 3, 4, 5, 6, 8]])
+    assert D.document_position_ids(window, eos).tolist() == [[0, 1, 0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]]
+    torch.manual_seed(0)
+    model = GPTScratchForCausalLM(GPTScratchConfig(vocab_size=10, context_length=8, emb_dim=16, n_heads=2,
+                                                   n_layers=2, drop_rate=0.0)).eval()
+    with torch.no_grad():
+        logits = window_logits(model, window, eos)
+        for start, end in ((0, 2), (2, 6), (6, 8)):  # each document alone, its positions counted from 0
+            torch.testing.assert_close(logits[0, start:end], model(window[:1, start:end]).logits[0],
+                                       rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logits[1], model(window[1:]).logits[0], rtol=1e-5, atol=1e-6)  # one document
+        assert not torch.allclose(window_logits(model, window, None)[0, 2:6], logits[0, 2:6], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_document_mask_trains_alike_in_both_engines(tmp_path, cache):
+    from pydoc_data.topics import topics
+
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    for key in sorted(topics)[:40]:  # short documents: several per 32-token window
+        (documents / f"{key}.txt").write_text(topics[key][:200], encoding="utf-8")
+    args = ["--data", str(documents), "--cache-dir", str(cache), *TINY_MODEL, "--batch-size", "4", "--eval-iter", "2",
+            "--max-steps", "8", "--eval-freq", "4", "--lr", "3e-3"]
+    runs = {name: tmp_path / name for name in ("loop", "trainer", "unmasked")}
+    assert train_cli([*args, "--document-mask", "--output-dir", str(runs["loop"])]) == 0
+    assert train_cli([*args, "--document-mask", "--output-dir", str(runs["trainer"]), "--engine", "trainer"]) == 0
+    assert train_cli([*args, "--output-dir", str(runs["unmasked"])]) == 0
+    loop, trainer, unmasked = (read_metrics(path) for path in runs.values())
+    for ours, theirs in zip(loop, trainer):  # the tolerance of the engine agreement test above, for the same reason
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-4)
+    # The same initial weights score the same windows differently once documents cannot see each other.
+    assert abs(loop[0]["val_loss"] - unmasked[0]["val_loss"]) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Data parallelism
 
 

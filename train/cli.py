@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="share of the text (in characters) for training; the rest validates")
     data.add_argument("--context-length", type=int, help="window length in tokens (default: the model's)")
     data.add_argument("--stride", type=int, help="tokens between window starts (default: the window length)")
+    data.add_argument("--document-mask", action="store_true",
+                      help="keep attention inside each <|endoftext|>-separated document of a window (positions "
+                      "restart at each document)")
     data.add_argument("--num-proc", type=int,
                       help="tokenising processes (default: 1 below 64 M characters, else all CPUs)")
     data.add_argument("--cache-dir", help="where datasets keeps its Arrow caches (default: HF's datasets cache)")

@@ -563,6 +563,19 @@ class TokenWindows(Dataset):
         return window[:-1], window[1:]
 
 
+def document_position_ids(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Positions that restart at each document of a window: input_ids [..., tokens] -> position_ids [..., tokens].
+
+    A document starts at the `<|endoftext|>` that precedes it (the stream puts one before every document but the
+    first), so that token is position 0 and predicts the document's first token. Given to the model, restarting
+    positions mark packed sequences: attention stays inside each document (`--document-mask`), as TRL's
+    padding-free packing does.
+    """
+    index = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
+    document_start = torch.where(input_ids == eos_token_id, index, 0).cummax(dim=-1).values
+    return index - document_start
+
+
 def windows_from_text(
     text: str, tokenizer: Any, context_length: int, stride: int, name: str = "the text"
 ) -> TokenWindows:

@@ -28,6 +28,7 @@ from transformers import get_scheduler
 
 from convert.commands import UsageError
 from modeling_gptscratch import GPTScratchForCausalLM, causal_lm_loss, text_to_token_ids, token_ids_to_text
+from train.data import document_position_ids
 from train.run import (
     LOOP_STATE_FILE,
     RunContext,
@@ -179,13 +180,22 @@ def decay_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def evaluate_loss(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> float:
+def window_logits(model: torch.nn.Module, inputs: torch.Tensor, document_eos_id: int | None) -> torch.Tensor:
+    """The model's logits [batch, tokens, vocab] for windows [batch, tokens]; with `document_eos_id` (the
+    `--document-mask` option), attention stays inside each document the `<|endoftext|>` separators delimit."""
+    position_ids = None if document_eos_id is None else document_position_ids(inputs, document_eos_id)
+    return model(inputs, position_ids=position_ids, use_cache=False).logits
+
+
+def evaluate_loss(
+    model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, document_eos_id: int | None = None
+) -> float:
     """Mean cross-entropy per token over every window of `loader`, gathered from all processes."""
     model.eval()
     losses = []
     with torch.no_grad():
         for inputs, targets in loader:
-            logits = model(inputs, use_cache=False).logits  # [batch, tokens, vocab]
+            logits = window_logits(model, inputs, document_eos_id)  # [batch, tokens, vocab]
             per_window = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none").mean(dim=1)
             losses.append(accelerator.gather_for_metrics(per_window))
     model.train()
@@ -250,6 +260,7 @@ def fit(context: RunContext) -> TrainResult:
     if options.report_to:
         accelerator.init_trackers("gptscratch", config=_tracker_config(options))
 
+    document_eos_id = context.data.tokenizer.eos_token_id if options.document_mask else None
     micro_batches_per_epoch = plan.steps_per_epoch * options.grad_accum
     step, epoch, micro_in_epoch = 0, 0, 0
     if context.resume_from is not None:
@@ -264,8 +275,8 @@ def fit(context: RunContext) -> TrainResult:
             step,
             step / plan.steps_per_epoch,
             step * plan.tokens_per_step,
-            evaluate_loss(model, train_eval_loader, accelerator),
-            evaluate_loss(model, val_loader, accelerator),
+            evaluate_loss(model, train_eval_loader, accelerator, document_eos_id),
+            evaluate_loss(model, val_loader, accelerator, document_eos_id),
         )
         context.metrics.append(record)
         if context.early_stopping.update(record) and options.early_stopping_patience is not None:
@@ -314,7 +325,7 @@ def fit(context: RunContext) -> TrainResult:
         accumulated = torch.zeros((), device=accelerator.device)
         for inputs, targets in batches:
             with accelerator.accumulate(model):
-                loss = lm_loss(model(inputs, use_cache=False).logits, targets)
+                loss = lm_loss(window_logits(model, inputs, document_eos_id), targets)
                 accumulated += loss.detach()
                 if accelerator.sync_gradients:
                     # Checked before the update, so a non-finite loss never reaches the weights.

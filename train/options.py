@@ -28,6 +28,7 @@ class TrainOptions:
     vocab_size: int = 4096
     train_ratio: float = 0.9
     context_length: int | None = None  # window length; None: the model's context_length
+    document_mask: bool = False  # attention stays inside each <|endoftext|>-separated document of a window
     stride: int | None = None  # None: the window length (windows do not overlap)
     num_proc: int | None = None
     cache_dir: str | None = None
@@ -69,7 +70,7 @@ class TrainOptions:
 # Options that shape the run's numbers: a resumed run must use the same ones to continue exactly.
 RESUME_MUST_MATCH = (
     "data", "dataset", "dataset_config", "dataset_split", "text_column", "embedded", "dedup", "tokenizer",
-    "vocab_size", "train_ratio", "context_length", "stride", "preset", "model_overrides", "dropout", "engine",
+    "vocab_size", "train_ratio", "context_length", "document_mask", "stride", "preset", "model_overrides", "dropout", "engine",
     "batch_size", "lr", "weight_decay", "warmup_steps", "lr_scheduler", "grad_accum", "max_grad_norm",
     "mixed_precision", "seed", "compile",
 )

@@ -694,7 +694,8 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
         f"  tokenizer   {data.tokenizer_description}",
         f"  split       train {data.train.num_tokens:,} tokens -> {len(data.train):,} windows; "
         f"validation {data.val.num_tokens:,} tokens -> {len(data.val):,} windows "
-        f"(context {window}, stride {data.train.stride}, ratio {options.train_ratio})",
+        f"(context {window}, stride {data.train.stride}, ratio {options.train_ratio}"
+        + (", attention within each document)" if options.document_mask else ")"),
         f"  model       {options.preset}{overrides}: {config.n_layers} layers, {config.n_heads} heads, "
         f"{config.emb_dim} dims, context {config.context_length}, vocab {config.vocab_size}, "
         f"dropout {config.drop_rate}",

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.integrations import TensorBoardCallback
 
+from train.data import document_position_ids
 from train.loop import generate_sample, lm_loss
 from train.run import (
     RunContext,
@@ -43,17 +44,22 @@ from train.run import (
 
 
 class WindowFeatures(Dataset):
-    """Windows as Trainer rows: {"input_ids": [tokens], "labels": [tokens]}, the labels already shifted by one."""
+    """Windows as Trainer rows: {"input_ids": [tokens], "labels": [tokens]}, the labels already shifted by one;
+    with `document_eos_id` (`--document-mask`) also "position_ids" that restart at each document."""
 
-    def __init__(self, windows: Dataset):
+    def __init__(self, windows: Dataset, document_eos_id: int | None = None):
         self.windows = windows
+        self.document_eos_id = document_eos_id
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         inputs, targets = self.windows[index]
-        return {"input_ids": inputs, "labels": targets}
+        row = {"input_ids": inputs, "labels": targets}
+        if self.document_eos_id is not None:
+            row["position_ids"] = document_position_ids(inputs, self.document_eos_id)
+        return row
 
 
 class GPTScratchTrainer(Trainer):
@@ -208,6 +214,7 @@ def fit(context: RunContext) -> TrainResult:
     options = context.options
     plan = context.plan
     callback = RunCallback(context, plan.steps_per_epoch, plan.tokens_per_step)
+    document_eos_id = context.data.tokenizer.eos_token_id if options.document_mask else None
     callbacks: list[TrainerCallback] = [callback]
     if "tensorboard" in options.report_to:
         from torch.utils.tensorboard import SummaryWriter
@@ -216,8 +223,11 @@ def fit(context: RunContext) -> TrainResult:
     trainer = GPTScratchTrainer(
         model=context.model,
         args=training_arguments(context, plan.total_steps),
-        train_dataset=WindowFeatures(context.data.train),
-        eval_dataset={"train": WindowFeatures(context.train_eval), "val": WindowFeatures(context.val_eval)},
+        train_dataset=WindowFeatures(context.data.train, document_eos_id),
+        eval_dataset={
+            "train": WindowFeatures(context.train_eval, document_eos_id),
+            "val": WindowFeatures(context.val_eval, document_eos_id),
+        },
         data_collator=default_data_collator,
         processing_class=context.data.tokenizer,
         callbacks=callbacks,
