@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,6 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
-    AutoTokenizer,
     GenerationMixin,
     GPT2Tokenizer,
     PretrainedConfig,
@@ -720,46 +717,6 @@ def gpt2_tokenizer_from_openai_files(directory: str | os.PathLike) -> GPT2Tokeni
         # The first line is a version header ("#version: 0.2"), then one merge "left right" per line.
         merges = [tuple(line.split()) for line in f.read().split("\n")[1:] if line.strip()]
     return GPT2Tokenizer(vocab=vocab, merges=merges)
-
-
-HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-def can_reach(url: str, timeout: float = 5.0) -> bool:
-    """Whether a TCP connection to `url`'s host opens within `timeout` seconds (False at once without DNS)."""
-    parsed = urllib.parse.urlparse(url)
-    try:
-        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def load_tokenizer(source: str | os.PathLike = "gpt2") -> PreTrainedTokenizerBase:
-    """GPT-2's byte-level BPE tokenizer from a directory of OpenAI's files, a saved tokenizer directory, or a hub name.
-
-    Offline, a hub name fails with an error that says to pass a local directory instead.
-    """
-    path = Path(source)
-    if (path / "encoder.json").is_file() and (path / "vocab.bpe").is_file():
-        return gpt2_tokenizer_from_openai_files(path)
-    if path.is_dir():
-        return AutoTokenizer.from_pretrained(path)
-    # A hub id is "name" or "namespace/name"; anything else that names no directory is a wrong local path.
-    if path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
-        raise FileNotFoundError(
-            f"tokenizer {str(source)!r} is not a directory holding encoder.json + vocab.bpe or a saved tokenizer"
-        )
-    reachable = can_reach(HF_ENDPOINT)
-    try:
-        # Offline, use only the local cache: the hub client would otherwise retry for about a minute.
-        return AutoTokenizer.from_pretrained(str(source), local_files_only=not reachable)
-    except OSError as error:
-        reason = str(error).splitlines()[0] if reachable else "the Hugging Face Hub is unreachable (offline?)"
-        raise OSError(
-            f"could not load tokenizer {str(source)!r}: {reason}. Pass a local directory instead: one holding "
-            "OpenAI's encoder.json and vocab.bpe, or one written by tokenizer.save_pretrained"
-        ) from error
 
 
 def text_to_token_ids(text: str, tokenizer: Any) -> torch.Tensor:

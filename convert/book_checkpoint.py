@@ -13,8 +13,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convert.commands import UsageError, first_line, parse_json_object, read_json_object
-from convert.model_dir import check_output_directory
+from common.commands import UsageError, first_line
+from common.files import check_output_directory, parse_json_object, read_json_object
 from convert.weights import check_dtype, check_shapes, check_shard_size, save_converted_model, torch_dtype
 
 if TYPE_CHECKING:

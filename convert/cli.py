@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from convert.book_checkpoint import convert_book_checkpoint
-from convert.commands import ArgumentParser, UsageError, run_command
+from common.commands import ArgumentParser, UsageError, run_command
 from convert.openai_checkpoint import (
     DOWNLOAD_BASE_URLS,
     MODEL_SIZES,

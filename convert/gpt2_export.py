@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
-from convert.commands import ArgumentParser, UsageError, run_command
-from convert.model_dir import atomic_directory, check_output_directory, load_model_weights, read_model_directory
+from common.commands import ArgumentParser, UsageError, run_command
+from common.files import atomic_directory, check_output_directory
+from common.model_dir import load_model_weights, read_model_directory
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 
 PROG = "python -m convert.gpt2_export"

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from convert.commands import UsageError, first_line, read_json_object
-from convert.model_dir import check_output_directory
+from common.commands import UsageError, first_line
+from common.files import check_output_directory, read_json_object
 from convert.weights import check_dtype, check_shapes, check_shard_size, save_converted_model, torch_dtype
 
 if TYPE_CHECKING:

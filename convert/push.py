@@ -25,7 +25,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convert.commands import ArgumentParser, UsageError, read_json_object, run_command
+from common.commands import ArgumentParser, UsageError, run_command
+from common.files import read_json_object
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -263,7 +264,8 @@ def push_to_local_hub(
     # Imported only now: the checks above refuse a mistyped repo id or hub directory at once, not after the
     # seconds that torch and transformers take to load.
     from convert.gpt2_export import gpt2_config, write_gpt2_directory
-    from convert.model_dir import atomic_directory, load_model_weights, read_model_directory, recover_interrupted_writes
+    from common.files import atomic_directory, recover_interrupted_writes
+    from common.model_dir import load_model_weights, read_model_directory
 
     model_dir = Path(model_dir)
     config, tokenizer = read_model_directory(model_dir)

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from convert.commands import UsageError
-from convert.model_dir import load_tokenizer_or_refuse, save_model_directory
+from common.commands import UsageError
+from common.model_dir import load_tokenizer_or_refuse, save_model_directory
 
 if TYPE_CHECKING:
     import torch

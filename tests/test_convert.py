@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from convert.book_checkpoint import convert_book_checkpoint
 from convert.cli import PROG
 from convert.cli import main as cli_main
-from convert.commands import UsageError
+from common.commands import UsageError
 from convert.openai_checkpoint import (
     CHECKPOINT_FILES,
     convert_openai_checkpoint,
@@ -700,7 +700,7 @@ def test_gpt2_124m_shapes_convert_within_memory_and_match(bpe_dir, tmp_path, cap
     if not Path("/proc/self/status").is_file():
         pytest.skip("peak memory is read from /proc (Linux)")
     # Peak memory of the conversion, less that of a process that only imports what the conversion imports.
-    # convert.model_dir imports torch and transformers lazily, so the baseline names them.
+    # common.model_dir imports torch and transformers lazily, so the baseline names them.
     baseline = _peak_rss_bytes("import tensorflow, torch, transformers, modeling_gptscratch, convert.cli")
     peak = _peak_rss_bytes(
         f"from convert.cli import main\nmain(['--checkpoint-dir', {str(checkpoint)!r}, '--output-dir', {str(out)!r}])"

@@ -38,7 +38,7 @@ def test_create_dataloader_builds_the_books_loaders(verdict_text, gpt2_bpe_dir, 
     """The book's settings (the-verdict.txt, GPT-2, ratio 0.9, context 256, stride 256, batch 2) give its batches."""
     from llms_from_scratch import ch02
 
-    from modeling_gptscratch import load_tokenizer
+    from common.tokenizer import load_tokenizer
 
     encoding = tiktoken_gpt2(gpt2_bpe_dir)
     monkeypatch.setattr(ch02.tiktoken, "get_encoding", lambda name: encoding)

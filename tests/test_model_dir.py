@@ -9,8 +9,9 @@ import pytest
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from convert.commands import UsageError, read_json_object
-from convert.model_dir import atomic_directory, load_model_directory, recover_interrupted_writes, save_model_directory
+from common.commands import UsageError
+from common.files import atomic_directory, read_json_object, recover_interrupted_writes
+from common.model_dir import load_model_directory, save_model_directory
 
 
 def current_umask() -> int:

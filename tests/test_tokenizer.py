@@ -7,7 +7,8 @@ import torch
 from conftest import tiktoken_gpt2
 from transformers import AutoTokenizer
 
-from modeling_gptscratch import GPT2_EOS_TOKEN_ID, load_tokenizer, text_to_token_ids, token_ids_to_text
+from common.tokenizer import load_tokenizer
+from modeling_gptscratch import GPT2_EOS_TOKEN_ID, text_to_token_ids, token_ids_to_text
 
 
 EDGE_CASES = [
@@ -42,15 +43,15 @@ def test_saved_tokenizer_directory_loads_with_the_same_ids(gpt2_bpe_dir, tmp_pat
 
 
 def test_hub_name_offline_says_to_pass_a_directory(monkeypatch):
-    import modeling_gptscratch
+    import common.tokenizer
 
-    monkeypatch.setattr(modeling_gptscratch, "can_reach", lambda url, timeout=5.0: False)
+    monkeypatch.setattr(common.tokenizer, "can_reach", lambda url, timeout=5.0: False)
     with pytest.raises(OSError, match="could not load tokenizer 'gpt2-not-cached-anywhere'.*Pass a local directory"):
         load_tokenizer("gpt2-not-cached-anywhere")
 
 
 def test_can_reach_is_false_at_once_for_an_unresolvable_host():
-    from modeling_gptscratch import can_reach
+    from common.tokenizer import can_reach
 
     assert can_reach("https://no-such-host.invalid", timeout=2.0) is False
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train import cli
 from train import data as D
-from train.run import RunDirectory
+from train.checkpoints import RunDirectory
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # A 2-layer, 32-dimension model with a 300-token tokenizer: hundreds of steps per second on a CPU.
@@ -82,7 +82,7 @@ def test_train_model_simple_matches_the_books_on_the_same_weights(corpus, cache,
     """train_model_simple + create_dataloader on GPTScratchForCausalLM reproduce chapter 5's losses."""
     from llms_from_scratch import ch04, ch05
 
-    from train.loop import calc_loss_loader, train_model_simple
+    from train.book import calc_loss_loader, train_model_simple
 
     text = corpus.read_text(encoding="utf-8")[:12_000]
     documents = D.split_documents(D.local_corpus([str(corpus)], cache_dir=cache).documents, 0.9)[0]
@@ -126,7 +126,7 @@ def test_train_model_simple_matches_the_books_on_the_same_weights(corpus, cache,
 def test_train_writes_metrics_plot_summary_checkpoints_and_a_loadable_model(tmp_path, corpus, cache, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from convert.model_dir import load_model_directory
+    from common.model_dir import load_model_directory
 
     output = tmp_path / "run"
     status = train_cli([*common(corpus, cache), "--output-dir", str(output), "--max-steps", "30", "--eval-freq", "10",
@@ -183,6 +183,44 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, corpus, cache, cap
     for expected in ("weights", "gradients", "AdamW states", "activations", "steps/epoch", "7 steps (max steps)"):
         assert expected in printed
     assert not output.exists()
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_config_file_sets_the_options_and_flags_win(tmp_path, corpus, cache, capsys, suffix):
+    values = {"data": [str(corpus)], "cache_dir": str(cache), "n_layers": 2, "emb_dim": 32, "n_heads": 2,
+              "config": {"context_length": 32}, "vocab_size": 300, "dropout": 0.0, "batch_size": 4,
+              "max_steps": 7, "lr_scheduler": "cosine", "dry_run": True}
+    config_file = tmp_path / f"run{suffix}"
+    if suffix == ".json":
+        config_file.write_text(json.dumps(values), encoding="utf-8")
+    else:
+        import yaml
+
+        config_file.write_text(yaml.safe_dump(values), encoding="utf-8")
+    output = tmp_path / "run"
+    assert train_cli(["--config-file", str(config_file), "--output-dir", str(output), "--max-steps", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 steps (max steps)" in printed  # the flag wins over the file's 7
+    assert "lr 0.0004 cosine" in printed and "context_length=32, n_layers=2, n_heads=2, emb_dim=32" in printed
+    assert "this run sees 640;" in printed  # 5 steps x 4 windows x 32 tokens: the file's batch and context
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("batch_size: 8\ncolour: red\n", "--config-file {file}: 'colour' is not an option"),
+        ("batch_size: eight\n", "--config-file {file}: argument --batch-size: invalid int value: 'eight'"),
+        ("[1, 2]\n", "--config-file {file} does not hold a mapping"),
+        ("batch_size: [\n", "--config-file {file} is not valid YAML"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_it(tmp_path, capsys, content, expected):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(content, encoding="utf-8")
+    assert train_cli(["--config-file", str(config_file), "--output-dir", str(tmp_path / "out")]) == 2
+    stderr = capsys.readouterr().err.strip().splitlines()
+    assert len(stderr) == 1 and expected.format(file=config_file) in stderr[0], stderr
 
 
 @pytest.mark.slow
@@ -328,7 +366,7 @@ def test_trainer_engine_agrees_with_the_accelerate_loop_and_resumes(tmp_path, co
 
 
 def test_document_positions_restart_at_each_separator_and_keep_attention_inside_documents():
-    from train.loop import window_logits
+    from train.book import window_logits
 
     eos = 7
     window = torch.tensor([[5, 6, eos, 8, 9, 3, eos, 4], [eos, 1, 2, 3, 4, 5, 6, 8]])

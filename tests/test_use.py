@@ -25,11 +25,12 @@ import convert.gpt2_export
 import convert.push
 import train.evaluate
 import train.generate
-from convert.commands import UsageError
+from common.commands import UsageError
 from convert.gpt2_export import export_gpt2, to_gpt2
-from convert.model_dir import inference_device, load_model_directory, save_model_directory
+from common.model_dir import inference_device, load_model_directory, save_model_directory
 from convert.push import push_to_local_hub, repo_path
-from modeling_gptscratch import GPTScratchForCausalLM, load_tokenizer
+from common.tokenizer import load_tokenizer
+from modeling_gptscratch import GPTScratchForCausalLM
 from train.evaluate import evaluate_text, read_text_file, score_token_ids, sliding_windows, text_token_ids
 from train.generate import EndOfTextStreamer, encode_prompt, generate_text
 

@@ -1,5 +1,6 @@
-"""Pretraining: corpus -> tokenizer -> windows -> loaders (`train.data`); the book's chapter 5 functions and the
-Accelerate loop (`train.loop`); the Hugging Face Trainer engine (`train.trainer`); one run end to end (`train.run`).
+"""Pretraining: corpus -> tokenizer -> windows -> loaders (`train.data`); the book's chapter 5 functions
+(`train.book`); the two engines, the Accelerate loop (`train.loop`) and the Hugging Face Trainer (`train.trainer`);
+one run end to end (`train.run`) from its options (`train.options`).
 
 Names are imported on first use, so `import train` stays cheap for the modules and commands that need only part of it.
 """
@@ -13,13 +14,13 @@ _EXPORTS = {
     "create_dataloader": "train.data",
     "prepare_data": "train.data",
     "TokenWindows": "train.data",
-    "calc_loss_batch": "train.loop",
-    "calc_loss_loader": "train.loop",
-    "evaluate_model": "train.loop",
-    "generate_and_print_sample": "train.loop",
-    "train_model_simple": "train.loop",
+    "calc_loss_batch": "train.book",
+    "calc_loss_loader": "train.book",
+    "evaluate_model": "train.book",
+    "generate_and_print_sample": "train.book",
+    "train_model_simple": "train.book",
     "plot_losses": "train.plot",
-    "TrainOptions": "train.run",
+    "TrainOptions": "train.options",
     "train": "train.run",
 }
 

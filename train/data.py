@@ -38,9 +38,10 @@ from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
-from convert.commands import UsageError, first_line
-from convert.model_dir import load_tokenizer_or_refuse
-from modeling_gptscratch import GPT2Tokenizer, load_tokenizer
+from common.commands import UsageError, first_line
+from common.model_dir import load_tokenizer_or_refuse
+from common.tokenizer import load_tokenizer
+from modeling_gptscratch import GPT2Tokenizer
 
 EOS_TOKEN = "<|endoftext|>"
 DOCUMENT_FEATURES = datasets.Features({"text": datasets.Value("string"), "doc_start": datasets.Value("bool")})

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from convert.commands import ArgumentParser, UsageError, read_utf8_file, run_command
-from convert.model_dir import inference_device, load_model_weights, read_model_directory
+from common.commands import ArgumentParser, UsageError, run_command
+from common.files import read_utf8_file
+from common.model_dir import inference_device, load_model_weights, read_model_directory
 
 PROG = "gptscratch-eval"
 

@@ -16,8 +16,8 @@ import torch
 from transformers import PreTrainedTokenizerBase, TextStreamer
 from transformers.generation.streamers import BaseStreamer
 
-from convert.commands import ArgumentParser, UsageError, run_command
-from convert.model_dir import inference_device, load_model_weights, read_model_directory
+from common.commands import ArgumentParser, UsageError, run_command
+from common.model_dir import inference_device, load_model_weights, read_model_directory
 import modeling_gptscratch
 from modeling_gptscratch import GPTScratchForCausalLM
 

@@ -1,80 +1,356 @@
-"""A training run's options with their defaults (the flags of `gptscratch-train`), and the error that ends a run
-whose loss diverged. Standard library only, so the command checks its arguments before importing torch."""
+"""A training run's options, each declared once: its flag's help, default, check and resume rule.
+
+`TrainOptions` is what `train.run.train` takes from Python. `gptscratch-train` builds its parser from these fields
+(`build_parser`): the flag is the field's name with dashes, grouped as the `group` says; `--config-file run.yaml`
+(or .json) sets the same fields, and flags on the command line win. `check_options` runs every field's check,
+`resume_differences` compares the fields a resumed run must keep. Standard library only, so the command checks its
+arguments before importing torch.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from common.commands import ArgumentParser, UsageError
+from common.files import read_utf8_file
+
+PROGRAM = "gptscratch-train"
 ENGINES = ("accelerate", "trainer")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+EMBEDDED_CORPORA = ("pydoc", "stdlib")
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+PRESET_NAMES = ("tiny", "gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1558m")  # modeling_gptscratch.PRESETS
+GROUPS = ("run", "data", "model", "optimisation", "evaluation and samples", "checkpoints and logging")
+
+# Resume rules. A resumed run continues exactly only with the options that shape its numbers as they were; the
+# others (how long it runs, how often it evaluates and saves, where it writes) may change.
+MUST_MATCH = "must match"
+MAY_CHANGE = "may change"
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checks: each gets the flag and the value, and raises UsageError naming both.
+
+
+def positive(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{flag} {value}: must be a positive integer")
+
+
+def greater_than_zero(flag: str, value: float) -> None:
+    if not value > 0:
+        raise UsageError(f"{flag} {value}: must be greater than 0")
+
+
+def not_negative(flag: str, value: float) -> None:
+    if value < 0:
+        raise UsageError(f"{flag} {value}: must not be negative")
+
+
+def dropout_rate(flag: str, value: float | None) -> None:
+    if value is not None and not 0 <= value < 1:
+        raise UsageError(f"{flag} {value}: must be in [0, 1)")
+
+
+def ratio(flag: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise UsageError(f"{flag} {value}: must be between 0 and 1 (0.9 keeps 10% for validation)")
+
+
+def one_of(choices: Sequence[str], what: str) -> Callable[[str, str], None]:
+    def check(flag: str, value: str) -> None:
+        if value not in choices:
+            raise UsageError(f"{flag} {value}: unknown {what}; choose one of: {', '.join(choices)}")
+
+    return check
+
+
+REQUIRED = object()  # an option with no default: TrainOptions needs it, and so does the command line
+
+
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    group: str,
+    check: Callable[[str, Any], None] | None = None,
+    resume: str = MUST_MATCH,
+    **flag: Any,
+) -> Any:
+    """A TrainOptions field: `default`, the flag's `help` and argparse settings (`flag`), the `group` it is listed
+    under, its `check` and its `resume` rule."""
+    assert group in GROUPS, group
+    metadata = {"help": help, "group": group, "check": check, "resume": resume, "flag": flag}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainOptions:
     """Everything a run needs; `gptscratch-train` fills it from its flags (same names, dashes for underscores)."""
 
-    output_dir: str
+    output_dir: str = option(
+        REQUIRED, "the model directory to write (metrics, plot and checkpoints inside)", group="run", resume=MAY_CHANGE,
+    )
+    overwrite: bool = option(False, "replace a non-empty --output-dir", group="run", resume=MAY_CHANGE,
+                             action="store_true")
+    resume: str | None = option(
+        help="continue from the newest checkpoint in --output-dir, or from checkpoint PATH", group="run",
+        resume=MAY_CHANGE, nargs="?", const="latest", metavar="PATH",
+    )
+    dry_run: bool = option(False, "print the plan and exit", group="run", resume=MAY_CHANGE, action="store_true")
+
     # Data
-    data: list[str] | None = None
-    dataset: str | None = None
-    dataset_config: str | None = None
-    dataset_split: str = "train"
-    text_column: str = "text"
-    embedded: str = "pydoc"
-    dedup: bool = False
-    tokenizer: str = "train"
-    vocab_size: int = 4096
-    train_ratio: float = 0.9
-    context_length: int | None = None  # window length; None: the model's context_length
-    document_mask: bool = False  # attention stays inside each <|endoftext|>-separated document of a window
-    stride: int | None = None  # None: the window length (windows do not overlap)
-    num_proc: int | None = None
-    cache_dir: str | None = None
+    data: list[str] | None = option(help="UTF-8 text files, directories or globs", group="data", nargs="+",
+                                    metavar="PATH")
+    dataset: str | None = option(help="a Hugging Face dataset name (online, or cached)", group="data")
+    dataset_config: str | None = option(help="the dataset's configuration", group="data")
+    dataset_split: str = option("train", "the dataset's split", group="data")
+    text_column: str = option("text", "the dataset's text column", group="data")
+    embedded: str = option(
+        "pydoc", "the embedded corpus, used without --data/--dataset: Python's pydoc topics (465 KB) or the standard "
+        "library's sources", group="data", choices=EMBEDDED_CORPORA,
+    )
+    dedup: bool = option(False, "drop exact duplicate documents before tokenising", group="data", action="store_true")
+    tokenizer: str = option(
+        "train", "train: fit a byte-level BPE on the training split; gpt2: GPT-2's from the Hub; PATH: a directory "
+        "with encoder.json + vocab.bpe or a saved tokenizer", group="data", metavar="gpt2|PATH|train",
+    )
+    vocab_size: int = option(4096, "vocabulary of --tokenizer train", group="data", check=positive, type=int)
+    train_ratio: float = option(0.9, "share of the text (in characters) for training; the rest validates",
+                                group="data", check=ratio, type=float)
+    context_length: int | None = option(help="window length in tokens (default: the model's)", group="data",
+                                        check=positive, type=int)
+    stride: int | None = option(help="tokens between window starts (default: the window length)", group="data",
+                                check=positive, type=int)
+    document_mask: bool = option(
+        False, "keep attention inside each <|endoftext|>-separated document of a window (positions restart at each "
+        "document)", group="data", action="store_true",
+    )
+    num_proc: int | None = option(help="tokenising processes (default: 1 below 64 M characters, else all CPUs)",
+                                  group="data", check=positive, resume=MAY_CHANGE, type=int)
+    cache_dir: str | None = option(help="where datasets keeps its Arrow caches (default: HF's datasets cache)",
+                                   group="data", resume=MAY_CHANGE)
+
     # Model
-    preset: str = "tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    dropout: float | None = None
+    preset: str = option("tiny", "model size: tiny, gpt2-124m, gpt2-355m, gpt2-774m or gpt2-1558m", group="model",
+                         check=one_of(PRESET_NAMES, "preset"), metavar="NAME")
+    n_layers: int | None = option(help="override the preset's number of transformer blocks", group="model",
+                                  type=int)
+    n_heads: int | None = option(help="override the preset's attention heads", group="model", type=int)
+    emb_dim: int | None = option(help="override the preset's embedding size", group="model", type=int)
+    qkv_bias: bool | None = option(help="override the preset's qkv bias", group="model",
+                                   action=argparse.BooleanOptionalAction)
+    dropout: float | None = option(help="dropout rate (default: the preset's, 0.1)", group="model",
+                                   check=dropout_rate, type=float)
+    config: dict[str, Any] = option(
+        {}, "override any model field, e.g. context_length=512 or layer_norm_eps=1e-6 (repeatable)", group="model",
+        action="append", metavar="KEY=VALUE",
+    )
+
     # Optimisation
-    engine: str = "accelerate"
-    epochs: int = 6
-    max_steps: int | None = None
-    batch_size: int = 4
-    lr: float = 4e-4
-    weight_decay: float = 0.1
-    warmup_steps: int = 20
-    lr_scheduler: str = "constant"
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
-    seed: int = 123
-    compile: bool = False
+    engine: str = option("accelerate", "accelerate: the manual loop; trainer: the Hugging Face Trainer",
+                         group="optimisation", check=one_of(ENGINES, "engine"), choices=ENGINES)
+    epochs: int = option(6, "passes over the training windows", group="optimisation", check=positive,
+                         resume=MAY_CHANGE, type=int)
+    max_steps: int | None = option(help="optimizer steps to run (overrides --epochs)", group="optimisation",
+                                   check=positive, resume=MAY_CHANGE, type=int)
+    batch_size: int = option(4, "windows per batch and process", group="optimisation", check=positive, type=int)
+    lr: float = option(4e-4, "AdamW's peak learning rate", group="optimisation", check=greater_than_zero, type=float)
+    weight_decay: float = option(0.1, "on weight matrices only", group="optimisation", check=not_negative,
+                                 type=float)
+    warmup_steps: int = option(20, "linear warmup steps", group="optimisation", check=not_negative, type=int)
+    lr_scheduler: str = option("constant", "the learning rate after warmup", group="optimisation",
+                               check=one_of(LR_SCHEDULERS, "scheduler"), choices=LR_SCHEDULERS)
+    grad_accum: int = option(1, "micro-batches per optimizer step", group="optimisation", check=positive, type=int)
+    max_grad_norm: float = option(1.0, "gradient clipping", group="optimisation", check=greater_than_zero,
+                                  type=float)
+    mixed_precision: str = option("no", "autocast precision (the weights stay fp32)", group="optimisation", check=one_of(MIXED_PRECISION, "precision"),
+                                  choices=MIXED_PRECISION)
+    seed: int = option(123, "seeds weights, shuffling and dropout", group="optimisation", type=int)
+    compile: bool = option(False, "torch.compile the model (pays off on GPUs)", group="optimisation",
+                           action="store_true")
+
     # Evaluation and samples
-    eval_freq: int = 50
-    eval_iter: int = 5
-    start_context: str | None = None
-    temperature: float = 0.8
-    top_k: int | None = 40
-    max_new_tokens: int = 50
-    early_stopping_patience: int | None = None
-    # Checkpoints and outputs
-    save_steps: int | None = 100
-    save_total_limit: int = 2
-    resume: str | None = None  # "latest" (the newest checkpoint in output_dir) or a checkpoint directory
-    overwrite: bool = False
-    report_to: list[str] = field(default_factory=list)
-    dry_run: bool = False
+    eval_freq: int = option(50, "evaluate every N steps", group="evaluation and samples", check=positive,
+                            resume=MAY_CHANGE, type=int)
+    eval_iter: int = option(5, "batches per evaluation", group="evaluation and samples", check=positive,
+                            resume=MAY_CHANGE, type=int)
+    start_context: str | None = option(help="prompt of the samples (default: one that suits the corpus)",
+                                       group="evaluation and samples", resume=MAY_CHANGE)
+    temperature: float = option(0.8, "0 is greedy", group="evaluation and samples", check=not_negative,
+                                resume=MAY_CHANGE, type=float)
+    top_k: int | None = option(40, "sample from the k most likely tokens (0: from all)",
+                               group="evaluation and samples", check=positive, resume=MAY_CHANGE, type=int)
+    max_new_tokens: int = option(50, "sample length", group="evaluation and samples", check=not_negative,
+                                 resume=MAY_CHANGE, type=int)
+    early_stopping_patience: int | None = option(
+        help="stop after N evaluations without a better validation loss; keep the best model",
+        group="evaluation and samples", check=positive, resume=MAY_CHANGE, type=int,
+    )
+
+    # Checkpoints and logging
+    save_steps: int | None = option(100, "checkpoint every N steps", group="checkpoints and logging",
+                                    check=positive, resume=MAY_CHANGE, type=int)
+    save_total_limit: int = option(2, "checkpoints kept", group="checkpoints and logging", check=positive,
+                                   resume=MAY_CHANGE, type=int)
+    report_to: list[str] = option([], "experiment trackers", group="checkpoints and logging", resume=MAY_CHANGE,
+                                  nargs="+", choices=TRACKERS)
+
+    def model_overrides(self) -> dict[str, Any]:
+        """The model fields this run sets over its preset: `config`, then the shape flags (dropout aside)."""
+        flags = {name: getattr(self, name) for name in ("n_layers", "n_heads", "emb_dim", "qkv_bias")}
+        return {**self.config, **{name: value for name, value in flags.items() if value is not None}}
 
 
-# Options that shape the run's numbers: a resumed run must use the same ones to continue exactly.
-RESUME_MUST_MATCH = (
-    "data", "dataset", "dataset_config", "dataset_split", "text_column", "embedded", "dedup", "tokenizer",
-    "vocab_size", "train_ratio", "context_length", "document_mask", "stride", "preset", "model_overrides", "dropout", "engine",
-    "batch_size", "lr", "weight_decay", "warmup_steps", "lr_scheduler", "grad_accum", "max_grad_norm",
-    "mixed_precision", "seed", "compile",
-)
+OPTION_FIELDS = {spec.name: spec for spec in dataclasses.fields(TrainOptions)}
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the weights became NaN or infinite; the message names the step and the last good checkpoint."""
+def check_options(options: TrainOptions) -> None:
+    """Runs every option's own check; each error names its flag and the fix."""
+    for name, spec in OPTION_FIELDS.items():
+        if spec.metadata["check"] is not None:
+            spec.metadata["check"](flag_name(name), getattr(options, name))
+
+
+def resume_differences(options: TrainOptions, original: TrainOptions) -> list[str]:
+    """The options a resumed run sets otherwise than the run it continues, of those that must match (field names)."""
+    return [
+        name
+        for name, spec in OPTION_FIELDS.items()
+        if spec.metadata["resume"] == MUST_MATCH and getattr(options, name) != getattr(original, name)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The command line: the parser, derived from the fields, and --config-file
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one: not for unset options (None) or off switches (False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], {}):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`gptscratch-train`'s parser: one flag per TrainOptions field, in its group, plus --config-file."""
+    parser = ArgumentParser(
+        prog=PROGRAM,
+        description="Pretrain a GPT from scratch on unlabeled text (next-token prediction). With no data flags it "
+        "trains on an embedded corpus that ships with Python, with a tokenizer fitted on it.",
+        formatter_class=_DefaultsFormatter,
+    )
+    parser.add_argument(
+        "--config-file", metavar="FILE",
+        help="a YAML or JSON file of options (the flags' names, e.g. batch_size: 8); flags given here win",
+    )
+    groups = {name: parser if name == "run" else parser.add_argument_group(name) for name in GROUPS}
+    for name, spec in OPTION_FIELDS.items():
+        if spec.metadata["flag"].get("action") == "append":
+            default = []  # KEY=VALUE strings, read into the field's dict by parse_arguments
+        elif spec.default_factory is not dataclasses.MISSING:
+            default = spec.default_factory()
+        else:
+            default = None if spec.default is dataclasses.MISSING else spec.default
+        groups[spec.metadata["group"]].add_argument(
+            flag_name(name), dest=name, default=default, help=spec.metadata["help"] or None, **spec.metadata["flag"]
+        )
+    return parser
+
+
+def parse_config_pairs(pairs: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> dict; values are read as JSON (numbers, true/false, null), else kept as strings."""
+    overrides = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise UsageError(f"--config {pair}: expected KEY=VALUE, e.g. --config context_length=512")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def config_file_arguments(path: str) -> list[str]:
+    """The options in a YAML or JSON file as the command-line arguments that set them, so the file's values go
+    through the same parsing and checks as flags (and flags after them win)."""
+    fix = "write a mapping of option names to values, e.g. batch_size: 8"
+    text = read_utf8_file(path, "--config-file", fix)
+    if Path(path).suffix.lower() == ".json":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--config-file {path} is not valid JSON ({error}); {fix}") from None
+    else:
+        import yaml  # PyYAML comes with datasets
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            reason = str(error).splitlines()[0]
+            raise UsageError(f"--config-file {path} is not valid YAML ({reason}); {fix}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"--config-file {path} does not hold a mapping; {fix}")
+    arguments = []
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in OPTION_FIELDS:
+            raise UsageError(f"--config-file {path}: {key!r} is not an option; see {PROGRAM} --help for their names")
+        flag = flag_name(name)
+        action = OPTION_FIELDS[name].metadata["flag"].get("action")
+        if action == "store_true":
+            arguments += [flag] if value is True else []
+        elif action is argparse.BooleanOptionalAction:
+            arguments += [flag if value else "--no-" + flag[2:]] if value is not None else []
+        elif name == "config":
+            if not isinstance(value, dict):
+                raise UsageError(f"--config-file {path}: config must be a mapping of model fields, e.g. n_layers: 4")
+            for field_name, field_value in value.items():
+                arguments += ["--config", f"{field_name}={json.dumps(field_value)}"]
+        elif isinstance(value, list):
+            arguments += [flag, *map(str, value)]
+        elif value is not None:
+            arguments += [flag, str(value)]
+    return arguments
+
+
+def parse_arguments(argv: Sequence[str] | None) -> TrainOptions:
+    """The command line (and its --config-file) as TrainOptions, after argparse's and every option's checks."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config_file:
+        from_file = config_file_arguments(args.config_file)
+        try:
+            parser.parse_args(from_file)
+        except UsageError as error:
+            raise UsageError(f"--config-file {args.config_file}: {error}") from None
+        args = parser.parse_args([*from_file, *argv])
+    values = vars(args)
+    del values["config_file"]
+    if values["output_dir"] is None:
+        raise UsageError(f"the following arguments are required: --output-dir; see {PROGRAM} --help")
+    values["config"] = parse_config_pairs(values["config"])
+    values["top_k"] = values["top_k"] or None  # 0 keeps every token
+    options = TrainOptions(**values)
+    check_options(options)
+    return options

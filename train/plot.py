@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from train.files import write_atomic
+from common.files import write_atomic
 
 
 def plot_losses(

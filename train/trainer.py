@@ -16,7 +16,6 @@ OUTPUT/checkpoints/checkpoint-<step> as the Trainer writes them, and `--resume` 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -24,23 +23,12 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.integrations import TensorBoardCallback
 
+from train.book import generate_sample, lm_loss
 from train.data import document_position_ids
-from train.loop import generate_sample, lm_loss
-from train.run import (
-    RunContext,
-    TrainingDiverged,
-    TrainResult,
-    any_process,
-    check_finite_weights,
-    format_evaluation,
-    fused_adamw,
-    full_model,
-    metrics_record,
-    perplexity,
-    save_best_model,
-    scheduler_name,
-    use_cpu,
-)
+from train.metrics import perplexity
+from train.plan import scheduler_name
+from train.processes import full_model, fused_adamw, use_cpu
+from train.state import RunContext, TrainResult
 
 
 class WindowFeatures(Dataset):
@@ -63,10 +51,14 @@ class WindowFeatures(Dataset):
 
 
 class GPTScratchTrainer(Trainer):
-    """Trainer with the book's loss on pre-shifted labels, perplexity in eval metrics, and a NaN stop."""
+    """Trainer with the book's loss on pre-shifted labels, perplexity in eval metrics, and the run's NaN stop."""
 
     # compute_loss returns a per-batch mean; the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, run_context: RunContext, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.run_context = run_context
 
     def compute_loss(
         self,
@@ -103,24 +95,17 @@ class GPTScratchTrainer(Trainer):
     ) -> torch.Tensor:
         """The Trainer's step, then a check on every process: a non-finite loss stops before the optimizer step."""
         loss = super().training_step(model, inputs, num_items_in_batch)
-        value = self.accelerator.reduce(loss.detach(), reduction="mean").item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"the training loss became {value} at step {self.state.global_step + 1}; stopped without updating "
-                f"the weights. The last good checkpoint is in {self.args.output_dir}; resume from it with a lower "
-                "--lr, more --warmup-steps or --max-grad-norm"
-            )
+        self.run_context.check_loss(self.accelerator.reduce(loss.detach(), reduction="mean").item(),
+                                    self.state.global_step + 1)
         return loss
 
 
 class RunCallback(TrainerCallback):
     """metrics.jsonl records, progress lines, samples, early stopping, and the stop on Ctrl-C / SIGTERM."""
 
-    def __init__(self, context: RunContext, steps_per_epoch: int, tokens_per_step: int):
+    def __init__(self, context: RunContext):
         self.context = context
         self.trainer: Trainer | None = None  # set once the Trainer exists: best models are gathered through it
-        self.steps_per_epoch = steps_per_epoch
-        self.tokens_per_step = tokens_per_step
         self.pending: dict[str, float] = {}
         self.reason = "completed"
 
@@ -131,35 +116,23 @@ class RunCallback(TrainerCallback):
         self.pending.update(metrics or {})
         if "eval_train_loss" not in self.pending or "eval_val_loss" not in self.pending:
             return
-        step = state.global_step
-        record = metrics_record(
-            step,
-            step / self.steps_per_epoch,
-            step * self.tokens_per_step,
-            self.pending.pop("eval_train_loss"),
-            self.pending.pop("eval_val_loss"),
-        )
+        train_loss, val_loss = self.pending.pop("eval_train_loss"), self.pending.pop("eval_val_loss")
         self.pending.clear()
-        self.context.metrics.append(record)
-        self.context.log(format_evaluation(record))
-        early_stopping = self.context.early_stopping
-        if early_stopping.update(record) and early_stopping.patience is not None:
-            best = full_model(self.trainer.accelerator, self.trainer.model_wrapped, self.context.config)
-            if best is not None:
-                save_best_model(best, self.context.directory.best_model)
-        if early_stopping.should_stop:
+        self.context.record_evaluation(
+            state.global_step, train_loss, val_loss, self.trainer.accelerator, self.trainer.model_wrapped
+        )
+        if self.context.early_stopping.should_stop:
             self.reason = "early-stopped"
             control.should_training_stop = True
             control.should_save = True
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        if any_process(self.context.stop.requested):
+        if self.context.stop_requested():
             self.reason = "interrupted"
             control.should_training_stop = True
             control.should_save = True
         if control.should_save:
-            checkpoints = self.context.directory.checkpoint_dirs()
-            check_finite_weights(kwargs["model"], state.global_step, checkpoints[-1] if checkpoints else None)
+            self.context.check_weights(kwargs["model"], state.global_step)
 
     def on_epoch_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         # Every process generates (sharded weights are gathered by each forward pass); the main one prints.
@@ -212,40 +185,28 @@ def training_arguments(context: RunContext, total_steps: int) -> TrainingArgumen
 def fit(context: RunContext) -> TrainResult:
     """Trains `context.model` with transformers' Trainer; the same outputs as `train.loop.fit`."""
     options = context.options
-    plan = context.plan
-    callback = RunCallback(context, plan.steps_per_epoch, plan.tokens_per_step)
-    document_eos_id = context.data.tokenizer.eos_token_id if options.document_mask else None
+    callback = RunCallback(context)
     callbacks: list[TrainerCallback] = [callback]
     if "tensorboard" in options.report_to:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # tensorboard is an optional extra
 
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(context.directory.root / "tensorboard"))))
     trainer = GPTScratchTrainer(
         model=context.model,
-        args=training_arguments(context, plan.total_steps),
-        train_dataset=WindowFeatures(context.data.train, document_eos_id),
+        args=training_arguments(context, context.plan.total_steps),
+        train_dataset=WindowFeatures(context.data.train, context.document_eos_id),
         eval_dataset={
-            "train": WindowFeatures(context.train_eval, document_eos_id),
-            "val": WindowFeatures(context.val_eval, document_eos_id),
+            "train": WindowFeatures(context.train_eval, context.document_eos_id),
+            "val": WindowFeatures(context.val_eval, context.document_eos_id),
         },
         data_collator=default_data_collator,
         processing_class=context.data.tokenizer,
         callbacks=callbacks,
+        run_context=context,
     )
     callback.trainer = trainer
     if context.resume_from is not None:
         context.log(f"resuming from {context.resume_from}")
     trainer.train(resume_from_checkpoint=str(context.resume_from) if context.resume_from else None)
-    checkpoints = context.directory.checkpoint_dirs()
-    step = trainer.state.global_step
     context.model = full_model(trainer.accelerator, trainer.model_wrapped, context.config)
-    return TrainResult(
-        reason=callback.reason,
-        steps=step,
-        epochs=step / plan.steps_per_epoch,
-        tokens_seen=step * plan.tokens_per_step,
-        output_dir=context.directory.root,
-        metrics=context.metrics.records,
-        last_checkpoint=checkpoints[-1] if checkpoints else None,
-        signal_number=context.stop.signal_number,
-    )
+    return context.result(callback.reason, trainer.state.global_step)

@@ -1,20 +1,18 @@
 """The one model directory format: what `save_pretrained` writes, written atomically, and loaded with clear errors.
 
-torch and transformers are imported inside the functions that need them, so a command can check its output
-directory (`check_output_directory`) before paying the seconds those imports take.
+torch and transformers are imported inside the functions that need them, so a command that only checks its inputs
+and outputs (`common.files.check_output_directory`, the flags) refuses bad ones before paying the seconds those
+imports take.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convert.commands import UsageError, first_line, read_json_object
+from common.commands import UsageError, first_line
+from common.files import atomic_directory, read_json_object
 
 if TYPE_CHECKING:
     import torch
@@ -25,96 +23,6 @@ if TYPE_CHECKING:
 # A saved tokenizer always has one of these; without any, AutoTokenizer would fall back to config.json's auto_map
 # and ask on stdin whether to run the directory's code.
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "encoder.json")
-
-
-def check_output_directory(target: str | os.PathLike, overwrite: bool = False) -> Path:
-    """The absolute `target` if a model directory may be written there, else a UsageError; writes nothing.
-
-    `atomic_directory` checks this too; a command that reads for minutes before writing calls it first as well,
-    so a refused output is reported before that work instead of after it.
-    """
-    target = Path(target).absolute()
-    if target.exists() and not target.is_dir():
-        raise UsageError(f"output {target} exists and is not a directory; choose another path")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise UsageError(f"output directory {target} exists and is not empty; pass --overwrite or choose another")
-    return target
-
-
-def _staging_prefix(target: Path) -> str:
-    return f".{target.name}.tmp-"
-
-
-def _retired_prefix(target: Path) -> str:
-    return f".{target.name}.old-"
-
-
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yields an empty temporary sibling of `target`; renames it to `target` only when the block succeeds.
-
-    A crash or error leaves `target` as it was (absent, or the previous good version) and removes the temporary.
-    An existing non-empty `target` is refused unless `overwrite`, in which case it is replaced at the end.
-    A process killed mid-way can leave its siblings behind; `recover_interrupted_writes` tidies them.
-    """
-    target = check_output_directory(target, overwrite)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), dir=target.parent))
-    except OSError as error:
-        raise UsageError(f"cannot write to {target.parent}: {error.strerror}; choose a writable location") from error
-    try:
-        yield staging
-        _give_default_permissions(staging)
-        if target.exists():
-            # Two renames: the old version is moved aside before the new one takes its name.
-            retired = Path(tempfile.mkdtemp(prefix=_retired_prefix(target), dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def recover_interrupted_writes(target: str | os.PathLike) -> None:
-    """Tidies what a killed `atomic_directory(target)` left: puts back a `target` moved aside by a process killed
-    between its two renames (the newest one moved aside, when `target` is missing), then removes every leftover
-    staging and retired sibling.
-
-    Call it only while no other writer can be at work on `target` (under a lock): a live writer's staging
-    directory looks the same as a dead one's.
-    """
-    target = Path(target).absolute()
-    if not target.parent.is_dir():
-        return
-    retired = sorted(
-        (path for path in target.parent.glob(_retired_prefix(target) + "*") if (path / target.name).is_dir()),
-        key=lambda path: path.stat().st_mtime_ns,
-    )
-    if retired and not target.exists():
-        os.replace(retired[-1] / target.name, target)
-    for prefix in (_staging_prefix(target), _retired_prefix(target)):
-        for leftover in target.parent.glob(prefix + "*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def default_mode(directory: bool) -> int:
-    """The mode a plain mkdir (0777) or open (0666) gives under the current umask."""
-    umask = os.umask(0)  # the only way to read the umask is to set it
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
-def _give_default_permissions(staging: Path) -> None:
-    """Gives the staged tree the modes a plain mkdir/open would instead of mkdtemp's private 0700 and the 0600 of
-    writers that go through temporary files: outputs are there to be read. A .git folder keeps git's modes."""
-    file_mode, directory_mode = default_mode(directory=False), default_mode(directory=True)
-    staging.chmod(directory_mode)
-    for path in staging.rglob("*"):
-        if ".git" not in path.relative_to(staging).parts and not path.is_symlink():
-            path.chmod(directory_mode if path.is_dir() else file_mode)
 
 
 def save_model_directory(
@@ -180,7 +88,7 @@ def load_tokenizer_or_refuse(
     source: str | os.PathLike, failure: str, fix: str, error_class: type[UsageError] = UsageError
 ) -> PreTrainedTokenizerBase:
     """`load_tokenizer(source)`, or `error_class("FAILURE (first line of the reason); FIX")` when it fails."""
-    from modeling_gptscratch import load_tokenizer
+    from common.tokenizer import load_tokenizer
 
     try:
         return load_tokenizer(source)

@@ -1,0 +1,103 @@
+"""The project's imports, read from its sources: they run one way, with no circle, in the layers the README draws.
+
+Every import statement counts, those inside functions too: an import moved into a function still ties the modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+PACKAGES = ("common", "train", "convert")
+
+
+def project_modules() -> dict[str, Path]:
+    """Module name -> source file, for the model file and every module of the project's packages."""
+    modules = {"modeling_gptscratch": REPO_ROOT / "modeling_gptscratch.py"}
+    for package in PACKAGES:
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def imported_project_modules(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules a file imports (`from train import loop` imports train.loop)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        found.update(name for name in names if name in modules)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imported_project_modules(path, modules) - {name} for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A circle of imports as [a, b, ..., a], or None (depth-first search, colouring modules on the current path)."""
+    on_path: list[str] = []
+    done: set[str] = set()
+
+    def visit(module: str) -> list[str] | None:
+        if module in on_path:
+            return on_path[on_path.index(module):] + [module]
+        if module in done:
+            return None
+        on_path.append(module)
+        for imported in sorted(graph[module]):
+            cycle = visit(imported)
+            if cycle:
+                return cycle
+        on_path.pop()
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        cycle = visit(module)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_module_of_the_project_imports_itself_back():
+    graph = import_graph()
+    assert len(graph) > 20  # the reader found the project
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_imports_run_down_the_layers():
+    graph = import_graph()
+
+    def imports_of(prefix: str) -> set[str]:
+        return {imported for module, imported_set in graph.items() if module.split(".")[0] == prefix
+                for imported in imported_set}
+
+    assert graph["modeling_gptscratch"] == set()  # the model is copied into model directories: it stands alone
+    assert {module.split(".")[0] for module in imports_of("common")} <= {"common", "modeling_gptscratch"}
+    assert not {module for module in imports_of("train") if module.startswith("convert")}
+    assert not {module for module in imports_of("convert") if module.startswith("train")}
+    # Engines get what they need handed in: they never import the orchestration or the command above them.
+    for engine in ("train.loop", "train.trainer"):
+        assert not graph[engine] & {"train.run", "train.cli"}, engine
+    assert graph["train.options"] <= {"common.commands", "common.files"}  # flags are checked before torch loads
+
+
+def test_the_options_standard_library_copy_of_the_preset_names_matches_the_model():
+    from modeling_gptscratch import PRESETS
+    from train.options import PRESET_NAMES
+
+    assert PRESET_NAMES == tuple(PRESETS)

@@ -1,0 +1,89 @@
+"""What a run measures and keeps: metrics.jsonl, the book's progress line, perplexity, and early stopping."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from common.files import write_text_atomic
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per evaluation, rewritten atomically on every append (it is small)."""
+
+    def __init__(self, path: Path, write: bool):
+        self.path = path
+        self.write = write
+        self.records: list[dict[str, Any]] = []
+
+    def load(self, up_to_step: int) -> None:
+        """Reads the records of a resumed run up to its checkpoint's step; later ones are repeated by the resume."""
+        if self.path.is_file():
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            self.records = [json.loads(line) for line in lines if line.strip()]
+            self.records = [record for record in self.records if record["step"] <= up_to_step]
+        self._flush()
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.write:
+            write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in self.records))
+
+
+def metrics_record(step: int, epoch: float, tokens_seen: int, train_loss: float, val_loss: float) -> dict[str, Any]:
+    """One evaluation's line in metrics.jsonl."""
+    return {
+        "step": step,
+        "epoch": round(epoch, 6),
+        "tokens_seen": tokens_seen,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "train_perplexity": perplexity(train_loss),
+        "val_perplexity": perplexity(val_loss),
+    }
+
+
+def perplexity(loss: float) -> float:
+    """exp(cross-entropy): the effective number of equally likely next tokens. Capped where exp overflows."""
+    return math.exp(min(loss, 700.0))
+
+
+def format_evaluation(record: dict[str, Any]) -> str:
+    """The book's progress line, with tokens seen and perplexity."""
+    return (
+        f"Ep {max(1, math.ceil(record['epoch']))} (Step {record['step']:06d}, {record['tokens_seen']:,} tokens): "
+        f"Train loss {record['train_loss']:.3f}, Val loss {record['val_loss']:.3f}, "
+        f"Val perplexity {record['val_perplexity']:.1f}"
+    )
+
+
+class EarlyStopping:
+    """Stops when the validation loss has not improved for `patience` evaluations; tracks the best one.
+
+    Its state is a function of the metrics so far, so a resumed run picks it up from metrics.jsonl.
+    """
+
+    def __init__(self, patience: int | None, records: list[dict[str, Any]] = ()):
+        self.patience = patience
+        self.best_loss = math.inf
+        self.best_step: int | None = None
+        self.since_best = 0
+        for record in records:
+            self.update(record)
+
+    def update(self, record: dict[str, Any]) -> bool:
+        """Takes an evaluation; True when it is a new best."""
+        if record["val_loss"] < self.best_loss:
+            self.best_loss, self.best_step, self.since_best = record["val_loss"], record["step"], 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.since_best >= self.patience

@@ -1,0 +1,131 @@
+"""What an engine is handed and what it hands back: the run's context, the bookkeeping both engines share, the result.
+
+`train.run` builds a `RunContext` and calls an engine's `fit(context)` (the Accelerate loop in `train.loop`, the
+Trainer in `train.trainer`). Both record evaluations, guard against a diverged loss and build their result through
+the context, so metrics.jsonl, early stopping, the NaN guard and `TrainResult` are the same code for both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+
+from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
+from train.checkpoints import RunDirectory, save_best_model
+from train.data import PreparedData
+from train.metrics import EarlyStopping, MetricsLog, format_evaluation, metrics_record
+from train.options import TrainOptions
+from train.plan import Plan
+from train.processes import StopSignals, any_process, full_model
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """How a run ended. `reason`: completed, early-stopped or interrupted (then `signal_number` is set)."""
+
+    reason: str
+    steps: int
+    epochs: float
+    tokens_seen: int
+    output_dir: Path
+    metrics: list[dict[str, Any]]
+    last_checkpoint: Path | None
+    signal_number: int | None = None
+    summary: dict[str, Any] | None = None
+    start_context: str = ""
+
+
+@dataclass
+class RunContext:
+    """What an engine gets: the options, data, model and plan, and the bookkeeping both engines share.
+
+    The engine trains `model` and replaces it, on the main process, by the trained model with all its weights.
+    `train_eval` and `val_eval` are the fixed windows every evaluation measures.
+    """
+
+    options: TrainOptions
+    data: PreparedData
+    config: GPTScratchConfig
+    plan: Plan
+    model: GPTScratchForCausalLM
+    directory: RunDirectory
+    resume_from: Path | None
+    train_eval: Subset
+    val_eval: Subset
+    start_context: str
+    metrics: MetricsLog
+    early_stopping: EarlyStopping
+    stop: StopSignals
+    log: Callable[[str], None]
+
+    @property
+    def document_eos_id(self) -> int | None:
+        """The separator `--document-mask` splits windows at, or None without it."""
+        return self.data.tokenizer.eos_token_id if self.options.document_mask else None
+
+    def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint of this run (the one it resumed from, before it saves its own)."""
+        saved = self.directory.checkpoint_dirs()
+        return saved[-1] if saved else self.resume_from
+
+    def record_evaluation(
+        self, step: int, train_loss: float, val_loss: float, accelerator: Any, model: torch.nn.Module
+    ) -> dict[str, Any]:
+        """Appends an evaluation to metrics.jsonl, prints the book's progress line and, with early stopping, keeps
+        a new best model. Every process must call it: gathering sharded weights takes all of them."""
+        plan = self.plan
+        record = metrics_record(step, step / plan.steps_per_epoch, step * plan.tokens_per_step, train_loss, val_loss)
+        self.metrics.append(record)
+        if self.early_stopping.update(record) and self.early_stopping.patience is not None:
+            best = full_model(accelerator, model, self.config)
+            if best is not None:
+                save_best_model(best, self.directory.best_model)
+        self.log(format_evaluation(record))
+        return record
+
+    def check_loss(self, loss: float, step: int) -> None:
+        """Raises TrainingDiverged when the step's loss (the same on every process) is NaN or infinite; called
+        before the optimizer step, so such a loss never reaches the weights."""
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss} at step {step}; stopped without updating the weights. The last "
+                f"good checkpoint is {self.last_checkpoint() or 'none (no save yet)'}; resume from it with a lower "
+                "--lr, more --warmup-steps or --max-grad-norm"
+            )
+
+    def check_weights(self, model: torch.nn.Module, step: int) -> None:
+        """Raises TrainingDiverged, on every process, before a checkpoint would store weights that are NaN or
+        infinite. Each process checks the weights it holds (a shard of them under FSDP or DeepSpeed ZeRO-3)."""
+        finite = all(bool(torch.isfinite(parameter).all()) for parameter in model.parameters())
+        if any_process(not finite):
+            raise TrainingDiverged(
+                f"the weights stopped being finite at step {step}; not saving them. The last good checkpoint is "
+                f"{self.last_checkpoint() or 'none'}; resume from it with a lower --lr or more --warmup-steps"
+            )
+
+    def stop_requested(self) -> bool:
+        """Whether Ctrl-C or SIGTERM reached any process (all agree, so all save together)."""
+        return any_process(self.stop.requested)
+
+    def result(self, reason: str, step: int) -> TrainResult:
+        """The engine's result after `step` optimizer steps."""
+        return TrainResult(
+            reason=reason,
+            steps=step,
+            epochs=step / self.plan.steps_per_epoch,
+            tokens_seen=step * self.plan.tokens_per_step,
+            output_dir=self.directory.root,
+            metrics=self.metrics.records,
+            last_checkpoint=self.last_checkpoint(),
+            signal_number=self.stop.signal_number,
+        )
