@@ -2,12 +2,16 @@
 
 Readers turn a user's file into a `UsageError` that names it (`read_utf8_file`, `read_json_object`). Writers go
 through a temporary sibling that is renamed over the target only once complete, so readers never see half a file
-(`write_atomic` and its text and JSON forms) or half a directory (`atomic_directory`). Standard library only.
+(`write_atomic` and its text and JSON forms) or half a directory (`atomic_directory`). A full or read-only disk
+met while writing is a `UsageError` naming what was being written, where, and the space it needed
+(`writing_output`, which every writer here goes through); `check_writable` refuses a read-only location before any
+work. Standard library only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -16,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from common.commands import UsageError
+from common.commands import STORAGE_FAILURES, TORCH_WRITE_FAILED, UsageError, storage_failure
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading users' files
@@ -66,6 +70,98 @@ def read_json_object(path: str | os.PathLike, what: str, fix: str) -> dict[str, 
     return parse_json_object(read_utf8_file(path, what, fix), f"{what} {Path(path)}", fix)
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Full and read-only output locations
+
+# Less than this much free space after torch.save failed without saying why means the disk filled up.
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+class OutputWriteError(UsageError):
+    """A write that failed for want of space or permission: what was written, where, the errno, the space."""
+
+    def __init__(self, code: int, path: Path, what: str, size: int | None, free: int | None, flag: str | None):
+        self.code, self.path, self.what, self.size, self.free, self.flag = code, path, what, size, free, flag
+        reason, fix = STORAGE_FAILURES[code]
+        space = ""
+        if code in (errno.ENOSPC, errno.EDQUOT) and free is not None:
+            needs = f"it needs about {format_size(size)}; " if size else ""
+            space = f" ({needs}{format_size(free)} free before writing)"
+        where = f"{what} {path}" if what else str(path)
+        super().__init__(f"cannot write {where}: {reason}{space}; {fix.format(where=flag or 'location')}")
+
+
+@contextlib.contextmanager
+def writing_output(
+    path: str | os.PathLike, what: str = "", size: int | None = None, flag: str | None = None
+) -> Iterator[None]:
+    """Turns a full or read-only disk met inside the block into an `OutputWriteError`: "cannot write WHAT PATH:
+    no space left on device (it needs about SIZE; FREE free before writing); free some space there or choose another
+    FLAG". Other errors pass unchanged; removing what the block half wrote is its own business (the atomic writers
+    below do it).
+
+    `size` is the number of bytes the block writes, when known; `flag` the option that chose the location.
+    Nested, the outermost names the failure: a model directory is reported as such, not as the temporary folder it
+    was being written into.
+    """
+    path = Path(path)
+    free_before = free_space(path)
+    try:
+        yield
+    except OutputWriteError as error:
+        raise OutputWriteError(
+            error.code, path, what or error.what, size or error.size, free_before, flag or error.flag
+        ) from error.__cause__
+    except UsageError:
+        raise
+    except Exception as error:
+        code = storage_failure(error, writing=True)
+        if code == TORCH_WRITE_FAILED:  # no errno to go by: ask the disk
+            free_now = free_space(path)
+            filled = free_now is not None and free_now < _NEARLY_FULL_BYTES
+            code = errno.ENOSPC if filled or (size and free_before is not None and free_before < size) else None
+        if code is None:
+            raise
+        raise OutputWriteError(code, path, what, size, free_before, flag) from error
+
+
+def free_space(path: str | os.PathLike) -> int | None:
+    """Bytes free for writing on the file system that holds `path` (or would: its nearest existing ancestor)."""
+    try:
+        return shutil.disk_usage(_existing_ancestor(Path(path))).free
+    except OSError:
+        return None
+
+
+def check_writable(path: str | os.PathLike, what: str, flag: str) -> None:
+    """A UsageError unless `path` is, or can be created as, a directory this process may write into.
+
+    Checked before a command's work, so a read-only or foreign location is refused at once, not after minutes.
+    """
+    path = Path(path).absolute()
+    existing = _existing_ancestor(path)
+    if not existing.is_dir():
+        raise UsageError(f"{what} {path} cannot be used: {existing} is not a directory; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        reason = f"{existing} is on a read-only file system" if read_only else str(existing)
+        raise UsageError(f"{what} {path} is not writable ({reason}); choose a writable {flag}")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def format_size(size: int) -> str:
+    """Bytes as people read them: 1.2 GB, 34.0 MB, 5.6 KB, 789 bytes."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Writing outputs atomically
 
 
@@ -77,16 +173,18 @@ def publish(temporary: str | os.PathLike, target: str | os.PathLike) -> None:
 
 
 def write_atomic(target: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
-    """Calls `write(temporary_path)`, then publishes the file as `target`; on error the target is untouched."""
+    """Calls `write(temporary_path)`, then publishes the file as `target`; on error the target is untouched and the
+    temporary removed (a full or read-only disk is an `OutputWriteError` naming `target`)."""
     target = Path(target)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=suffix, dir=target.parent)
-    os.close(descriptor)
-    try:
-        write(temporary)
-        publish(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with writing_output(target):
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=suffix, dir=target.parent)
+        os.close(descriptor)
+        try:
+            write(temporary)
+            publish(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
 
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
@@ -98,7 +196,8 @@ def write_json_atomic(target: str | os.PathLike, value: Any) -> None:
 
 
 def check_output_directory(target: str | os.PathLike, overwrite: bool = False) -> Path:
-    """The absolute `target` if a model directory may be written there, else a UsageError; writes nothing.
+    """The absolute `target` if a model directory may be written there (a new or empty directory, or any with
+    `overwrite`, in a writable location), else a UsageError; writes nothing.
 
     `atomic_directory` checks this too; a command that reads for minutes before writing calls it first as well,
     so a refused output is reported before that work instead of after it.
@@ -108,6 +207,7 @@ def check_output_directory(target: str | os.PathLike, overwrite: bool = False) -
         raise UsageError(f"output {target} exists and is not a directory; choose another path")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise UsageError(f"output directory {target} exists and is not empty; pass --overwrite or choose another")
+    check_writable(target, "output directory", "location")
     return target
 
 
@@ -120,32 +220,33 @@ def _retired_prefix(target: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    target: str | os.PathLike, overwrite: bool = False, what: str = "output directory", size: int | None = None
+) -> Iterator[Path]:
     """Yields an empty temporary sibling of `target`; renames it to `target` only when the block succeeds.
 
-    A crash or error leaves `target` as it was (absent, or the previous good version) and removes the temporary.
+    A crash or error leaves `target` as it was (absent, or the previous good version) and removes the temporary;
+    a full or read-only disk is an `OutputWriteError` naming `what`, `target` and the `size` to be written.
     An existing non-empty `target` is refused unless `overwrite`, in which case it is replaced at the end.
     A process killed mid-way can leave its siblings behind; `recover_interrupted_writes` tidies them.
     """
     target = check_output_directory(target, overwrite)
-    try:
+    with writing_output(target, what, size):
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), dir=target.parent))
-    except OSError as error:
-        raise UsageError(f"cannot write to {target.parent}: {error.strerror}; choose a writable location") from error
-    try:
-        yield staging
-        _give_default_permissions(staging)
-        if target.exists():
-            # Two renames: the old version is moved aside before the new one takes its name.
-            retired = Path(tempfile.mkdtemp(prefix=_retired_prefix(target), dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            yield staging
+            _give_default_permissions(staging)
+            if target.exists():
+                # Two renames: the old version is moved aside before the new one takes its name.
+                retired = Path(tempfile.mkdtemp(prefix=_retired_prefix(target), dir=target.parent))
+                os.replace(target, retired / target.name)
+                os.replace(staging, target)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def recover_interrupted_writes(target: str | os.PathLike) -> None:

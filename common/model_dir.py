@@ -34,11 +34,20 @@ def save_model_directory(
 ) -> Path:
     """Writes a complete model directory atomically: config.json (with auto_map), model.safetensors (sharded past
     `max_shard_size`), generation_config.json, modeling_gptscratch.py and, if given, the tokenizer files."""
-    with atomic_directory(target, overwrite=overwrite) as staging:
+    with atomic_directory(target, overwrite=overwrite, what="model directory", size=weights_size(model)) as staging:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
     return Path(target)
+
+
+def weights_size(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers, each storage counted once (a tied head is the embedding): about
+    what its safetensors file takes."""
+    storages = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(storages.values())
 
 
 def inference_device() -> torch.device:
@@ -104,19 +113,74 @@ def load_model_weights(
     **from_pretrained_kwargs: Any,
 ) -> GPTScratchForCausalLM:
     """The model of a directory that `read_model_directory` accepted (which gave `config`), on `device` (by
-    default where from_pretrained puts it, the CPU). Missing or damaged weights are a UsageError."""
+    default where from_pretrained puts it, the CPU). Missing or damaged weights, or weights whose tensors are not
+    the ones config.json describes, are a UsageError."""
     from safetensors import SafetensorError
 
     from modeling_gptscratch import GPTScratchForCausalLM
 
+    fix = "the weights are missing or damaged, save or convert the model again"
     try:
+        check_weights_match_config(Path(directory), config)
         model = GPTScratchForCausalLM.from_pretrained(directory, config=config, **from_pretrained_kwargs)
     except (OSError, ValueError, SafetensorError) as error:
-        raise UsageError(
-            f"cannot load the model in {directory} ({first_line(error)}); the weights are missing or damaged, "
-            "save or convert the model again"
-        ) from error
+        raise UsageError(f"cannot load the model in {directory} ({first_line(error)}); {fix}") from error
     return model if device is None else model.to(device)
+
+
+def check_weights_match_config(directory: Path, config: GPTScratchConfig) -> None:
+    """A UsageError naming the weights file and the first tensor that config.json does not describe: one of another
+    shape, one it calls for that is missing, one it has no place for. Reads only the files' headers.
+
+    from_pretrained would refuse a shape in a long report, and fill a missing tensor with random values in silence.
+    """
+    import torch
+    from safetensors import safe_open
+
+    from modeling_gptscratch import GPTScratchForCausalLM
+
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json_object(index, "weights index", "save or convert the model again").get("weight_map", {})
+        files = sorted({directory / name for name in weight_map.values()})
+    else:
+        files = [directory / "model.safetensors"]
+    if not all(path.is_file() for path in files):
+        return  # from_pretrained names the missing file
+    shapes = {}
+    for path in files:
+        with safe_open(path, "pt") as weights:
+            shapes.update({name: (tuple(weights.get_slice(name).get_shape()), path) for name in weights.keys()})
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        expected = GPTScratchForCausalLM(config)
+    # Tensors tied together (the head and the token embedding) are one tensor, stored under either name.
+    saved = expected.state_dict()
+    tied: dict[int, tuple[tuple[int, ...], list[str]]] = {}
+    for name, tensor in [*expected.named_parameters(remove_duplicate=False),
+                         *expected.named_buffers(remove_duplicate=False)]:
+        if name in saved:
+            tied.setdefault(id(tensor), (tuple(tensor.shape), []))[1].append(name)
+    sizes = (f"vocab_size {config.vocab_size}, context_length {config.context_length}, emb_dim {config.emb_dim}, "
+             f"n_layers {config.n_layers}, tie_word_embeddings {str(config.tie_word_embeddings).lower()}")
+    mismatch = f"does not match {directory / 'config.json'} ({sizes})"
+    fix = "save or convert the model again, or put back the config.json that came with these weights"
+    for want, names in tied.values():
+        stored = [name for name in names if name in shapes]
+        if not stored:
+            raise UsageError(f"{files[0]} {mismatch}: it has no tensor {names[0]}; {fix}")
+        for name in stored:
+            shape, path = shapes[name]
+            if shape != want:
+                raise UsageError(
+                    f"{path} {mismatch}: {name} is {_shape(shape)} there, the config makes it {_shape(want)}; {fix}"
+                )
+    extra = sorted(set(shapes) - set(saved))
+    if extra:
+        raise UsageError(f"{shapes[extra[0]][1]} {mismatch}: the config has no place for its tensor {extra[0]}; {fix}")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return " x ".join(map(str, shape)) or "a scalar"
 
 
 def load_model_directory(

@@ -27,7 +27,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from common.commands import ArgumentParser, UsageError, run_command
 from common.files import atomic_directory, check_output_directory
-from common.model_dir import load_model_weights, read_model_directory
+from common.model_dir import load_model_weights, read_model_directory, weights_size
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 
 PROG = "python -m convert.gpt2_export"
@@ -128,7 +128,7 @@ def export_gpt2(model_dir: str | os.PathLike, output_dir: str | os.PathLike, ove
     config, tokenizer = read_model_directory(model_dir)
     gpt2_config(config)  # refuse what GPT-2 cannot express before the weights load
     model = load_model_weights(model_dir, config)
-    with atomic_directory(output_dir, overwrite=overwrite) as staging:
+    with atomic_directory(output_dir, overwrite=overwrite, what="GPT-2 directory", size=weights_size(model)) as staging:
         write_gpt2_directory(model, tokenizer, staging)
     return Path(output_dir)
 

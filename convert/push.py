@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.commands import ArgumentParser, UsageError, run_command
-from common.files import read_json_object
+from common.files import check_writable, read_json_object
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -54,19 +54,6 @@ def repo_path(hub_dir: str | os.PathLike, repo_id: str) -> Path:
             "and ending with a letter or digit); pass for example --repo-id alice/tiny-gpt"
         )
     return Path(hub_dir).absolute() / parts[0] / parts[1]
-
-
-def _check_hub_dir(hub_dir: Path) -> None:
-    """A UsageError unless `hub_dir` is, or can be created as, a writable directory."""
-    existing = hub_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(
-            f"hub directory {hub_dir} cannot be used: {existing} is not a directory; choose another --hub-dir"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"hub directory {hub_dir} is not writable ({existing}); choose a writable --hub-dir")
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -254,7 +241,7 @@ def push_to_local_hub(
     if not _LICENSE.fullmatch(license):
         raise UsageError(f"license {license!r} is not a Hub license identifier; pass e.g. apache-2.0, mit or other")
     target = repo_path(hub_dir, repo_id)
-    _check_hub_dir(Path(hub_dir).absolute())
+    check_writable(hub_dir, "hub directory", "--hub-dir")
     if target.exists() and not (target / ".git").is_dir() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(
             f"{target} exists and is not a repository written by gptscratch-push; move it or pick another repo id"
@@ -265,7 +252,7 @@ def push_to_local_hub(
     # seconds that torch and transformers take to load.
     from convert.gpt2_export import gpt2_config, write_gpt2_directory
     from common.files import atomic_directory, recover_interrupted_writes
-    from common.model_dir import load_model_weights, read_model_directory
+    from common.model_dir import load_model_weights, read_model_directory, weights_size
 
     model_dir = Path(model_dir)
     config, tokenizer = read_model_directory(model_dir)
@@ -277,7 +264,8 @@ def push_to_local_hub(
 
     with _repo_lock(target):
         recover_interrupted_writes(target)  # under the lock: any staging folder left now is a dead push's
-        with atomic_directory(target, overwrite=True) as staging:
+        # The new files, and git's copy of them in its objects (weights barely compress).
+        with atomic_directory(target, overwrite=True, what="repository", size=2 * weights_size(model)) as staging:
             if (target / ".git").is_dir():
                 _copy_history(target, staging)
             else:
