@@ -24,7 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from common.commands import UsageError, first_line
+from common.files import format_size
 from common.model_dir import load_tokenizer_or_refuse
 from common.tokenizer import load_tokenizer
 from modeling_gptscratch import GPT2Tokenizer
@@ -123,11 +124,14 @@ def _pydoc_rows(python: str, size: int) -> Iterator[dict[str, Any]]:
         yield {"text": topics[key], "doc_start": True}
 
 
-def expand_data_paths(paths: Sequence[str]) -> list[Path]:
-    """Files named by paths, directories (every file below, hidden ones left out) and globs (`**` allowed), in order.
+def expand_data_paths(paths: Sequence[str], log: Callable[[str], None] | None = None) -> list[Path]:
+    """Files named by paths, directories (every file below) and globs (`**` allowed), in order.
 
-    Raises DataError for a missing path, a glob that matches nothing, a directory without files or an empty file
-    named on its own.
+    A directory's walk leaves out hidden files and folders, files that hold models rather than text
+    (`MODEL_FILE_SUFFIXES`), and folders that are a training run's output or a model directory
+    (`is_model_output`): a run whose --output-dir lies inside its --data directory would otherwise read its own
+    weights and metrics as text the next time. `log` hears what was left out. Raises DataError for a missing path,
+    a glob that matches nothing, a directory without files or an empty file named on its own.
     """
     files: list[Path] = []
     for spec in paths:
@@ -138,13 +142,13 @@ def expand_data_paths(paths: Sequence[str]) -> list[Path]:
                 raise DataError(f"--data {spec}: the pattern matches no file; check it (quote it in the shell)")
             files.extend(matched_files)
         elif os.path.isdir(spec):
-            found = sorted(
-                path
-                for path in Path(spec).rglob("*")
-                if path.is_file() and not any(part.startswith(".") for part in path.relative_to(spec).parts)
-            )
+            found, skipped = _walk_text_files(Path(spec))
+            if skipped and log is not None:
+                log(f"--data {spec}: left out {', '.join(map(str, skipped[:3]))}"
+                    + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+                    + " (model files and run or model directories are not text)")
             if not found:
-                raise DataError(f"--data {spec}: the directory holds no files; point it at your text files")
+                raise DataError(f"--data {spec}: the directory holds no text files; point it at your text files")
             files.extend(found)
         elif os.path.isfile(spec):
             if os.path.getsize(spec) == 0:
@@ -155,12 +159,50 @@ def expand_data_paths(paths: Sequence[str]) -> list[Path]:
     return files
 
 
-def local_corpus(paths: Sequence[str], cache_dir: str | os.PathLike | None = None) -> Corpus:
-    """UTF-8 text files, directories and globs: each file is a document.
+# What a directory of text may hold beside it that is no text: weights, optimizer and RNG states, arrays, the plots of
+# a run. Left out when a --data directory is walked (a file named on its own is read, and refused, as given).
+MODEL_FILE_SUFFIXES = frozenset({
+    ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".npy", ".npz", ".h5", ".msgpack", ".onnx",
+    ".gguf", ".arrow", ".png", ".pdf",
+})
+
+
+def is_model_output(directory: Path) -> bool:
+    """A gptscratch run's output directory (its checkpoints/run.json comes first) or any model directory (a
+    config.json beside safetensors weights)."""
+    return (directory / "checkpoints" / "run.json").is_file() or (directory / "config.json").is_file() and (
+        any(directory.glob("model*.safetensors*"))
+    )
+
+
+def _walk_text_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """The files below `root` that `expand_data_paths` reads, sorted, and the model files and run or model
+    directories it leaves out."""
+    found, skipped = [], []
+    for folder, subfolders, names in os.walk(root):
+        folder = Path(folder)
+        kept = []
+        for name in sorted(subfolders):
+            if name.startswith("."):
+                continue
+            (skipped if is_model_output(folder / name) else kept).append(folder / name)
+        subfolders[:] = [path.name for path in kept]
+        for name in names:
+            path = folder / name
+            if name.startswith(".") or not path.is_file():
+                continue
+            (skipped if path.suffix.lower() in MODEL_FILE_SUFFIXES else found).append(path)
+    return sorted(found), sorted(skipped)
+
+
+def local_corpus(
+    paths: Sequence[str], cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None
+) -> Corpus:
+    """UTF-8 text files, directories and globs: each file is a document (`log` hears what a walk left out).
 
     A file that is not UTF-8 text (or holds a NUL byte) raises DataError naming the file and the byte offset.
     """
-    files = expand_data_paths(paths)
+    files = expand_data_paths(paths, log)
     if sum(path.stat().st_size for path in files) == 0:
         raise DataError(f"--data {' '.join(paths)}: every file is empty; give files with text in them")
     # Size and modification time make an edited file a new cache entry.
@@ -178,7 +220,7 @@ def local_corpus(paths: Sequence[str], cache_dir: str | os.PathLike | None = Non
         raise
     size = sum(stamp[1] for stamp in stamps)
     names = ", ".join(path.name for path in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-    return Corpus(documents, f"{names} ({_format_bytes(size)})")
+    return Corpus(documents, f"{names} ({format_size(size)})")
 
 
 def _file_rows(stamps: list[tuple[str, int, int]], block_bytes: int) -> Iterator[dict[str, Any]]:
@@ -291,12 +333,13 @@ def load_corpus(
     text_column: str = "text",
     embedded: str = "pydoc",
     cache_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Corpus:
     """The corpus the command line names: local files (`data`), a hub dataset (`dataset`), else the embedded one."""
     if data and dataset:
         raise DataError("--data and --dataset both given; train on one source at a time")
     if data:
-        return local_corpus(data, cache_dir=cache_dir)
+        return local_corpus(data, cache_dir=cache_dir, log=log)
     if dataset:
         return hub_corpus(dataset, dataset_config, dataset_split, text_column, cache_dir=cache_dir)
     return embedded_corpus(embedded, cache_dir=cache_dir)
@@ -654,7 +697,7 @@ def prepare_data(
 
     `num_proc` None tokenises in one process below 64 M characters and in every CPU above.
     """
-    corpus = load_corpus(data, dataset, dataset_config, dataset_split, text_column, embedded, cache_dir)
+    corpus = load_corpus(data, dataset, dataset_config, dataset_split, text_column, embedded, cache_dir, log)
     documents, dropped = corpus.documents, 0
     if dedup:
         documents, dropped = deduplicate(documents)
@@ -686,10 +729,3 @@ def count_documents(documents: datasets.Dataset) -> int:
 
 def _cache_str(cache_dir: str | os.PathLike | None) -> str | None:
     return str(cache_dir) if cache_dir is not None else None
-
-
-def _format_bytes(size: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
