@@ -14,15 +14,23 @@ Output directory layout (the same for both engines)::
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate import PartialState
+
 from common.commands import UsageError
-from common.files import publish
-from common.model_dir import save_model_directory
+from common.files import (
+    atomic_directory, check_writable, publish, recover_interrupted_writes, writing_output,
+)
+from common.model_dir import save_model_directory, weights_size
 from modeling_gptscratch import GPTScratchForCausalLM
 
 RUN_FILE = "run.json"  # the options, process count and data description, beside the checkpoints
@@ -38,6 +46,7 @@ class RunDirectory:
         self.root = Path(root).absolute()
         self.checkpoints = self.root / "checkpoints"
         self.metrics_file = self.root / "metrics.jsonl"
+        self.summary_file = self.root / "training_summary.json"
         self.best_model = self.checkpoints / "best-model"
 
     def checkpoint_dirs(self, under: Path | None = None) -> list[Path]:
@@ -83,19 +92,86 @@ class RunDirectory:
                 "or choose another directory"
             )
 
-    def start(self, overwrite: bool) -> None:
-        """Creates the directory; with `overwrite`, first empties it."""
-        if overwrite and self.root.is_dir():
-            for entry in self.root.iterdir():
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+    def finished_step(self) -> int | None:
+        """The step of the model directory a finished run wrote, or None. training_summary.json is written last,
+        after config.json, so a summary with a step marks a complete model directory of that step."""
+        if not (self.summary_file.is_file() and (self.root / "config.json").is_file()):
+            return None
+        try:
+            return int(json.loads(self.summary_file.read_text(encoding="utf-8"))["steps"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def check_writable(self) -> None:
+        """Refuses an output directory that cannot be written (a read-only file system, no permission), before the
+        run prepares its data."""
+        check_writable(self.root, "--output-dir", "--output-dir")
+
+    @contextlib.contextmanager
+    def starting(self, overwrite: bool) -> Iterator[None]:
+        """Creates the directory (with `overwrite`, first empties it) and removes what writes killed mid-way left,
+        for the block to write the run's first files. A block that fails in a directory this created removes it:
+        a run that could not start leaves nothing behind."""
+        created = not self.root.exists()
+        try:
+            with writing_output(self.root, "output directory", flag="--output-dir"):
+                if overwrite and self.root.is_dir():
+                    for entry in self.root.iterdir():
+                        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                self.checkpoints.mkdir(parents=True, exist_ok=True)
+                self.remove_leftovers()
+                yield
+        except BaseException:
+            if created:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
+
+    def remove_leftovers(self) -> None:
+        """Tidies what a run killed while writing left: the temporary files of metrics, summary, plot and run.json
+        (`write_atomic`'s hidden siblings), unfinished checkpoints, the model directory's staging folder; and puts
+        back a best model caught between its two renames. Only while this run is the directory's one writer."""
+        for leftover in [*self.root.glob(".*.tmp-*"), *self.checkpoints.glob(".*.tmp-*"),
+                         *self.checkpoints.glob(".tmp-checkpoint-*"), *self.root.parent.glob(self._model_staging("*"))]:
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        recover_interrupted_writes(self.best_model)
 
     def rotate_checkpoints(self, keep: int) -> None:
-        """Deletes all but the newest `keep` complete checkpoints, and leftovers of interrupted writes."""
+        """Deletes all but the newest `keep` complete checkpoints."""
         for path in self.checkpoint_dirs()[:-keep] if keep > 0 else []:
             shutil.rmtree(path, ignore_errors=True)
-        for path in self.checkpoints.glob(".tmp-checkpoint-*"):
-            shutil.rmtree(path, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def writing_checkpoint(self, step: int, model: torch.nn.Module, keep: int) -> Iterator[Path]:
+        """Yields the path every process writes checkpoint-<step> to (not yet there; its parent is). Once the block
+        has succeeded on all of them, the checkpoint takes its name by one rename, and all but the newest `keep` are
+        deleted. A failure removes the unfinished checkpoint (a full disk is one line naming it and the space it
+        needed), so the checkpoints before it are the newest; a kill leaves a hidden `.tmp-checkpoint-<step>`,
+        which is never taken for a checkpoint and is removed when the run starts again (`remove_leftovers`).
+        """
+        state = PartialState()
+        final = self.checkpoints / f"checkpoint-{step}"
+        holder = self.checkpoints / f".tmp-checkpoint-{step}"
+        # The weights, and AdamW's two moments of the same size; the rest (RNG, scheduler, tokenizer) is small.
+        with writing_output(final, "checkpoint", size=3 * weights_size(model), flag="--output-dir"):
+            if state.is_main_process:
+                shutil.rmtree(holder, ignore_errors=True)
+                holder.mkdir()
+            state.wait_for_everyone()
+            try:
+                yield holder / final.name
+                state.wait_for_everyone()
+                if state.is_main_process:
+                    if final.exists():  # the same step saved again (a stop request right after a scheduled save)
+                        shutil.rmtree(final)
+                    os.replace(holder / final.name, final)
+                    self.rotate_checkpoints(keep)
+            finally:
+                if state.is_main_process:
+                    shutil.rmtree(holder, ignore_errors=True)
+            state.wait_for_everyone()
+
+    def _model_staging(self, suffix: str) -> str:
+        return f".{self.root.name}.model-tmp-{suffix}"
 
     def write_model(self, model: GPTScratchForCausalLM, tokenizer: Any) -> None:
         """Writes the model directory's files into the output directory without touching checkpoints or metrics.
@@ -104,10 +180,11 @@ class RunDirectory:
         by one; config.json, which makes the directory loadable, is removed first and renamed in last, so a crash
         never leaves a loadable directory whose files belong to different models.
         """
-        staging = self.root.parent / f".{self.root.name}.model-tmp-{os.getpid()}"
+        staging = self.root.parent / self._model_staging(str(os.getpid()))
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            save_model_directory(model, tokenizer, staging)
+            with writing_output(self.root, "model directory", flag="--output-dir"):
+                save_model_directory(model, tokenizer, staging)
             (self.root / "config.json").unlink(missing_ok=True)
             for stale in self.root.glob("model*.safetensors*"):  # shards of an earlier save
                 if not (staging / stale.name).exists():
@@ -132,14 +209,5 @@ def checkpoint_step(path: Path) -> int:
 
 def save_best_model(model: GPTScratchForCausalLM, directory: Path) -> None:
     """Keeps the best model so far (weights + config) in `directory`, replaced atomically."""
-    staging = directory.parent / f".tmp-{directory.name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    if directory.exists():
-        retired = directory.parent / f".old-{directory.name}"
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(directory, retired)
-        os.replace(staging, directory)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, directory)
+    with atomic_directory(directory, overwrite=True, what="best model", size=weights_size(model)) as staging:
+        model.save_pretrained(staging)

@@ -7,10 +7,9 @@ imported; `train.run` and what it brings are imported once the arguments are goo
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Sequence
 
-from common.commands import run_command
+from common.commands import print_error, run_command
 from train.options import PROGRAM, parse_arguments
 
 
@@ -27,11 +26,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         result = train(options)
     except TrainingDiverged as error:
-        print(f"{PROGRAM}: stopped: {error}", file=sys.stderr)
+        print_error(f"{PROGRAM}: stopped: {error}")
         return 1
     if result is None:
         return 0
     if not PartialState().is_main_process:
+        return 0
+    if result.already_finished:
+        further = "--early-stopping-patience" if result.reason == "early-stopped" else "--max-steps or --epochs"
+        print(
+            f"nothing to do: the run in {result.output_dir} already finished at step {result.steps} "
+            f"({result.reason}) and its model directory is complete; raise {further} to train further"
+        )
         return 0
     if result.reason == "interrupted":
         name = signal.Signals(result.signal_number).name if result.signal_number else "a stop request"

@@ -20,6 +20,7 @@ from common.commands import ArgumentParser, UsageError, run_command
 from common.model_dir import inference_device, load_model_weights, read_model_directory
 import modeling_gptscratch
 from modeling_gptscratch import GPTScratchForCausalLM
+from train.options import new_tokens
 
 PROG = "gptscratch-generate"
 
@@ -27,11 +28,13 @@ PROG = "gptscratch-generate"
 def check_decoding_args(
     max_new_tokens: int, temperature: float, top_k: int | None, name: Callable[[str], str] = str
 ) -> None:
-    """The model's own check of the decoding settings, as a UsageError, so a command refuses before loading."""
+    """The model's own check of the decoding settings, as a UsageError, so a command refuses before loading; and
+    at most MAX_NEW_TOKENS new tokens (the model itself, like transformers, sets no bound)."""
     try:
         modeling_gptscratch.check_decoding_args(max_new_tokens, temperature, top_k, name)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    new_tokens(name("max_new_tokens"), max_new_tokens)
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, vocab_size: int) -> list[int]:

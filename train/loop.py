@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,30 +299,22 @@ def sample(context: RunContext, run: LoopObjects, position: LoopPosition) -> Non
 def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPosition, reason: str) -> Path:
     """`accelerator.save_state` (model, optimizer, scheduler, RNG of every process) into checkpoint-<step>.
 
-    Written into `.tmp-checkpoint-<step>`, completed by the loop state file, then renamed: an interrupted write
-    leaves the previous checkpoints as they were. The tokenizer and config go along, so a checkpoint is a
-    self-contained description of the run at that step. Weights that are no longer finite are never saved.
+    Written through `RunDirectory.writing_checkpoint`, completed by the loop state file, then renamed: an
+    interrupted write leaves the previous checkpoints as they were. The tokenizer and config go along, so a
+    checkpoint is a self-contained description of the run at that step. Weights that are no longer finite are
+    never saved.
     """
     accelerator, directory = run.accelerator, context.directory
     context.check_weights(run.model, position.step)
-    final = directory.checkpoints / f"checkpoint-{position.step}"
-    staging = directory.checkpoints / f".tmp-checkpoint-{position.step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        context.data.tokenizer.save_pretrained(staging)
-        context.config.save_pretrained(staging)
-        with open(staging / LOOP_STATE_FILE, "w", encoding="utf-8") as stream:
-            json.dump(position.state_dict(run.micro_batches_per_epoch, reason), stream, indent=2)
-        if final.exists():  # the same step saved again (a stop request right after a scheduled save)
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        directory.rotate_checkpoints(context.options.save_total_limit)
-    accelerator.wait_for_everyone()
-    return final
+    with directory.writing_checkpoint(position.step, run.model, context.options.save_total_limit) as staging:
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            context.data.tokenizer.save_pretrained(staging)
+            context.config.save_pretrained(staging)
+            with open(staging / LOOP_STATE_FILE, "w", encoding="utf-8") as stream:
+                json.dump(position.state_dict(run.micro_batches_per_epoch, reason), stream, indent=2)
+    return directory.checkpoints / f"checkpoint-{position.step}"
 
 
 def _tracker_config(options: Any) -> dict[str, Any]:

@@ -69,6 +69,20 @@ def ratio(flag: str, value: float) -> None:
         raise UsageError(f"{flag} {value}: must be between 0 and 1 (0.9 keeps 10% for validation)")
 
 
+# The most tokens a command generates. 100,000 tokens is a novel's length (about 75,000 English words) and over an
+# hour of decoding for GPT-2 124M on a CPU (24 tokens/s in `make bench`), well past any use of a model whose window
+# holds 1,024; a larger number is a typo for a smaller one, and would decode for days before anyone noticed.
+MAX_NEW_TOKENS = 100_000
+
+
+def new_tokens(flag: str, value: int) -> None:
+    if not 0 <= value <= MAX_NEW_TOKENS:
+        raise UsageError(
+            f"{flag} {value}: must be between 0 and {MAX_NEW_TOKENS:,} (a novel's length, hours of decoding); "
+            "ask for fewer tokens"
+        )
+
+
 def one_of(choices: Sequence[str], what: str) -> Callable[[str, str], None]:
     def check(flag: str, value: str) -> None:
         if value not in choices:
@@ -197,7 +211,7 @@ class TrainOptions:
                                 resume=MAY_CHANGE, type=float)
     top_k: int | None = option(40, "sample from the k most likely tokens (0: from all)",
                                group="evaluation and samples", check=positive, resume=MAY_CHANGE, type=int)
-    max_new_tokens: int = option(50, "sample length", group="evaluation and samples", check=not_negative,
+    max_new_tokens: int = option(50, "sample length", group="evaluation and samples", check=new_tokens,
                                  resume=MAY_CHANGE, type=int)
     early_stopping_patience: int | None = option(
         help="stop after N evaluations without a better validation loss; keep the best model",
@@ -276,17 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config_pairs(pairs: Sequence[str]) -> dict[str, Any]:
-    """`KEY=VALUE` strings -> dict; values are read as JSON (numbers, true/false, null), else kept as strings."""
+def parse_config_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings -> dict of strings; each value is parsed by its model field's type once the model's fields
+    are at hand (`train.run.check_model_options`: this module imports no torch)."""
     overrides = {}
     for pair in pairs:
         key, separator, value = pair.partition("=")
         if not separator or not key:
             raise UsageError(f"--config {pair}: expected KEY=VALUE, e.g. --config context_length=512")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+        overrides[key] = value
     return overrides
 
 
@@ -325,7 +337,10 @@ def config_file_arguments(path: str) -> list[str]:
             if not isinstance(value, dict):
                 raise UsageError(f"--config-file {path}: config must be a mapping of model fields, e.g. n_layers: 4")
             for field_name, field_value in value.items():
-                arguments += ["--config", f"{field_name}={json.dumps(field_value)}"]
+                # As typed on the command line: YAML's true and null as true and null, numbers and text as they are.
+                if isinstance(field_value, bool) or field_value is None:
+                    field_value = json.dumps(field_value)
+                arguments += ["--config", f"{field_name}={field_value}"]
         elif isinstance(value, list):
             arguments += [flag, *map(str, value)]
         elif value is not None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,11 +61,15 @@ def build_config(options: TrainOptions, vocab_size: int, eos_token_id: int) -> G
         raise UsageError(f"--preset {options.preset} with overrides {overrides}: {error}") from error
 
 
-def check_model_options(options: TrainOptions) -> None:
-    """The checks that need the model's fields: --config names real ones, the window fits the model's context."""
-    for key in options.config:
+def check_model_options(options: TrainOptions) -> TrainOptions:
+    """The checks that need the model's fields: --config names real ones with values of their types, the window fits
+    the model's context. Returns the options with --config's values parsed (`512` an int, `false` a bool)."""
+    config = {}
+    for key, value in options.config.items():
         if key not in MODEL_FIELDS:
             raise UsageError(f"--config {key}: not a model field one can set; choose among {', '.join(MODEL_FIELDS)}")
+        config[key] = model_field_value(key, value)
+    options = dataclasses.replace(options, config=config)
     model_context = model_context_length(options)
     if options.context_length and options.context_length > model_context:
         raise UsageError(
@@ -71,6 +77,57 @@ def check_model_options(options: TrainOptions) -> None:
             f"(preset {options.preset}); lower it, or raise the model's with --config "
             f"context_length={options.context_length}"
         )
+    return options
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false (1 or 0)", str: "text", type(None): "null"}
+_WORDS = {"true": True, "1": True, "false": False, "0": False, "null": None, "none": None}
+
+
+def model_field_value(name: str, value: Any) -> Any:
+    """`value` for GPTScratchConfig's field `name`, as the field's type: a command-line string is parsed (int, float,
+    bool as true/false/1/0, null/None where the field takes None); a Python value is checked. A UsageError names the
+    field and what it takes."""
+    annotation = GPTScratchConfig.__annotations__[name]
+    if isinstance(annotation, str):  # the model file's annotations are strings (`from __future__ import annotations`)
+        types = [_TYPES[part.strip()] for part in annotation.split("|")]
+    else:
+        types = list(typing.get_args(annotation)) or [annotation]
+    if isinstance(value, str):
+        for kind in types:
+            try:
+                return _parse_as(kind, value)
+            except ValueError:
+                continue
+    elif _has_type(value, types):
+        return value
+    default = getattr(GPTScratchConfig(), name)
+    example = str(default).lower() if isinstance(default, bool) else default
+    takes = " or ".join(_TYPE_NAMES[kind] for kind in types)
+    raise UsageError(f"--config {name}={value}: {name} takes {takes}, e.g. --config {name}={example}")
+
+
+def _has_type(value: Any, types: list[type]) -> bool:
+    """Whether a Python value fits: bool only where bool is taken (it is an int too), an int where a float is."""
+    if isinstance(value, bool):
+        return bool in types
+    return any(isinstance(value, kind) for kind in types) or (isinstance(value, int) and float in types)
+
+
+def _parse_as(kind: type, text: str) -> Any:
+    """`text` as a value of `kind`; ValueError when it is not one."""
+    word = text.strip().lower()
+    if kind is bool or kind is type(None):
+        if word in _WORDS and isinstance(_WORDS[word], kind):
+            return _WORDS[word]
+        raise ValueError(text)
+    if kind is float:
+        number = float(text)
+        if not math.isfinite(number):
+            raise ValueError(text)
+        return number
+    return kind(text)
 
 
 def model_context_length(options: TrainOptions) -> int:
@@ -106,20 +163,23 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
     if log is None:  # printed between progress bars, on the main process only
         log = tqdm.write if state.is_main_process else (lambda message: None)
     check_options(options)
-    check_model_options(options)
+    options = check_model_options(options)
     directory = RunDirectory(options.output_dir)
     resume_from = directory.resolve_resume(options.resume) if options.resume else None
     if resume_from is None:
         directory.check_fresh(options.overwrite)
     else:
         options = options_for_resume(options, resume_from)
+    directory.check_writable()
     with state.main_process_first():  # the main process tokenises; the others read its cache
         data = load_data(options, resume_from, log)
     config = build_config(options, len(data.tokenizer), data.tokenizer.eos_token_id)
     data.tokenizer.model_max_length = config.context_length
     plan = make_plan(options, config, data, state.num_processes)
-    for line in plan.lines:
-        log(line)
+    ended = end_reason(options, directory, resume_from, plan) if resume_from is not None else None
+    if ended is None or options.dry_run:  # a run with nothing left to train says so in one line instead
+        for line in plan.lines:
+            log(line)
     if len(data.train) < options.batch_size * state.num_processes * options.grad_accum:
         raise UsageError(
             f"--batch-size {options.batch_size} (x {state.num_processes} processes x {options.grad_accum} "
@@ -128,6 +188,8 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
         )
     if options.dry_run:
         return None
+    if ended is not None:  # nothing to train: the model directory is written, or is there already
+        return finish_ended_run(options, directory, resume_from, data, config, plan, ended, log)
 
     context = start_run(options, directory, resume_from, data, config, plan, log)
     with context.stop:
@@ -135,6 +197,52 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
     result.start_context = context.start_context
     finish_run(context, result)
     return result
+
+
+def end_reason(options: TrainOptions, directory: RunDirectory, checkpoint: Path, plan: Plan) -> str | None:
+    """Why the run that `checkpoint` belongs to has nothing left to train, with these options: "early-stopped" when
+    its evaluations so far stop it, "completed" when it is at the plan's last step; else None."""
+    step = checkpoint_step(checkpoint)
+    metrics = MetricsLog(directory.metrics_file, write=False)
+    metrics.load(step)
+    if EarlyStopping(options.early_stopping_patience, metrics.records).should_stop:
+        return "early-stopped"
+    return "completed" if step >= plan.total_steps else None
+
+
+def finish_ended_run(
+    options: TrainOptions,
+    directory: RunDirectory,
+    checkpoint: Path,
+    data: PreparedData,
+    config: GPTScratchConfig,
+    plan: Plan,
+    reason: str,
+    log: Callable[[str], None],
+) -> TrainResult:
+    """A resumed run whose checkpoint is its end: no step, evaluation or checkpoint more. The model directory is
+    written from the checkpoint when the run was stopped before it was (a kill after the last save); when it is
+    there already, nothing is written and the result says so (`already_finished`)."""
+    step = checkpoint_step(checkpoint)
+    if directory.finished_step() == step:
+        metrics = MetricsLog(directory.metrics_file, write=False)
+        metrics.load(step)
+        return TrainResult(
+            reason=reason, steps=step, epochs=step / plan.steps_per_epoch, tokens_seen=step * plan.tokens_per_step,
+            output_dir=directory.root, metrics=metrics.records, last_checkpoint=checkpoint, already_finished=True,
+        )
+    log(f"{checkpoint} is the run's end ({reason}, step {step}): writing the model directory from it")
+    context = start_run(options, directory, checkpoint, data, config, plan, log)
+    load_weights(context.model, checkpoint)
+    result = context.result(reason, step)
+    result.start_context = context.start_context
+    finish_run(context, result)
+    return result
+
+
+def load_weights(model: GPTScratchForCausalLM, directory: Path) -> None:
+    """Puts the weights saved in `directory` (a checkpoint, the best model) into `model`."""
+    model.load_state_dict(GPTScratchForCausalLM.from_pretrained(directory).state_dict())
 
 
 def load_data(options: TrainOptions, resume_from: Path | None, log: Callable[[str], None]) -> PreparedData:
@@ -173,20 +281,23 @@ def start_run(
     """Creates the output directory (with run.json, the options a --resume checks), reloads the metrics of a
     resumed run, builds the initial model, and hands it all over in a RunContext."""
     state = PartialState()
-    if state.is_main_process:
-        directory.start(options.overwrite and resume_from is None)
-        if resume_from is not None and not (directory.checkpoints / RUN_FILE).exists():
-            # Resuming another directory's checkpoint here: its options come along for the next --resume.
-            shutil.copy2(resume_from.parent / RUN_FILE, directory.checkpoints / RUN_FILE)
-        elif resume_from is None:
-            write_json_atomic(
-                directory.checkpoints / RUN_FILE,
-                {"options": dataclasses.asdict(options), "num_processes": state.num_processes,
-                 "source": data.source, "tokenizer_description": data.tokenizer_description},
-            )
-    state.wait_for_everyone()
     metrics = MetricsLog(directory.metrics_file, write=state.is_main_process)
-    metrics.load(checkpoint_step(resume_from) if resume_from else 0)
+    step = checkpoint_step(resume_from) if resume_from else 0
+    if state.is_main_process:
+        with directory.starting(options.overwrite and resume_from is None):
+            if resume_from is not None and not (directory.checkpoints / RUN_FILE).exists():
+                # Resuming another directory's checkpoint here: its options come along for the next --resume.
+                shutil.copy2(resume_from.parent / RUN_FILE, directory.checkpoints / RUN_FILE)
+            elif resume_from is None:
+                write_json_atomic(
+                    directory.checkpoints / RUN_FILE,
+                    {"options": dataclasses.asdict(options), "num_processes": state.num_processes,
+                     "source": data.source, "tokenizer_description": data.tokenizer_description},
+                )
+            metrics.load(step)  # and rewrites metrics.jsonl without the evaluations past the checkpoint
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        metrics.load(step)
 
     set_seed(options.seed)
     model = GPTScratchForCausalLM(config)  # the same initial weights in both engines for the same seed
@@ -224,7 +335,7 @@ def finish_run(context: RunContext, result: TrainResult) -> None:
     if state.is_main_process:
         model = context.model  # the trained model with all its weights (`full_model`), on the main process
         if options.early_stopping_patience is not None and directory.best_model.is_dir():
-            model.load_state_dict(GPTScratchForCausalLM.from_pretrained(directory.best_model).state_dict())
+            load_weights(model, directory.best_model)
             context.log(
                 f"early stopping: the model directory holds the best model (step {context.early_stopping.best_step})"
             )
@@ -256,7 +367,7 @@ def write_summary(context: RunContext, result: TrainResult) -> dict[str, Any]:
         "initial_val_loss": records[0]["val_loss"],
         "stopped": result.reason,
     }
-    write_json_atomic(context.directory.root / "training_summary.json", summary)
+    write_json_atomic(context.directory.summary_file, summary)
     return summary
 
 

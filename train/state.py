@@ -31,7 +31,8 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """How a run ended. `reason`: completed, early-stopped or interrupted (then `signal_number` is set)."""
+    """How a run ended. `reason`: completed, early-stopped or interrupted (then `signal_number` is set);
+    `already_finished`: a --resume of a run that had ended and written its model directory, so nothing was done."""
 
     reason: str
     steps: int
@@ -43,6 +44,7 @@ class TrainResult:
     signal_number: int | None = None
     summary: dict[str, Any] | None = None
     start_context: str = ""
+    already_finished: bool = False
 
 
 @dataclass

@@ -59,6 +59,22 @@ class GPTScratchTrainer(Trainer):
     def __init__(self, *args: Any, run_context: RunContext, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.run_context = run_context
+        self._checkpoint_parent: str | None = None  # where the checkpoint being saved goes, while it is saved
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, written atomically as the Accelerate loop writes its own: into a temporary
+        folder (`RunDirectory.writing_checkpoint`), renamed to checkpoint-<step> once complete. The Trainer would
+        write checkpoint-<step> in place, and a kill mid-way would leave a checkpoint that fails to load."""
+        directory, keep = self.run_context.directory, self.args.save_total_limit
+        with directory.writing_checkpoint(self.state.global_step, self.model, keep) as staging:
+            self._checkpoint_parent = str(staging.parent)
+            try:
+                super()._save_checkpoint(model, trial)  # writes <_get_output_dir()>/checkpoint-<step>: the staging
+            finally:
+                self._checkpoint_parent = None
+
+    def _get_output_dir(self, trial: Any) -> str:
+        return self._checkpoint_parent or super()._get_output_dir(trial)
 
     def compute_loss(
         self,
