@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,12 @@ def run_main(
         main(argv)
     captured = capture.readouterr()
     return subprocess.CompletedProcess(argv, exit_info.value.code or 0, captured.out, captured.err)
+
+
+def file_listing(root: Path) -> dict[str, tuple[int, int] | None]:
+    """Every path under root; for files their size and modification time (folders' own times move whenever a
+    temporary file comes and goes, so they are left out). Equal before and after: nothing was written."""
+    return {
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+        for path in sorted(root.rglob("*"))
+    }

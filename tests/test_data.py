@@ -105,6 +105,33 @@ def test_local_files_directories_and_globs(tmp_path, cache_dir):
     assert corpus.description.startswith("a.txt, b.md, c.txt")
 
 
+def test_a_directory_walk_leaves_out_runs_model_directories_and_model_files(tmp_path, cache_dir):
+    corpus = tmp_path / "corpus"
+    (corpus / "notes").mkdir(parents=True)
+    (corpus / "notes" / "a.txt").write_text("alpha text\n", encoding="utf-8")
+    (corpus / "weights.safetensors").write_bytes(b"\x89binary")
+    (corpus / "optimizer.bin").write_bytes(b"\x00\x01")
+    run = corpus / "run"  # a training run's output (checkpoints/run.json is its first file)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "run.json").write_text("{}", encoding="utf-8")
+    (run / "metrics.jsonl").write_text('{"step": 0}\n', encoding="utf-8")
+    model = corpus / "exported"  # any model directory: config.json beside safetensors weights
+    model.mkdir()
+    (model / "config.json").write_text("{}", encoding="utf-8")
+    (model / "model.safetensors").write_bytes(b"\x00")
+    (model / "README.md").write_text("a model card\n", encoding="utf-8")
+    (corpus / "b.txt").write_text("beta text\n", encoding="utf-8")
+    named = corpus / "optimizer.bin"  # a file named on its own is read as given, and refused if it is not text
+
+    logged = []
+    corpus_read = D.local_corpus([str(corpus)], cache_dir=cache_dir, log=logged.append)
+    assert corpus_read.documents["text"] == ["beta text\n", "alpha text\n"]
+    assert logged == [f"--data {corpus}: left out {model}, {corpus / 'optimizer.bin'}, {run} and 1 more (model "
+                      "files and run or model directories are not text)"]
+    with pytest.raises(D.DataError, match="optimizer.bin is not text: a NUL byte at byte offset 0"):
+        D.local_corpus([str(named)], cache_dir=cache_dir)
+
+
 @pytest.mark.parametrize(
     "content, offset, message",
     [
