@@ -45,10 +45,9 @@ def test_kill_9_at_any_write_then_resume_gives_the_uninterrupted_run(tmp_path, e
     assert list(directory.checkpoints.glob(".tmp-checkpoint-*")) == []  # checkpoint 7's torn write was tidied
 
     # The last checkpoint is the run's end: the resume writes the model directory from it, and trains no step 13.
-    resumed = subprocess.run([sys.executable, "-m", "train", *args, "--output-dir", str(killed), "--resume"],
-                             env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "done (completed): 12 steps" in resumed.stdout
+    capsys.readouterr()
+    assert train_cli([*args, "--output-dir", str(killed), "--resume"]) == 0
+    assert "done (completed): 12 steps" in capsys.readouterr().out
     assert (killed / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
     assert (killed / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
     assert [path.name for path in directory.checkpoint_dirs()] == ["checkpoint-11", "checkpoint-12"]

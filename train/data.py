@@ -170,9 +170,8 @@ MODEL_FILE_SUFFIXES = frozenset({
 def is_model_output(directory: Path) -> bool:
     """A gptscratch run's output directory (its checkpoints/run.json comes first) or any model directory (a
     config.json beside safetensors weights)."""
-    return (directory / "checkpoints" / "run.json").is_file() or (directory / "config.json").is_file() and (
-        any(directory.glob("model*.safetensors*"))
-    )
+    is_run = (directory / "checkpoints" / "run.json").is_file()
+    return is_run or ((directory / "config.json").is_file() and any(directory.glob("model*.safetensors*")))
 
 
 def _walk_text_files(root: Path) -> tuple[list[Path], list[Path]]:
