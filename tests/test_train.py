@@ -31,7 +31,7 @@ TINY_MODEL = [
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    """Arrow caches and fitted tokenizers, shared by this module's runs and kept out of the user's cache."""
+    """Token files and fitted tokenizers, shared by this module's runs and kept out of the user's cache."""
     return tmp_path_factory.mktemp("datasets-cache")
 
 
@@ -85,8 +85,8 @@ def test_train_model_simple_matches_the_books_on_the_same_weights(corpus, cache,
     from train.book import calc_loss_loader, train_model_simple
 
     text = corpus.read_text(encoding="utf-8")[:12_000]
-    documents = D.split_documents(D.local_corpus([str(corpus)], cache_dir=cache).documents, 0.9)[0]
-    tokenizer = D.train_bpe_tokenizer(documents, 300, cache)
+    local = D.local_corpus([str(corpus)])
+    tokenizer = D.train_bpe_tokenizer(D.training_text(local, D.scan_corpus(local, progress=False), 0.9), 300)
     cfg = {"vocab_size": 300, "context_length": 32, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0,
            "qkv_bias": True}
     torch.manual_seed(123)

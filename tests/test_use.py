@@ -13,6 +13,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_main
@@ -669,7 +670,6 @@ def test_refusals_after_reading_the_model_directory_print_one_line(model_dir, to
 
 def test_eval_on_the_training_windows_equals_the_training_loops_validation_loss(tiny_model):
     """Issue 5's contract: on the same windows, gptscratch-eval's scoring is the loop's validation loss."""
-    import datasets
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
@@ -679,7 +679,7 @@ def test_eval_on_the_training_windows_equals_the_training_loops_validation_loss(
 
     context, windows = 16, 7
     ids = torch.randint(0, 97, (windows * context + 1,), generator=torch.Generator().manual_seed(9)).tolist()
-    dataset = TokenWindows(datasets.Dataset.from_dict({"input_ids": [ids]}), context, context)
+    dataset = TokenWindows(np.array(ids, dtype=np.uint16), context, context)
     assert len(dataset) == windows
     loader = DataLoader(dataset, batch_size=3, shuffle=False, drop_last=False)  # an uneven last batch
     loop_loss = evaluate_loss(tiny_model, loader, Accelerator(cpu=True))
