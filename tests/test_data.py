@@ -478,3 +478,71 @@ def tree_rss() -> int:
         except psutil.Error:  # it ended meanwhile
             pass
     return total
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Streamed datasets
+
+
+@pytest.fixture(scope="module")
+def stream_documents(tmp_path_factory):
+    """Documents in a local JSON-lines file, which datasets streams offline, and their texts."""
+    from pydoc_data.topics import topics
+
+    texts = [topics[key][:700] for key in sorted(topics)[:40]] + [""]  # an empty document too
+    path = tmp_path_factory.mktemp("stream") / "documents.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
+    return path, texts
+
+
+def open_json_stream(path):
+    import datasets
+
+    return datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+
+
+def test_a_stream_is_cut_into_the_windows_token_files_hold_and_resumes_where_it_stopped(stream_documents,
+                                                                                       small_tokenizer):
+    from train.streaming import DocumentTokens, StreamedWindows
+
+    path, texts = stream_documents
+    context, stride = 16, 11
+    stream = StreamedWindows(DocumentTokens(open_json_stream(path), "text", small_tokenizer), context, stride, 1, 0)
+    whole = np.array(small_tokenizer.encode(EOS.join(texts), add_special_tokens=False))
+    expected = D.TokenWindows(whole, context, stride)
+    in_order = [stream.next_window() for _ in range(len(expected))]  # a buffer of 1 draws in order
+    assert [window.tolist() for window in in_order] == [torch.cat([expected[i][0], expected[i][1][-1:]]).tolist()
+                                                        for i in range(len(expected))]
+
+    def shuffled():
+        return StreamedWindows(DocumentTokens(open_json_stream(path), "text", small_tokenizer), context, stride, 20, 7)
+
+    first = shuffled()
+    before = [first.next_window() for _ in range(30)]
+    state = first.state_dict()
+    after = [first.next_window() for _ in range(len(expected) + 40)]  # past the end: the next epoch
+    # Drawn from the stream's windows, out of order.
+    assert set(map(tuple, before)) <= set(map(tuple, in_order)) and len(set(map(tuple, before))) == 30
+    assert [window.tolist() for window in before] != [window.tolist() for window in in_order[:30]]
+    resumed = shuffled()
+    resumed.load_state_dict(state)
+    assert [window.tolist() for window in (resumed.next_window() for _ in after)] == [w.tolist() for w in after]
+
+
+def test_a_stream_position_survives_a_checkpoint_file(tmp_path, stream_documents, small_tokenizer):
+    from train.streaming import DocumentTokens, StreamedWindows
+
+    path, _ = stream_documents
+    make = lambda: StreamedWindows(DocumentTokens(open_json_stream(path), "text", small_tokenizer), 8, 8, 5, 3)  # noqa: E731
+    first = make()
+    batches = first.batches(2)
+    next(batches)
+    first.save(tmp_path)
+    expected = [next(batches) for _ in range(3)]
+    resumed = make()
+    resumed.load(tmp_path)
+    for (inputs, targets), (expected_inputs, expected_targets) in zip(resumed.batches(2), expected):
+        assert torch.equal(inputs, expected_inputs) and torch.equal(targets, expected_targets)
+        assert inputs.shape == (2, 8) and torch.equal(inputs[:, 1:], targets[:, :-1])
+    with pytest.raises(D.DataError, match="has no stream position for process 0"):
+        make().load(tmp_path / "elsewhere")

@@ -45,6 +45,17 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def stream_dataset(tmp_path_factory) -> Path:
+    """A local dataset directory of JSON lines, one document a row: datasets streams it offline."""
+    from pydoc_data.topics import topics
+
+    root = tmp_path_factory.mktemp("stream-dataset")
+    rows = "".join(json.dumps({"text": topics[key][:1500]}) + "\n" for key in sorted(topics)[:60])
+    (root / "documents.jsonl").write_text(rows, encoding="utf-8")
+    return root
+
+
 def common(corpus: Path, cache: Path) -> list[str]:
     return ["--data", str(corpus), "--cache-dir", str(cache), *TINY_MODEL, "--batch-size", "4", "--eval-iter", "2"]
 
@@ -362,6 +373,36 @@ def test_trainer_engine_agrees_with_the_accelerate_loop_and_resumes(tmp_path, co
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Streamed datasets
+
+
+@pytest.mark.slow
+def test_a_streamed_run_resumed_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path, stream_dataset, cache,
+                                                                                  capsys):
+    """--streaming tokenises as it trains; a checkpoint keeps the stream's position (the dataset's, the tokens in
+    hand, the shuffle buffer and its generator), so resuming from it gives the same metrics and weights, bit for
+    bit, as the run that went on."""
+    args = ["--dataset", str(stream_dataset), "--streaming", "--cache-dir", str(cache), *TINY_MODEL,
+            "--batch-size", "4", "--eval-iter", "2", "--max-steps", "12", "--eval-freq", "3", "--save-steps", "6",
+            "--shuffle-buffer", "64", "--dropout", "0.1", "--lr", "3e-3", "--output-dir", str(tmp_path / "run")]
+    assert train_cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "(streamed)" in printed and "shuffle buffer of 64" in printed
+    records = read_metrics(tmp_path / "run")
+    weights = (tmp_path / "run" / "model.safetensors").read_bytes()
+    assert [record["step"] for record in records] == [0, 3, 6, 9, 12]
+    assert records[-1]["val_loss"] < records[0]["val_loss"] - 0.2  # it learns (still warming up at step 12)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (checkpoints / "checkpoint-6" / "stream_state_0.npz").is_file()
+
+    shutil.rmtree(checkpoints / "checkpoint-12")  # as if killed after the save at step 6
+    assert train_cli([*args, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert read_metrics(tmp_path / "run") == records
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # --document-mask
 
 
@@ -464,6 +505,12 @@ def bad_files(tmp_path):
         ({"--tokenizer": "no/such/dir"}, "--tokenizer no/such/dir could not be loaded"),
         ({"--dataset": "someone/no-such-dataset"}, "--dataset someone/no-such-dataset: could not load it"),
         ({"--max-steps": "0"}, "--max-steps 0: must be a positive integer"),
+        ({"--streaming": None}, "--streaming streams a --dataset NAME; local files (--data) are tokenised once"),
+        ({"--dataset": "someone/data", "--streaming": None}, "--streaming needs --max-steps N"),
+        ({"--dataset": "someone/data", "--streaming": None, "--max-steps": "5", "--engine": "trainer"},
+         "--engine trainer does not take --streaming: the Trainer resumes a stream by reading it again"),
+        ({"--dataset": "someone/no-such-dataset", "--streaming": None, "--max-steps": "5"},
+         "--dataset someone/no-such-dataset --streaming: could not load it from the Hugging Face Hub"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(bad_files, corpus, cache, capsys, monkeypatch, change, expected):

@@ -32,7 +32,7 @@ from common.model_dir import inference_device, load_model_directory, save_model_
 from convert.push import push_to_local_hub, repo_path
 from common.tokenizer import load_tokenizer
 from modeling_gptscratch import GPTScratchForCausalLM
-from train.evaluate import evaluate_text, read_text_file, score_token_ids, sliding_windows, text_token_ids
+from train.evaluate import check_text_file, evaluate_text, score_token_ids, sliding_windows, text_token_ids
 from train.generate import EndOfTextStreamer, encode_prompt, generate_text
 
 PARAGRAPH = (
@@ -399,11 +399,11 @@ def test_data_files_that_are_not_text_are_refused(tmp_path):
     (tmp_path / "binary.bin").write_bytes(b"ok\xff\xfe")
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(UsageError, match=r"binary.bin is not UTF-8 text \(byte offset 2\)"):
-        read_text_file(tmp_path / "binary.bin")
+        check_text_file(tmp_path / "binary.bin")
     with pytest.raises(UsageError, match="empty.txt is empty"):
-        read_text_file(tmp_path / "empty.txt")
+        check_text_file(tmp_path / "empty.txt")
     with pytest.raises(UsageError, match="does not exist"):
-        read_text_file(tmp_path / "absent.txt")
+        check_text_file(tmp_path / "absent.txt")
 
 
 # --- push to a local hub ---------------------------------------------------------------------------------------------

@@ -73,12 +73,12 @@ class DataError(UsageError, ValueError):
 
 
 class NotTextError(DataError):
-    """A file that is not UTF-8 text: `path`, and the byte `offset` of the first bad byte (or NUL byte)."""
+    """A file that is not text: its `path`, what it is (`reason`: "not UTF-8 text", or "not text: a NUL byte"), and
+    the byte `offset` of the first bad byte."""
 
-    def __init__(self, message: str, path: Path, offset: int):
+    def __init__(self, message: str, path: Path, reason: str, offset: int):
         super().__init__(message)
-        self.path = path
-        self.offset = offset
+        self.path, self.reason, self.offset = path, reason, offset
 
 
 @dataclass
@@ -216,7 +216,7 @@ def read_text_pieces(path: Path, block_bytes: int | None = None) -> Iterator[str
                     offset = consumed + error.start
                     raise NotTextError(
                         f"{path} is not UTF-8 text: byte 0x{data[error.start]:02x} at byte offset {offset}; convert "
-                        "it to UTF-8 or leave it out of --data", path, offset,
+                        "it to UTF-8 or leave it out of --data", path, "not UTF-8 text", offset,
                     ) from None
                 text, pending = data[: error.start].decode("utf-8"), data[error.start :]
             nul = text.find("\x00")
@@ -224,7 +224,7 @@ def read_text_pieces(path: Path, block_bytes: int | None = None) -> Iterator[str
                 offset = consumed + len(text[:nul].encode("utf-8"))
                 raise NotTextError(
                     f"{path} is not text: a NUL byte at byte offset {offset} (a binary file?); leave it out of --data",
-                    path, offset,
+                    path, "not text: a NUL byte", offset,
                 )
             consumed += len(data) - len(pending)
             carry += text
@@ -725,7 +725,7 @@ def document_position_ids(input_ids: torch.Tensor, eos_token_id: int) -> torch.T
     return index - document_start
 
 
-def text_token_ids(text: str, tokenizer: Any) -> np.ndarray:
+def tokenize_text(text: str, tokenizer: Any) -> np.ndarray:
     """A text held in memory, tokenised whole (the book's way): [tokens] int64. A transformers tokenizer or a
     tiktoken encoding; `<|endoftext|>` written in the text is that special token."""
     if isinstance(tokenizer, PreTrainedTokenizerBase):
@@ -739,7 +739,7 @@ def windows_from_text(
     text: str, tokenizer: Any, context_length: int, stride: int, name: str = "the text"
 ) -> TokenWindows:
     """Windows over one text held in memory (the book's way); raises DataError when it is too short for one."""
-    windows = TokenWindows(text_token_ids(text, tokenizer), context_length, stride)
+    windows = TokenWindows(tokenize_text(text, tokenizer), context_length, stride)
     check_enough_tokens(windows, name)
     return windows
 
