@@ -389,6 +389,31 @@ def test_eval_cli_prints_one_json_object(model_dir, tmp_path):
     assert printed == pytest.approx(expected, rel=1e-5)
 
 
+def test_eval_scores_files_read_in_pieces_as_the_whole_texts(tmp_path, monkeypatch):
+    """gptscratch-eval reads each file in pieces and scores windows as their tokens arrive (memory holds a piece and
+    a batch): the figures of each whole text tokenised at once and scored in one stream, here with pieces
+    (paragraphs) shorter than a window."""
+    import train.data
+
+    tokenizer = byte_level_bpe(TEXT, vocab_size=300)
+    model = tiny_model_for(tokenizer, context_length=128)
+    texts = [PARAGRAPH * 12, "A second, shorter text."]
+    paths = []
+    for index, text in enumerate(texts):
+        paths.append(tmp_path / f"{index}.txt")
+        paths[-1].write_text(text, encoding="utf-8")
+    monkeypatch.setattr(train.data, "READ_BLOCK_BYTES", 700)
+    streamed = train.evaluate.evaluate_files(model, tokenizer, paths, context_length=128, stride=48, batch_size=3)
+    nats = tokens = 0
+    for text in texts:
+        ids = [tokenizer.eos_token_id] + tokenizer.encode(text, add_special_tokens=False)
+        text_nats, text_tokens = score_token_ids(model, ids, context_length=128, stride=48, batch_size=3)
+        nats, tokens = nats + text_nats, tokens + text_tokens
+    assert streamed["tokens"] == tokens == sum(len(tokenizer.encode(text)) for text in texts)
+    assert streamed["bytes"] == sum(len(text.encode("utf-8")) for text in texts)
+    assert streamed["loss"] == pytest.approx(nats / tokens, rel=1e-6)
+
+
 def test_a_text_with_no_token_to_score_is_a_usage_error(tokenizer):
     model = tiny_model_for(tokenizer)
     with pytest.raises(UsageError, match="the texts hold no token to score"):

@@ -22,6 +22,10 @@ their mean cross-entropy per token.
 
 Bits per byte divide the total surprisal by the text's UTF-8 size instead of its token count, so models with
 different tokenizers compare: bits_per_byte = sum of -ln p(token) / ln 2 / bytes.
+
+At scale: files are read in pieces and their windows scored as their tokens arrive (`evaluate_files`,
+`score_token_stream`), and the loss never holds a batch's [batch, tokens, vocab] logits (`train.book.token_losses`),
+so memory is bounded by the batch whatever the size of the files.
 """
 
 from __future__ import annotations
