@@ -196,6 +196,30 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, corpus, cache, cap
     assert not output.exists()
 
 
+def test_gptscratch_prepare_makes_the_token_files_a_run_then_maps(tmp_path, corpus, capsys, monkeypatch):
+    from train import prepare
+
+    data_flags = ["--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--vocab-size", "300"]
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(data_flags)
+    printed = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    entry = next((tmp_path / "cache" / "gptscratch-tokens").iterdir())
+    assert printed.startswith("prepared in ") and f"token files  {entry} (" in printed and "uint16" in printed
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the run read the corpus again")
+
+    monkeypatch.setattr(D, "scan_corpus", no_reading)
+    assert train_cli([*data_flags, *TINY_MODEL, "--output-dir", str(tmp_path / "run"), "--dry-run"]) == 0
+    assert f"token files {entry} (" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main([*data_flags, "--train-ratio", "2"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "gptscratch-prepare: error: --train-ratio 2.0: must be between 0 and 1 (0.9 keeps 10% for validation)")
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_a_config_file_sets_the_options_and_flags_win(tmp_path, corpus, cache, capsys, suffix):
     values = {"data": [str(corpus)], "cache_dir": str(cache), "n_layers": 2, "emb_dim": 32, "n_heads": 2,
