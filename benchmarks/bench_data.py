@@ -13,7 +13,8 @@ memory, the second run's time, and the token files' size.
 
 Then, on the largest corpus's token files: the training loader (the Accelerate loop's shuffled DataLoader over the
 memory-mapped windows) against the training step of the tiny preset, both in tokens/s; and evaluation
-(`score_token_stream`, no batch's logits) against the training step's forward pass, in alternating rounds.
+(`score_token_stream`, no batch's logits) against the training step's forward pass, in alternating rounds. Last,
+`gptscratch-eval` on files of --eval-sizes: time, tokens/s and peak resident memory, as for preparation.
 """
 
 from __future__ import annotations
@@ -171,6 +172,33 @@ def loader_against_model(path: Path, tokenizer: str, work: Path, rounds: int) ->
     print(f"  evaluation / forward {statistics.median(ratios):>10.2f}x  (rounds {min(ratios):.2f}-{max(ratios):.2f})")
 
 
+def evaluation_memory(work: Path, sizes: list[int]) -> None:
+    """gptscratch-eval on files of `sizes` bytes: time, tokens/s and the peak of the summed resident memory, with a
+    2-layer, 64-dimension model, a 512-token BPE and context 64, batch 16."""
+    sys.path.insert(0, str(REPO_ROOT))
+    import json
+
+    from common.model_dir import save_model_directory
+    from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
+    from train.data import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer([SOURCE.read_text(encoding="utf-8")], 512)
+    config = GPTScratchConfig(vocab_size=len(tokenizer), context_length=64, emb_dim=64, n_heads=4, n_layers=2,
+                              eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    model_dir = save_model_directory(GPTScratchForCausalLM(config), tokenizer, work / "eval-model", overwrite=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    print("\ngptscratch-eval --batch-size 16, a 2-layer 64-dimension model, 512-token vocabulary, context 64")
+    print(f"{'file':>8}  {'seconds':>7}  {'tokens/s':>9}  {'peak RSS MB':>11}")
+    for size in sizes:
+        path = work / f"eval-{size}.txt"
+        write_corpus(path, size)
+        seconds, peak, output = peak_memory_of(
+            [sys.executable, "-m", "train.evaluate", "--model", str(model_dir), "--data", str(path), "--batch-size",
+             "16", "--json"], env)
+        tokens = json.loads(output.strip().splitlines()[-1])["tokens"]
+        print(f"{size / 1e6:>6.0f}MB  {seconds:>7.1f}  {tokens / seconds:>9,.0f}  {peak / 2**20:>11,.0f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100MB,1GB,5GB", help="corpus sizes, comma-separated (e.g. 20MB,1GB)")
@@ -179,6 +207,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default=None, help="where corpora and caches go (default: a temporary "
                         "directory, removed at the end)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the loader and evaluation measurements")
+    parser.add_argument("--eval-sizes", default="2MB,10MB", help="file sizes for gptscratch-eval's memory ('' for none)")
     args = parser.parse_args()
     if not SOURCE.is_file():
         raise SystemExit(f"{SOURCE} is absent: the corpora are made by repeating it")
@@ -187,6 +216,8 @@ def main() -> None:
     try:
         largest = prepare_sizes([parse_size(size) for size in args.sizes.split(",")], args.tokenizer, work)
         loader_against_model(largest, args.tokenizer, work, args.rounds)
+        if args.eval_sizes:
+            evaluation_memory(work, [parse_size(size) for size in args.eval_sizes.split(",")])
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)

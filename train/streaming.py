@@ -73,6 +73,7 @@ class DocumentTokens:
                     raise DataError(f"the stream holds no text for process {self.rank}: every document it reached "
                                     "is empty; check --dataset-split and --text-column") from None
                 self.epoch, self.read, self._iterator, self._tokens_this_epoch = self.epoch + 1, 0, None, 0
+                self._loaded_position = None  # the next epoch starts at its beginning
                 continue
             index, self.read = self.read, self.read + 1
             if index % self.processes != self.rank:

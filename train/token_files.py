@@ -90,7 +90,11 @@ class TokenFileWriter:
         self._stream.write(memoryview(np.ascontiguousarray(tokens, dtype=self.dtype)))
         self.count += len(tokens)
 
-    def close(self) -> None:
+    def close(self, sync: bool = False) -> None:
+        """Closes the file; with `sync`, once its bytes are on the disk (before meta.json vouches for them)."""
+        if sync and not self._stream.closed:
+            self._stream.flush()
+            os.fsync(self._stream.fileno())
         self._stream.close()
 
 
@@ -126,7 +130,7 @@ class EntryBuilder:
         meta = {"format": FORMAT_VERSION, "dtype": self.dtype.name,
                 "tokens": {split: writer.count for split, writer in self.writers.items()}, **meta}
         for writer in self.writers.values():
-            writer.close()
+            writer.close(sync=True)
         write_json_atomic(self.staging / META_FILE, meta)
         os.chmod(self.staging, default_mode(directory=True))
         try:
