@@ -96,6 +96,17 @@ def test_imports_run_down_the_layers():
     assert graph["train.options"] <= {"common.commands", "common.files"}  # flags are checked before torch loads
 
 
+def test_tokenising_workers_import_only_what_tokenising_needs():
+    """Spawned tokenising workers import train.tokenizing alone: it must not pull in torch, transformers or datasets
+    (hundreds of megabytes and seconds per worker)."""
+    tree = ast.parse((REPO_ROOT / "train" / "tokenizing.py").read_text(encoding="utf-8"))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+    assert imported <= {"__future__", "os", "collections", "numpy", "tokenizers"}, imported
+
+
 def test_the_options_standard_library_copy_of_the_preset_names_matches_the_model():
     from modeling_gptscratch import PRESETS
     from train.options import PRESET_NAMES

@@ -31,7 +31,7 @@ TINY_MODEL = [
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    """Arrow caches and fitted tokenizers, shared by this module's runs and kept out of the user's cache."""
+    """Token files and fitted tokenizers, shared by this module's runs and kept out of the user's cache."""
     return tmp_path_factory.mktemp("datasets-cache")
 
 
@@ -43,6 +43,17 @@ def corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "topics.txt"
     path.write_text("\n".join(topics[key] for key in sorted(topics)[:12])[:40_000], encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def stream_dataset(tmp_path_factory) -> Path:
+    """A local dataset directory of JSON lines, one document a row: datasets streams it offline."""
+    from pydoc_data.topics import topics
+
+    root = tmp_path_factory.mktemp("stream-dataset")
+    rows = "".join(json.dumps({"text": topics[key][:1500]}) + "\n" for key in sorted(topics)[:60])
+    (root / "documents.jsonl").write_text(rows, encoding="utf-8")
+    return root
 
 
 def common(corpus: Path, cache: Path) -> list[str]:
@@ -85,8 +96,8 @@ def test_train_model_simple_matches_the_books_on_the_same_weights(corpus, cache,
     from train.book import calc_loss_loader, train_model_simple
 
     text = corpus.read_text(encoding="utf-8")[:12_000]
-    documents = D.split_documents(D.local_corpus([str(corpus)], cache_dir=cache).documents, 0.9)[0]
-    tokenizer = D.train_bpe_tokenizer(documents, 300, cache)
+    local = D.local_corpus([str(corpus)])
+    tokenizer = D.train_bpe_tokenizer(D.training_text(local, D.scan_corpus(local, progress=False), 0.9), 300)
     cfg = {"vocab_size": 300, "context_length": 32, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0,
            "qkv_bias": True}
     torch.manual_seed(123)
@@ -227,6 +238,30 @@ def test_config_values_take_the_model_fields_types(tmp_path, corpus, cache):
     assert check_model_options(TrainOptions(output_dir="x", config={"drop_rate": "0.25"})).config == {
         "drop_rate": 0.25
     }
+
+
+def test_gptscratch_prepare_makes_the_token_files_a_run_then_maps(tmp_path, corpus, capsys, monkeypatch):
+    from train import prepare
+
+    data_flags = ["--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--vocab-size", "300"]
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(data_flags)
+    printed = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    entry = next((tmp_path / "cache" / "gptscratch-tokens").iterdir())
+    assert printed.startswith("prepared in ") and f"token files  {entry} (" in printed and "uint16" in printed
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the run read the corpus again")
+
+    monkeypatch.setattr(D, "scan_corpus", no_reading)
+    assert train_cli([*data_flags, *TINY_MODEL, "--output-dir", str(tmp_path / "run"), "--dry-run"]) == 0
+    assert f"token files {entry} (" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main([*data_flags, "--train-ratio", "2"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "gptscratch-prepare: error: --train-ratio 2.0: must be between 0 and 1 (0.9 keeps 10% for validation)")
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
@@ -445,6 +480,36 @@ def test_trainer_engine_agrees_with_the_accelerate_loop_and_resumes(tmp_path, co
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Streamed datasets
+
+
+@pytest.mark.slow
+def test_a_streamed_run_resumed_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path, stream_dataset, cache,
+                                                                                  capsys):
+    """--streaming tokenises as it trains; a checkpoint keeps the stream's position (the dataset's, the tokens in
+    hand, the shuffle buffer and its generator), so resuming from it gives the same metrics and weights, bit for
+    bit, as the run that went on."""
+    args = ["--dataset", str(stream_dataset), "--streaming", "--cache-dir", str(cache), *TINY_MODEL,
+            "--batch-size", "4", "--eval-iter", "2", "--max-steps", "12", "--eval-freq", "3", "--save-steps", "6",
+            "--shuffle-buffer", "64", "--dropout", "0.1", "--lr", "3e-3", "--output-dir", str(tmp_path / "run")]
+    assert train_cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "(streamed)" in printed and "shuffle buffer of 64" in printed
+    records = read_metrics(tmp_path / "run")
+    weights = (tmp_path / "run" / "model.safetensors").read_bytes()
+    assert [record["step"] for record in records] == [0, 3, 6, 9, 12]
+    assert records[-1]["val_loss"] < records[0]["val_loss"] - 0.2  # it learns (still warming up at step 12)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (checkpoints / "checkpoint-6" / "stream_state_0.npz").is_file()
+
+    shutil.rmtree(checkpoints / "checkpoint-12")  # as if killed after the save at step 6
+    assert train_cli([*args, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert read_metrics(tmp_path / "run") == records
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # --document-mask
 
 
@@ -547,6 +612,12 @@ def bad_files(tmp_path):
         ({"--tokenizer": "no/such/dir"}, "--tokenizer no/such/dir could not be loaded"),
         ({"--dataset": "someone/no-such-dataset"}, "--dataset someone/no-such-dataset: could not load it"),
         ({"--max-steps": "0"}, "--max-steps 0: must be a positive integer"),
+        ({"--streaming": None}, "--streaming streams a --dataset NAME; local files (--data) are tokenised once"),
+        ({"--dataset": "someone/data", "--streaming": None}, "--streaming needs --max-steps N"),
+        ({"--dataset": "someone/data", "--streaming": None, "--max-steps": "5", "--engine": "trainer"},
+         "--engine trainer does not take --streaming: the Trainer resumes a stream by reading it again"),
+        ({"--dataset": "someone/no-such-dataset", "--streaming": None, "--max-steps": "5"},
+         "--dataset someone/no-such-dataset --streaming: could not load it from the Hugging Face Hub"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(bad_files, corpus, cache, capsys, monkeypatch, change, expected):

@@ -13,6 +13,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_main
@@ -31,7 +32,7 @@ from common.model_dir import inference_device, load_model_directory, save_model_
 from convert.push import push_to_local_hub, repo_path
 from common.tokenizer import load_tokenizer
 from modeling_gptscratch import GPTScratchForCausalLM
-from train.evaluate import evaluate_text, read_text_file, score_token_ids, sliding_windows, text_token_ids
+from train.evaluate import check_text_file, evaluate_text, score_token_ids, sliding_windows, text_token_ids
 from train.generate import EndOfTextStreamer, encode_prompt, generate_text
 
 PARAGRAPH = (
@@ -388,6 +389,31 @@ def test_eval_cli_prints_one_json_object(model_dir, tmp_path):
     assert printed == pytest.approx(expected, rel=1e-5)
 
 
+def test_eval_scores_files_read_in_pieces_as_the_whole_texts(tmp_path, monkeypatch):
+    """gptscratch-eval reads each file in pieces and scores windows as their tokens arrive (memory holds a piece and
+    a batch): the figures of each whole text tokenised at once and scored in one stream, here with pieces
+    (paragraphs) shorter than a window."""
+    import train.data
+
+    tokenizer = byte_level_bpe(TEXT, vocab_size=300)
+    model = tiny_model_for(tokenizer, context_length=128)
+    texts = [PARAGRAPH * 12, "A second, shorter text."]
+    paths = []
+    for index, text in enumerate(texts):
+        paths.append(tmp_path / f"{index}.txt")
+        paths[-1].write_text(text, encoding="utf-8")
+    monkeypatch.setattr(train.data, "READ_BLOCK_BYTES", 700)
+    streamed = train.evaluate.evaluate_files(model, tokenizer, paths, context_length=128, stride=48, batch_size=3)
+    nats = tokens = 0
+    for text in texts:
+        ids = [tokenizer.eos_token_id] + tokenizer.encode(text, add_special_tokens=False)
+        text_nats, text_tokens = score_token_ids(model, ids, context_length=128, stride=48, batch_size=3)
+        nats, tokens = nats + text_nats, tokens + text_tokens
+    assert streamed["tokens"] == tokens == sum(len(tokenizer.encode(text)) for text in texts)
+    assert streamed["bytes"] == sum(len(text.encode("utf-8")) for text in texts)
+    assert streamed["loss"] == pytest.approx(nats / tokens, rel=1e-6)
+
+
 def test_a_text_with_no_token_to_score_is_a_usage_error(tokenizer):
     model = tiny_model_for(tokenizer)
     with pytest.raises(UsageError, match="the texts hold no token to score"):
@@ -398,11 +424,11 @@ def test_data_files_that_are_not_text_are_refused(tmp_path):
     (tmp_path / "binary.bin").write_bytes(b"ok\xff\xfe")
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(UsageError, match=r"binary.bin is not UTF-8 text \(byte offset 2\)"):
-        read_text_file(tmp_path / "binary.bin")
+        check_text_file(tmp_path / "binary.bin")
     with pytest.raises(UsageError, match="empty.txt is empty"):
-        read_text_file(tmp_path / "empty.txt")
+        check_text_file(tmp_path / "empty.txt")
     with pytest.raises(UsageError, match="does not exist"):
-        read_text_file(tmp_path / "absent.txt")
+        check_text_file(tmp_path / "absent.txt")
 
 
 # --- push to a local hub ---------------------------------------------------------------------------------------------
@@ -669,7 +695,6 @@ def test_refusals_after_reading_the_model_directory_print_one_line(model_dir, to
 
 def test_eval_on_the_training_windows_equals_the_training_loops_validation_loss(tiny_model):
     """Issue 5's contract: on the same windows, gptscratch-eval's scoring is the loop's validation loss."""
-    import datasets
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
@@ -679,7 +704,7 @@ def test_eval_on_the_training_windows_equals_the_training_loops_validation_loss(
 
     context, windows = 16, 7
     ids = torch.randint(0, 97, (windows * context + 1,), generator=torch.Generator().manual_seed(9)).tolist()
-    dataset = TokenWindows(datasets.Dataset.from_dict({"input_ids": [ids]}), context, context)
+    dataset = TokenWindows(np.array(ids, dtype=np.uint16), context, context)
     assert len(dataset) == windows
     loader = DataLoader(dataset, batch_size=3, shuffle=False, drop_last=False)  # an uneven last batch
     loop_loss = evaluate_loss(tiny_model, loader, Accelerator(cpu=True))

@@ -1,17 +1,22 @@
-"""Text in, training windows out: corpus -> documents -> train/val split -> tokenizer -> tokens -> windows -> loaders.
+"""Text in, training windows out: corpus -> documents -> train/val split -> tokenizer -> token files -> windows.
 
-The book's chapter 2 pipeline (`GPTDatasetV1`, `create_dataloader_v1`) with the same semantics, scaled up:
+The book's chapter 2 pipeline (`GPTDatasetV1`, `create_dataloader_v1`) with the same semantics, scaled to corpora far
+larger than memory:
 
 - Documents come from the embedded corpus (text that ships with Python), local UTF-8 files, or a Hugging Face
-  dataset. They live in an Arrow table (`datasets.Dataset`, columns `text` and `doc_start`): a large file is
-  stored as several rows, `doc_start` is True on the first row of each document.
-- The split into training and validation text is made on characters, before tokenising, as the book does
-  (`text[:int(0.9 * len(text))]`); documents are joined with `<|endoftext|>`.
-- Tokenising runs through `datasets.map(batched=True, num_proc=...)` into Arrow cache files; the token stream is
-  read from those memory-mapped files one window at a time, so a corpus larger than memory never sits in Python
-  lists.
-- Window i holds tokens [i * stride, i * stride + context_length + 1): the inputs are its first context_length
-  tokens, the targets its last context_length (the inputs shifted by one).
+  dataset, as text pieces of a few megabytes at most: a large file is read in pieces cut where no token can change
+  (`read_text_pieces`).
+- A first pass reads every piece once (`scan_corpus`): it checks the text (UTF-8, no NUL byte), counts characters
+  and, with `dedup`, finds duplicate documents. The split into training and validation text is made on characters,
+  as the book does (`text[:int(0.9 * len(text))]`), at the cut that count gives; documents are joined with
+  `<|endoftext|>`.
+- A second pass tokenises the pieces in order, in `num_proc` worker processes, into flat token files
+  (`train.token_files`), cached by corpus and tokenizer: the next run on the same data maps them in a second.
+- Window i holds tokens [i * stride, i * stride + context_length + 1), read from the memory-mapped file: the
+  inputs are its first context_length tokens, the targets its last context_length (the inputs shifted by one).
+
+Memory stays bounded whatever the corpus size: one piece being read, a few pieces in flight to the workers, and a
+few bytes per document for `dedup`. Hub datasets can also be streamed (`train.streaming`).
 """
 
 from __future__ import annotations
@@ -20,22 +25,23 @@ import glob
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
-from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from common.commands import UsageError, first_line
@@ -43,14 +49,20 @@ from common.files import format_size
 from common.model_dir import load_tokenizer_or_refuse
 from common.tokenizer import load_tokenizer
 from modeling_gptscratch import GPT2Tokenizer
+from train.token_files import EntryBuilder, TokenFiles, cache_key, open_entry
+from train.tokenizing import PieceTokenizer, safe_cut, safe_pieces, start_worker, token_dtype, tokenize_in_worker
 
 EOS_TOKEN = "<|endoftext|>"
-DOCUMENT_FEATURES = datasets.Features({"text": datasets.Value("string"), "doc_start": datasets.Value("bool")})
-TOKEN_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))})
 # Files are read, checked and stored in pieces of about this many bytes, so one huge file never sits in memory whole.
 READ_BLOCK_BYTES = 8 << 20
+# Text per task handed to a tokenising worker, and tasks in flight per worker: what bounds preparation's memory.
+TASK_CHARS = 1 << 20
+TASKS_IN_FLIGHT_PER_WORKER = 2
 # Below this many characters a corpus is tokenised in one process: starting workers costs more than it saves.
 PARALLEL_TOKENIZE_MIN_CHARS = 64 << 20
+# `--tokenizer train` fits the BPE on at most this many characters of the training text: all of it below, else the
+# same share of every piece, so that the sample spans the whole corpus.
+TOKENIZER_SAMPLE_CHARS = 64 << 20
 STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 
 
@@ -61,40 +73,50 @@ class DataError(UsageError, ValueError):
     """
 
 
+class NotTextError(DataError):
+    """A file that is not text: its `path`, what it is (`reason`: "not UTF-8 text", or "not text: a NUL byte"), and
+    the byte `offset` of the first bad byte."""
+
+    def __init__(self, message: str, path: Path, reason: str, offset: int):
+        super().__init__(message)
+        self.path, self.reason, self.offset = path, reason, offset
+
+
 @dataclass
 class Corpus:
-    """Documents in an Arrow table (columns `text`, `doc_start`) and a one-line description of where they came from."""
+    """Where the documents come from: a one-line description, what identifies them (the key of their caches), and
+    a function that reads them, each time anew, as (text piece, whether it starts a document) pairs."""
 
-    documents: datasets.Dataset
     description: str
+    key: dict[str, Any]
+    pieces: Callable[[], Iterator[tuple[str, bool]]]
+    size: int | None = None  # bytes, when known before reading (for the progress bar)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Corpus sources
 
 
-def embedded_corpus(name: str = "pydoc", cache_dir: str | os.PathLike | None = None) -> Corpus:
+def embedded_corpus(name: str = "pydoc") -> Corpus:
     """Text that ships with every Python installation, so training needs no download.
 
     `pydoc`: the language and library reference topics that `help()` shows (module `pydoc_data.topics`, about
-    465 KB of English). `stdlib`: the standard library's own Python sources (tests left out; about 12 MB of code).
-    A Python built without `pydoc_data` falls back to `stdlib`.
+    465 KB of English), one document per topic. `stdlib`: the standard library's own Python sources (tests left
+    out; about 12 MB of code), one document per file. A Python built without `pydoc_data` falls back to `stdlib`.
     """
     if name == "pydoc":
         try:
             from pydoc_data.topics import topics
         except ImportError:
             print("gptscratch: this Python has no pydoc_data; using the standard library's sources", file=sys.stderr)
-            return embedded_corpus("stdlib", cache_dir)
+            return embedded_corpus("stdlib")
         size = sum(len(text.encode("utf-8")) for text in topics.values())
-        documents = datasets.Dataset.from_generator(
-            _pydoc_rows,
-            features=DOCUMENT_FEATURES,
-            cache_dir=_cache_str(cache_dir),
-            # The fingerprint of the cached Arrow file follows these values: another Python makes another cache.
-            gen_kwargs={"python": sys.version, "size": size},
+        return Corpus(
+            f"embedded corpus: Python's pydoc_data topics ({size / 1000:.0f} KB)",
+            {"embedded": "pydoc", "python": sys.version, "size": size},  # another Python, another cache entry
+            lambda: ((topics[key], True) for key in sorted(topics)),
+            size,
         )
-        return Corpus(documents, f"embedded corpus: Python's pydoc_data topics ({size / 1000:.0f} KB)")
     if name == "stdlib":
         import sysconfig
 
@@ -106,22 +128,13 @@ def embedded_corpus(name: str = "pydoc", cache_dir: str | os.PathLike | None = N
         )
         if not files:
             raise DataError(f"the standard library at {root} holds no .py sources; pass text files with --data PATH")
-        corpus = local_corpus([str(path) for path in files], cache_dir=cache_dir)
-        size = sum(path.stat().st_size for path in files)
-        return Corpus(
-            corpus.documents,
+        corpus = local_corpus([str(path) for path in files])
+        corpus.description = (
             f"embedded corpus: the Python {sys.version_info.major}.{sys.version_info.minor} standard library's "
-            f"sources ({len(files)} files, {size / 1e6:.1f} MB)",
+            f"sources ({len(files)} files, {corpus.size / 1e6:.1f} MB)"
         )
+        return corpus
     raise DataError(f"unknown embedded corpus {name!r}; choose pydoc or stdlib")
-
-
-def _pydoc_rows(python: str, size: int) -> Iterator[dict[str, Any]]:
-    """One row per pydoc topic; the arguments only key the cache."""
-    from pydoc_data.topics import topics
-
-    for key in sorted(topics):
-        yield {"text": topics[key], "doc_start": True}
 
 
 def expand_data_paths(paths: Sequence[str], log: Callable[[str], None] | None = None) -> list[Path]:
@@ -194,48 +207,38 @@ def _walk_text_files(root: Path) -> tuple[list[Path], list[Path]]:
     return sorted(found), sorted(skipped)
 
 
-def local_corpus(
-    paths: Sequence[str], cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None
-) -> Corpus:
-    """UTF-8 text files, directories and globs: each file is a document (`log` hears what a walk left out).
+def local_corpus(paths: Sequence[str], log: Callable[[str], None] | None = None) -> Corpus:
+    """UTF-8 text files, directories and globs: each file is a document, read in pieces (`read_text_pieces`);
+    `log` hears what a directory walk left out.
 
-    A file that is not UTF-8 text (or holds a NUL byte) raises DataError naming the file and the byte offset.
+    A file that is not UTF-8 text (or holds a NUL byte) raises NotTextError, naming the file and the byte offset,
+    when its pieces are read.
     """
     files = expand_data_paths(paths, log)
-    if sum(path.stat().st_size for path in files) == 0:
-        raise DataError(f"--data {' '.join(paths)}: every file is empty; give files with text in them")
     # Size and modification time make an edited file a new cache entry.
     stamps = [(str(path.absolute()), path.stat().st_size, path.stat().st_mtime_ns) for path in files]
-    try:
-        documents = datasets.Dataset.from_generator(
-            _file_rows,
-            features=DOCUMENT_FEATURES,
-            cache_dir=_cache_str(cache_dir),
-            gen_kwargs={"stamps": stamps, "block_bytes": READ_BLOCK_BYTES},
-        )
-    except datasets.exceptions.DatasetGenerationError as error:
-        if isinstance(error.__cause__, DataError):
-            raise error.__cause__ from None
-        raise
     size = sum(stamp[1] for stamp in stamps)
+    if size == 0:
+        raise DataError(f"--data {' '.join(paths)}: every file is empty; give files with text in them")
+
+    def pieces() -> Iterator[tuple[str, bool]]:
+        for path in files:
+            for index, piece in enumerate(read_text_pieces(path)):
+                yield piece, index == 0
+
     names = ", ".join(path.name for path in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-    return Corpus(documents, f"{names} ({format_size(size)})")
+    return Corpus(f"{names} ({format_size(size)})", {"files": stamps}, pieces, size)
 
 
-def _file_rows(stamps: list[tuple[str, int, int]], block_bytes: int) -> Iterator[dict[str, Any]]:
-    """Rows of the files named in `stamps` (path, size, mtime: the sizes and times only key the cache)."""
-    for path, _, _ in stamps:
-        for index, piece in enumerate(read_text_pieces(Path(path), block_bytes)):
-            yield {"text": piece, "doc_start": index == 0}
-
-
-def read_text_pieces(path: Path, block_bytes: int = READ_BLOCK_BYTES) -> Iterator[str]:
-    """A UTF-8 file's text in pieces of about `block_bytes`, each cut after a newline between two non-space characters.
+def read_text_pieces(path: Path, block_bytes: int | None = None) -> Iterator[str]:
+    """A UTF-8 file's text in pieces of about `block_bytes` (default READ_BLOCK_BYTES), each cut after a newline
+    between two non-space characters.
 
     Cutting there leaves GPT-2's pre-tokenisation unchanged (a lone "\\n" between words is a token of its own), so
-    tokenising the pieces one by one gives the tokens of the whole file. Raises DataError with the byte offset of the
-    first byte that is not UTF-8, or of a NUL byte.
+    tokenising the pieces one by one gives the tokens of the whole file. Raises NotTextError with the byte offset of
+    the first byte that is not UTF-8, or of a NUL byte.
     """
+    block_bytes = block_bytes or READ_BLOCK_BYTES
     pending = b""  # the start of a multi-byte character cut by the block boundary
     consumed = 0  # bytes of the file before `pending`
     carry = ""
@@ -250,21 +253,23 @@ def read_text_pieces(path: Path, block_bytes: int = READ_BLOCK_BYTES) -> Iterato
             except UnicodeDecodeError as error:
                 truncated_at_end = block and error.reason == "unexpected end of data" and len(data) - error.start < 4
                 if not truncated_at_end:
-                    raise DataError(
-                        f"{path} is not UTF-8 text: byte 0x{data[error.start]:02x} at byte offset "
-                        f"{consumed + error.start}; convert it to UTF-8 or leave it out of --data"
+                    offset = consumed + error.start
+                    raise NotTextError(
+                        f"{path} is not UTF-8 text: byte 0x{data[error.start]:02x} at byte offset {offset}; convert "
+                        "it to UTF-8 or leave it out of --data", path, "not UTF-8 text", offset,
                     ) from None
                 text, pending = data[: error.start].decode("utf-8"), data[error.start :]
             nul = text.find("\x00")
             if nul >= 0:
                 offset = consumed + len(text[:nul].encode("utf-8"))
-                raise DataError(
-                    f"{path} is not text: a NUL byte at byte offset {offset} (a binary file?); leave it out of --data"
+                raise NotTextError(
+                    f"{path} is not text: a NUL byte at byte offset {offset} (a binary file?); leave it out of --data",
+                    path, "not text: a NUL byte", offset,
                 )
             consumed += len(data) - len(pending)
             carry += text
             while len(carry) > block_bytes:
-                cut = _safe_cut(carry, block_bytes)
+                cut = _block_cut(carry, block_bytes)
                 if cut is None:
                     break
                 yield carry[:cut]
@@ -275,18 +280,14 @@ def read_text_pieces(path: Path, block_bytes: int = READ_BLOCK_BYTES) -> Iterato
         yield carry
 
 
-def _safe_cut(text: str, target: int) -> int | None:
-    """The position just after the last "\\n" at or before `target` whose neighbours are both non-space characters.
-
-    None when there is none (one enormous line): the caller keeps reading until a cut appears; past four blocks
-    of text it cuts at `target` anyway, which can change the tokens at that one point.
-    """
-    position = text.rfind("\n", 0, target + 1)
-    while position > 0:
-        if position + 1 < len(text) and not text[position - 1].isspace() and not text[position + 1].isspace():
-            return position + 1
-        position = text.rfind("\n", 0, position)
-    return target if len(text) > 4 * target else None
+def _block_cut(text: str, target: int) -> int | None:
+    """Where `read_text_pieces` cuts: the last safe place at or before `target`; None when there is none (one
+    enormous line), and the caller reads on until a cut appears. Past four blocks of text it cuts at `target`
+    anyway, which can change the tokens at that one point."""
+    cut = safe_cut(text, target)
+    if cut is None and len(text) > 4 * target:
+        return target
+    return cut
 
 
 def hub_corpus(
@@ -296,32 +297,58 @@ def hub_corpus(
     text_column: str = "text",
     cache_dir: str | os.PathLike | None = None,
 ) -> Corpus:
-    """A Hugging Face dataset by name, config, split and text column; each row is a document.
+    """A Hugging Face dataset by name (or a local dataset directory), config, split and text column; each row is a
+    document.
 
-    Downloads through `datasets.load_dataset` (Arrow files on disk, memory-mapped). Offline, or for a name that is
-    not there, raises DataError that names the local-file alternative.
+    Downloads through `datasets.load_dataset` (Arrow files on disk, memory-mapped, read in batches of rows).
+    Offline, or for a name that is not there, raises DataError that names the local-file alternative.
     """
+    table = load_hub_split(name, config, split, text_column, cache_dir)
+
+    def pieces() -> Iterator[tuple[str, bool]]:
+        for batch in table.select_columns([text_column]).with_format("arrow").iter(batch_size=1000):
+            for text in batch.column(text_column).to_pylist():
+                yield text or "", True
+
+    label = name + (f" ({config})" if config else "") + f", split {split}, column {text_column}"
+    key = {"dataset": name, "config": config, "split": split, "column": text_column, "fingerprint": table._fingerprint}
+    return Corpus(f"Hugging Face dataset {label}", key, pieces)
+
+
+def load_hub_split(
+    name: str, config: str | None, split: str, text_column: str, cache_dir: str | os.PathLike | None = None,
+    streaming: bool = False,
+) -> Any:
+    """`datasets.load_dataset(name, config, split=split)` (a `Dataset`, or with `streaming` an `IterableDataset`),
+    checked to have the text column; DataError when it cannot be had, naming the local-file alternative."""
+    import datasets
+
     try:
-        table = datasets.load_dataset(name, config, split=split, cache_dir=_cache_str(cache_dir))
+        table = datasets.load_dataset(name, config, split=split, streaming=streaming, cache_dir=_cache_str(cache_dir))
     except (ConnectionError, OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
         raise DataError(
-            f"--dataset {name}: could not load it from the Hugging Face Hub ({first_line(error)}); when offline, "
-            "pass local text files instead with --data PATH"
+            f"--dataset {name}{' --streaming' * streaming}: could not load it from the Hugging Face Hub "
+            f"({first_line(error)}); when offline, pass local text files instead with --data PATH"
         ) from error
-    if isinstance(table, datasets.DatasetDict):
+    check_text_column(name, table, text_column)
+    return table
+
+
+def check_text_column(name: str, table: Any, text_column: str) -> None:
+    """Raises DataError unless `table` (a datasets Dataset or IterableDataset) has a text column `text_column`."""
+    import datasets
+
+    if isinstance(table, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise DataError(f"--dataset {name}: choose a split with --dataset-split (one of: {', '.join(table)})")
-    if text_column not in table.column_names:
+    if table.features is None:  # a stream whose columns are only known once read
+        return
+    if text_column not in table.features:
         raise DataError(
             f"--dataset {name} has no column {text_column!r}; choose one with --text-column "
-            f"(columns: {', '.join(table.column_names)})"
+            f"(columns: {', '.join(table.features)})"
         )
     if getattr(table.features[text_column], "dtype", None) not in ("string", "large_string"):
         raise DataError(f"--text-column {text_column}: the column holds {table.features[text_column]}, not text")
-    documents = table.select_columns([text_column])
-    if text_column != "text":
-        documents = documents.rename_column(text_column, "text")
-    label = name + (f" ({config})" if config else "") + f", split {split}, column {text_column}"
-    return Corpus(documents, f"Hugging Face dataset {label}")
 
 
 def load_corpus(
@@ -338,128 +365,124 @@ def load_corpus(
     if data and dataset:
         raise DataError("--data and --dataset both given; train on one source at a time")
     if data:
-        return local_corpus(data, cache_dir=cache_dir, log=log)
+        return local_corpus(data, log=log)
     if dataset:
         return hub_corpus(dataset, dataset_config, dataset_split, text_column, cache_dir=cache_dir)
-    return embedded_corpus(embedded, cache_dir=cache_dir)
+    return embedded_corpus(embedded)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Documents: duplicates and the train/validation split
+# Documents: the first pass (checks, characters, duplicates) and the train/validation split
 
 
-def deduplicate(documents: datasets.Dataset) -> tuple[datasets.Dataset, int]:
-    """Drops exact duplicate documents (the first copy stays); returns the documents and how many were dropped.
+@dataclass
+class CorpusScan:
+    """What the first pass over a corpus found: characters and documents kept, duplicates dropped, and with dedup
+    which documents are kept (one byte per document, in order)."""
 
-    A document spanning several rows is compared whole. Memory: a 16-byte digest per distinct document and the
-    numbers of the rows kept.
+    characters: int
+    documents: int
+    duplicates_dropped: int = 0
+    kept: bytearray | None = None
+
+
+def scan_corpus(corpus: Corpus, dedup: bool = False, progress: bool = True) -> CorpusScan:
+    """Reads every piece of `corpus` once: checks it, counts characters, and with `dedup` marks exact duplicate
+    documents (a document spanning several pieces is compared whole; the first copy stays).
+
+    Memory: with dedup, a 16-byte digest per distinct document (about 100 bytes in a Python set) and a byte per
+    document; otherwise nothing that grows. Raises DataError (NotTextError) for a file that is not text, and for a corpus without text.
     """
     seen: set[bytes] = set()
-    keep: list[int] = []
-    dropped = 0
-    current_rows: list[int] = []
-    current_hash = hashlib.blake2b(digest_size=16)
+    kept = bytearray() if dedup else None
+    scan = CorpusScan(characters=0, documents=0, kept=kept)
+    digest, document_chars = None, 0
 
     def finish() -> None:
-        nonlocal dropped
-        if not current_rows:
+        if digest is None:
             return
-        digest = current_hash.digest()
-        if digest in seen:
-            dropped += 1
-        else:
-            seen.add(digest)
-            keep.extend(current_rows)
+        if kept is not None:
+            duplicate = digest.digest() in seen
+            kept.append(not duplicate)
+            if duplicate:
+                scan.duplicates_dropped += 1
+                return
+            seen.add(digest.digest())
+        scan.documents += 1
+        scan.characters += document_chars
 
-    row = 0
-    for batch in documents.with_format("arrow").iter(batch_size=1000):
-        texts = batch.column("text").to_pylist()
-        starts = batch.column("doc_start").to_pylist() if "doc_start" in batch.column_names else [True] * len(texts)
-        for text, start in zip(texts, starts):
-            if start:
+    with tqdm(total=corpus.size, desc="Reading", unit="B", unit_scale=True, disable=None if progress else True) as bar:
+        for text, starts in corpus.pieces():
+            if starts:
                 finish()
-                current_rows, current_hash = [], hashlib.blake2b(digest_size=16)
-            current_rows.append(row)
-            current_hash.update(text.encode("utf-8"))
-            row += 1
+                digest, document_chars = hashlib.blake2b(digest_size=16), 0
+            data = text.encode("utf-8")
+            if dedup:
+                digest.update(data)
+            document_chars += len(text)
+            bar.update(len(data))
     finish()
-    if not dropped:
-        return documents, 0
-    return documents.select(keep), dropped
+    if scan.characters == 0:
+        raise DataError(
+            f"{corpus.description}: the corpus holds no text (every document is empty); give files or a dataset "
+            "with text in them"
+        )
+    return scan
 
 
-def document_lengths(documents: datasets.Dataset) -> np.ndarray:
-    """Characters per row, [rows] int64, computed by Arrow without building Python strings."""
-    lengths = [
-        pc.utf8_length(batch.column("text")).to_numpy(zero_copy_only=False)
-        for batch in documents.with_format("arrow").iter(batch_size=10_000)
-    ]
-    return np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, dtype=np.int64)
+def split_pieces(
+    pieces: Iterable[tuple[str, bool]], cut: int, kept: bytearray | None = None
+) -> Iterator[tuple[str, str, bool]]:
+    """(split, text, starts a document) for each piece of the documents kept: "train" up to character `cut`,
+    "val" after it, as the book's `text[:cut]`, `text[cut:]`.
 
-
-def split_documents(
-    documents: datasets.Dataset, train_ratio: float = 0.9
-) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Training and validation text, cut at character int(train_ratio * total characters), as the book does.
-
-    With one document this is exactly the book's `text[:split_idx]`, `text[split_idx:]`. With several, the
-    documents before the cut train, those after validate, and the one the cut falls in is shared.
+    With one document this is exactly the book's split. With several, the documents before the cut train, those
+    after validate, and the one the cut falls in is shared: its head ends the training text, its tail (not a new
+    document) starts the validation text.
     """
+    seen, document = 0, -1
+    for text, starts in pieces:
+        document += starts
+        if kept is not None and not kept[document]:
+            continue
+        if seen + len(text) <= cut:
+            yield "train", text, starts
+        elif seen >= cut:
+            yield "val", text, starts
+        else:
+            yield "train", text[: cut - seen], starts
+            yield "val", text[cut - seen :], False
+        seen += len(text)
+
+
+def training_text(corpus: Corpus, scan: CorpusScan, train_ratio: float) -> Iterator[str]:
+    """The pieces of the training split, in order, and nothing after it."""
+    for split, text, _ in split_pieces(corpus.pieces(), int(train_ratio * scan.characters), scan.kept):
+        if split != "train":
+            return
+        yield text
+
+
+def check_train_ratio(train_ratio: float) -> None:
     if not 0 < train_ratio < 1:
         raise DataError(f"--train-ratio {train_ratio}: must be between 0 and 1 (0.9 keeps 10% for validation)")
-    lengths = document_lengths(documents)
-    total = int(lengths.sum())
-    if total == 0:
-        raise DataError("the corpus holds no text; give files or a dataset with text in them")
-    cut = int(train_ratio * total)
-    ends = np.cumsum(lengths)
-    row = int(np.searchsorted(ends, cut, side="right"))  # the row holding the first validation character
-    offset = cut - (int(ends[row - 1]) if row else 0)
-    if offset == 0:
-        return _rows(documents, 0, row), _rows(documents, row, len(documents))
-    shared = documents[row]
-    doc_start = shared.get("doc_start", True)
-    # The cut document's head ends the training text; its tail, continuing the same document, starts validation.
-    head = datasets.Dataset.from_dict({"text": [shared["text"][:offset]], "doc_start": [doc_start]}, DOCUMENT_FEATURES)
-    tail = datasets.Dataset.from_dict({"text": [shared["text"][offset:]], "doc_start": [False]}, DOCUMENT_FEATURES)
-    before = _with_doc_start(_rows(documents, 0, row))
-    after = _with_doc_start(_rows(documents, row + 1, len(documents)))
-    return datasets.concatenate_datasets([before, head]), datasets.concatenate_datasets([tail, after])
-
-
-def _rows(documents: datasets.Dataset, start: int, stop: int) -> datasets.Dataset:
-    """Rows [start, stop); datasets refuses an empty range at the end of a table, an empty index list works."""
-    return documents.select(range(start, stop) if start < stop else [])
-
-
-def _with_doc_start(documents: datasets.Dataset) -> datasets.Dataset:
-    """Rows of a source where every row is a document (hub datasets) get the `doc_start` column for concatenation."""
-    if "doc_start" in documents.column_names:
-        return documents
-    return documents.add_column("doc_start", [True] * len(documents), feature=datasets.Value("bool"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Tokenizer
 
 
-def train_bpe_tokenizer(
-    documents: datasets.Dataset, vocab_size: int, cache_dir: str | os.PathLike | None = None
-) -> PreTrainedTokenizerBase:
-    """A byte-level BPE of `vocab_size` tokens fitted on `documents` (GPT-2's pre-tokenisation, `<|endoftext|>`).
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    """A byte-level BPE of `vocab_size` tokens fitted on `texts` (GPT-2's pre-tokenisation, `<|endoftext|>`).
 
     Returned as transformers' GPT-2 tokenizer class, so `save_pretrained` writes files that `AutoTokenizer` loads.
-    The result is cached by the documents' fingerprint and the vocabulary size: reruns and the other processes of
-    a multi-process run load the same tokenizer instead of fitting it again.
+    The trainer sees the texts in pieces cut at safe places (the same words: 8 MB of text in one piece would take
+    it 1.7 GB); its memory still grows with the distinct words, so a large corpus gives it a sample
+    (`fit_tokenizer`).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < 257:
-        raise DataError(f"--vocab-size {vocab_size}: a byte-level BPE needs at least 257 (256 bytes + <|endoftext|>)")
-    cache_root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE)
-    cached = cache_root / "gptscratch-tokenizers" / f"bpe-{vocab_size}-{documents._fingerprint}"
-    if (cached / "tokenizer.json").is_file():
-        return load_tokenizer(cached)
+    check_vocab_size(vocab_size)
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -469,36 +492,82 @@ def train_bpe_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_texts(documents), trainer=trainer, length=len(documents))
+    backend.train_from_iterator((piece for text in texts for piece in safe_pieces(text)), trainer=trainer)
     model = json.loads(backend.to_str())["model"]
-    tokenizer = GPT2Tokenizer(vocab=model["vocab"], merges=[tuple(merge) for merge in model["merges"]])
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.tmp-", dir=cached.parent))
-    tokenizer.save_pretrained(staging)
-    try:
-        os.replace(staging, cached)
-    except OSError:  # another process finished the same tokenizer first; theirs is identical
-        shutil.rmtree(staging, ignore_errors=True)
-    # Loaded back, so a first and a cached call return the same object state (and the same cache fingerprints).
+    return GPT2Tokenizer(vocab=model["vocab"], merges=[tuple(merge) for merge in model["merges"]])
+
+
+def tokenizer_sample(texts: Iterable[str], characters: int, limit: int = TOKENIZER_SAMPLE_CHARS) -> Iterator[str]:
+    """The texts whole while they hold at most `limit` characters in all, else the same leading share of each
+    (about `limit` characters, spread over the whole corpus)."""
+    share = min(1.0, limit / max(characters, 1))
+    for text in texts:
+        yield text if share == 1.0 else text[: math.ceil(share * len(text))]
+
+
+def fit_tokenizer(
+    sample: Callable[[], tuple[Iterable[str], int | None]], vocab_size: int, key: dict[str, Any], cache_root: Path,
+    progress: bool = True,
+) -> PreTrainedTokenizerBase:
+    """`--tokenizer train`: a byte-level BPE fitted on the texts `sample()` gives (with their number of characters,
+    when known), or the one fitted before for the same `key`.
+
+    Cached under `cache_root` by `key` and the vocabulary size: reruns and the other processes of a multi-process
+    run load the same tokenizer instead of fitting it again (and `sample` is not called).
+    """
+    check_vocab_size(vocab_size)
+    name = cache_key({**key, "vocab_size": vocab_size, "sample": TOKENIZER_SAMPLE_CHARS})
+    cached = cache_root / "gptscratch-tokenizers" / f"bpe-{vocab_size}-{name}"
+    if not (cached / "tokenizer.json").is_file():
+        texts, characters = sample()
+        with tqdm(total=characters, desc="Fitting the tokenizer", unit="char", unit_scale=True,
+                  disable=None if progress else True) as bar:
+            tokenizer = train_bpe_tokenizer(_counted(texts, bar), vocab_size)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.tmp-", dir=cached.parent))
+        try:
+            tokenizer.save_pretrained(staging)
+            os.replace(staging, cached)
+        except OSError:  # another process finished the same tokenizer first; theirs is identical
+            if not (cached / "tokenizer.json").is_file():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    # Loaded back, so a first and a cached call return the same object state (and the same token cache key).
     return load_tokenizer(cached)
 
 
-def _texts(documents: datasets.Dataset) -> Iterator[list[str]]:
-    for batch in documents.with_format("arrow").iter(batch_size=1000):
-        yield batch.column("text").to_pylist()
+def training_sample(corpus: Corpus, scan: CorpusScan, train_ratio: float) -> tuple[Iterator[str], int]:
+    """What `--tokenizer train` fits on: the training split, sampled down to about TOKENIZER_SAMPLE_CHARS characters
+    (`tokenizer_sample`), read lazily; and how many characters that is."""
+    characters = int(train_ratio * scan.characters)
+    texts = tokenizer_sample(training_text(corpus, scan, train_ratio), characters)
+    return texts, min(characters, TOKENIZER_SAMPLE_CHARS)
+
+
+def _counted(texts: Iterable[str], bar: tqdm) -> Iterator[str]:
+    for text in texts:
+        bar.update(len(text))
+        yield text
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    if vocab_size < 257:
+        raise DataError(f"--vocab-size {vocab_size}: a byte-level BPE needs at least 257 (256 bytes + <|endoftext|>)")
 
 
 def resolve_tokenizer(
-    spec: str, train_documents: datasets.Dataset, vocab_size: int, cache_dir: str | os.PathLike | None = None
+    spec: str, fit: Callable[[], PreTrainedTokenizerBase], fitted_on: str = "the training split"
 ) -> tuple[PreTrainedTokenizerBase, str]:
     """The tokenizer `--tokenizer` names and a one-line description of it.
 
-    `train`: a byte-level BPE fitted on the training split; `gpt2`: GPT-2's from the Hugging Face Hub (or its
-    cache); a path: a directory with OpenAI's encoder.json + vocab.bpe or a saved transformers tokenizer.
+    `train`: `fit()`, a byte-level BPE fitted on `fitted_on` (`fit_tokenizer`); `gpt2`: GPT-2's from the Hugging
+    Face Hub (or its cache); a path: a directory with OpenAI's encoder.json + vocab.bpe or a saved transformers
+    tokenizer. Every one needs an end-of-text token and a fast (Rust) backend.
     """
     if spec == "train":
-        tokenizer = train_bpe_tokenizer(train_documents, vocab_size, cache_dir)
-        return tokenizer, f"byte-level BPE fitted on the training split ({len(tokenizer)} tokens)"
+        tokenizer = fit()
+        return tokenizer, f"byte-level BPE fitted on {fitted_on} ({len(tokenizer)} tokens)"
     tokenizer = load_tokenizer_or_refuse(
         spec, f"--tokenizer {spec} could not be loaded",
         "pass a directory with encoder.json + vocab.bpe or a saved tokenizer, or --tokenizer train",
@@ -506,93 +575,159 @@ def resolve_tokenizer(
     )
     if tokenizer.eos_token_id is None:
         raise DataError(f"--tokenizer {spec} has no end-of-text token; documents are joined with one, choose another")
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise DataError(f"--tokenizer {spec} is not a fast (Rust) tokenizer, which tokenising at scale needs; save "
+                        "it with tokenizer.save_pretrained from a fast tokenizer, or choose another")
     if spec == "gpt2":
         return tokenizer, f"GPT-2 BPE ({len(tokenizer)} tokens)"
     return tokenizer, f"tokenizer from {spec} ({len(tokenizer)} tokens)"
 
 
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of what decides a fast tokenizer's IDs: its serialised vocabulary, merges, special tokens, normaliser
+    and pre-tokeniser (not its truncation and padding settings, which transformers changes between calls)."""
+    serialised = json.loads(tokenizer.backend_tokenizer.to_str())
+    serialised.pop("truncation", None)
+    serialised.pop("padding", None)
+    text = json.dumps([serialised, tokenizer.eos_token_id], sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# Tokens and windows
+# Tokens: the second pass, into token files
 
 
-class _TokenizeBatch:
-    """`datasets.map` function: a batch of rows -> token IDs, with `<|endoftext|>` before each new document.
+def tokenize_tasks(split_stream: Iterable[tuple[str, str, bool]]) -> Iterator[tuple[str, list[tuple[str, bool]], int]]:
+    """The split pieces grouped into tasks for the tokenisers: (split, [(text, `<|endoftext|>` before it)],
+    characters), each of one split and about TASK_CHARS characters at most (longer pieces are cut at safe places).
 
-    A class rather than a closure so it pickles into `num_proc` workers and hashes into a stable cache fingerprint.
+    Each split's stream opens with its first piece, so `<|endoftext|>` goes before every other piece that starts a
+    document.
     """
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        self.eos_id = tokenizer.eos_token_id if isinstance(tokenizer, PreTrainedTokenizerBase) else tokenizer.eot_token
-
-    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list[list[int]]]:
-        texts = batch["text"]
-        if isinstance(self.tokenizer, PreTrainedTokenizerBase):
-            encoded = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        else:  # tiktoken, as in the book
-            encoded = self.tokenizer.encode_batch(texts, allowed_special={EOS_TOKEN})
-        starts = batch.get("doc_start") or [True] * len(texts)
-        # The first row of a split opens its token stream: no separator before it.
-        return {
-            "input_ids": [
-                [self.eos_id, *ids] if start and index > 0 else ids
-                for ids, start, index in zip(encoded, starts, indices)
-            ]
-        }
+    opened: set[str] = set()
+    split, task, chars = None, [], 0
+    for piece_split, text, starts in split_stream:
+        eos = starts and piece_split in opened
+        opened.add(piece_split)
+        parts = safe_pieces(text, TASK_CHARS) if len(text) > TASK_CHARS else [text]
+        for index, part in enumerate(parts):
+            if task and (piece_split != split or chars + len(part) > TASK_CHARS):
+                yield split, task, chars
+                task, chars = [], 0
+            split = piece_split
+            task.append((part, eos and index == 0))
+            chars += len(part)
+    if task:
+        yield split, task, chars
 
 
-def tokenize_documents(
-    documents: datasets.Dataset,
-    tokenizer: Any,
+def tokenize_in_order(
+    tasks: Iterable[tuple[str, list[tuple[str, bool]], int]], encoder: tuple[str, int, str], num_proc: int
+) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(split, characters, tokens) for each task, in order, tokenised by `num_proc` spawned workers (in this process
+    for 1). At most TASKS_IN_FLIGHT_PER_WORKER tasks per worker are handed out ahead, so memory stays bounded
+    however fast the corpus is read (`Pool.imap` would read the whole corpus ahead)."""
+    if num_proc <= 1:
+        tokenize = PieceTokenizer(*encoder)
+        for split, task, chars in tasks:
+            yield split, chars, tokenize(task)
+        return
+    # "spawn": a worker imports train.tokenizing alone, not the torch and transformers of this process. An executor
+    # rather than a Pool: a worker that dies (killed, out of memory) fails the run instead of hanging it.
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(num_proc, mp_context=context, initializer=start_worker, initargs=encoder) as pool:
+            pending: deque = deque()
+            for split, task, chars in tasks:
+                pending.append((split, chars, pool.submit(tokenize_in_worker, task)))
+                if len(pending) >= TASKS_IN_FLIGHT_PER_WORKER * num_proc:
+                    split, chars, result = pending.popleft()
+                    yield split, chars, result.result()
+            while pending:
+                split, chars, result = pending.popleft()
+                yield split, chars, result.result()
+    except BrokenProcessPool as error:
+        raise DataError(
+            f"a tokenising worker process stopped ({error}); if it ran out of memory, lower --num-proc; a script "
+            "that calls prepare_data needs `if __name__ == \"__main__\":` around its work (workers re-import it)"
+        ) from None
+
+
+def write_token_files(
+    corpus: Corpus, scan: CorpusScan, tokenizer: PreTrainedTokenizerBase, train_ratio: float, num_proc: int,
+    builder: EntryBuilder, progress: bool = True,
+) -> None:
+    """The second pass: the corpus's pieces, split at the ratio, tokenised in order into the builder's files."""
+    encoder = (tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, builder.dtype.name)
+    split_stream = split_pieces(corpus.pieces(), int(train_ratio * scan.characters), scan.kept)
+    with tqdm(total=scan.characters, desc="Tokenizing", unit="char", unit_scale=True,
+              disable=None if progress else True) as bar:
+        for split, chars, tokens in tokenize_in_order(tokenize_tasks(split_stream), encoder, num_proc):
+            builder.writers[split].append(tokens)
+            bar.update(chars)
+
+
+def default_cache_root() -> Path:
+    """Hugging Face's datasets cache (`HF_DATASETS_CACHE`, by default ~/.cache/huggingface/datasets)."""
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE)
+
+
+def prepare_token_files(
+    corpus: Corpus,
+    tokenizer: PreTrainedTokenizerBase,
+    train_ratio: float,
+    dedup: bool,
+    cache_root: Path,
+    scan: Callable[[], CorpusScan],
     num_proc: int | None = None,
-    desc: str = "Tokenizing",
-    cache_dir: str | os.PathLike | None = None,
-) -> datasets.Dataset:
-    """Rows of text -> rows of token IDs (column `input_ids`, int32), documents separated by `<|endoftext|>`.
+    progress: bool = True,
+) -> TokenFiles:
+    """The corpus's training and validation tokens as a cache entry: found in `cache_root`, or made (`scan`, then
+    `write_token_files`) and stored there. `num_proc` None tokenises in one process below 64 M characters, in every
+    CPU above."""
+    key = cache_key({"corpus": corpus.key, "tokenizer": tokenizer_fingerprint(tokenizer),
+                     "train_ratio": train_ratio, "dedup": dedup})
+    root = cache_root / "gptscratch-tokens"
+    entry = open_entry(root / key)
+    if entry is not None:
+        return entry
+    if (root / key).exists():  # damaged (by hand: a build never leaves a half entry under its name)
+        shutil.rmtree(root / key)
+    found = scan()
+    if num_proc is None:
+        num_proc = os.cpu_count() if found.characters >= PARALLEL_TOKENIZE_MIN_CHARS else 1
+    meta = {"documents": found.documents, "duplicates_dropped": found.duplicates_dropped,
+            "characters": found.characters, "corpus": corpus.description, "train_ratio": train_ratio,
+            "dedup": dedup, "eos_token_id": tokenizer.eos_token_id}
+    with EntryBuilder(root, key, token_dtype(len(tokenizer))) as builder:
+        write_token_files(corpus, found, tokenizer, train_ratio, num_proc, builder, progress)
+        return builder.finish(meta)
 
-    `tokenizer`: a transformers tokenizer or a tiktoken encoding. Runs `datasets.map(batched=True)` in `num_proc`
-    processes. With `cache_dir` the result is an Arrow file there, named by the documents' and the tokenizer's
-    fingerprints: memory-mapped, and reused by the next run. Without it, datasets' default: cached beside
-    file-backed documents, kept in memory for in-memory ones.
-    """
-    tokenize = _TokenizeBatch(tokenizer)
-    cache_file_name = None
-    if cache_dir is not None:
-        folder = Path(cache_dir) / "gptscratch-tokens"
-        folder.mkdir(parents=True, exist_ok=True)
-        fingerprint = Hasher.hash((documents._fingerprint, tokenize))
-        cache_file_name = str(folder / f"tokens-{fingerprint}.arrow")
-    return documents.map(
-        tokenize,
-        batched=True,
-        with_indices=True,
-        remove_columns=documents.column_names,
-        features=TOKEN_FEATURES,
-        num_proc=num_proc if num_proc and num_proc > 1 else None,
-        cache_file_name=cache_file_name,
-        desc=desc,
-    )
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Windows
 
 
 class TokenWindows(Dataset):
     """The book's `GPTDatasetV1` over a token stream: item i is (inputs [context_length], targets [context_length]).
 
-    Window i starts at token i * stride; targets are the inputs shifted by one token. The stream is read from the
-    tokenized dataset's Arrow buffers (memory-mapped when cached on disk), one window per item.
+    Window i starts at token i * stride; targets are the inputs shifted by one token; both int64. `tokens` is a
+    one-dimensional array, usually memory-mapped from a token file: each item reads its window alone. Pickled into a
+    DataLoader worker, a memory-mapped stream travels as its file name and is mapped again there, never copied.
     """
 
-    def __init__(self, tokens: datasets.Dataset, context_length: int, stride: int):
+    def __init__(self, tokens: np.ndarray, context_length: int, stride: int):
         if context_length < 1 or stride < 1:
             raise DataError(f"context length ({context_length}) and stride ({stride}) must be at least 1")
-        self.tokens_dataset = tokens  # keeps the memory map alive
-        column = tokens.data.table.column("input_ids")
-        self.stream = pa.chunked_array([chunk.flatten() for chunk in column.chunks], type=pa.int32())
+        self.tokens = tokens
         self.context_length = context_length
         self.stride = stride
 
     @property
     def num_tokens(self) -> int:
-        return len(self.stream)
+        return len(self.tokens)
 
     def __len__(self) -> int:
         # The book's range(0, len(tokens) - context_length, stride): every window with a full set of targets.
@@ -601,9 +736,21 @@ class TokenWindows(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} out of range for {len(self)} windows")
-        window = self.stream.slice(index * self.stride, self.context_length + 1).to_numpy()
-        window = torch.from_numpy(window.astype(np.int64))
+        start = index * self.stride
+        window = torch.from_numpy(self.tokens[start : start + self.context_length + 1].astype(np.int64))
         return window[:-1], window[1:]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if isinstance(self.tokens, np.memmap):
+            state["tokens"] = (self.tokens.filename, self.tokens.dtype.str, len(self.tokens))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["tokens"], tuple):
+            filename, dtype, count = state["tokens"]
+            state["tokens"] = np.memmap(filename, dtype=dtype, mode="r", shape=(count,))
+        self.__dict__.update(state)
 
 
 def document_position_ids(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -619,12 +766,21 @@ def document_position_ids(input_ids: torch.Tensor, eos_token_id: int) -> torch.T
     return index - document_start
 
 
+def tokenize_text(text: str, tokenizer: Any) -> np.ndarray:
+    """A text held in memory, tokenised whole (the book's way): [tokens] int64. A transformers tokenizer or a
+    tiktoken encoding; `<|endoftext|>` written in the text is that special token."""
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    else:  # tiktoken, as in the book
+        ids = tokenizer.encode(text, allowed_special={EOS_TOKEN})
+    return np.asarray(ids, dtype=np.int64)
+
+
 def windows_from_text(
     text: str, tokenizer: Any, context_length: int, stride: int, name: str = "the text"
 ) -> TokenWindows:
     """Windows over one text held in memory (the book's way); raises DataError when it is too short for one."""
-    documents = datasets.Dataset.from_dict({"text": [text], "doc_start": [True]}, DOCUMENT_FEATURES)
-    windows = TokenWindows(tokenize_documents(documents, tokenizer), context_length, stride)
+    windows = TokenWindows(tokenize_text(text, tokenizer), context_length, stride)
     check_enough_tokens(windows, name)
     return windows
 
@@ -662,22 +818,17 @@ def create_dataloader(
 
 
 @dataclass
-class PreparedData:
-    """A run's data: the tokenizer, training and validation windows, and descriptions for the plan and summary."""
+class PreparedTokens:
+    """A corpus prepared for training: its tokenizer, the token files of its two splits, and their descriptions."""
 
     tokenizer: PreTrainedTokenizerBase
-    train: TokenWindows
-    val: TokenWindows
-    source: str
     tokenizer_description: str
-    documents: int
-    duplicates_dropped: int
+    source: str
+    files: TokenFiles
 
 
-def prepare_data(
+def prepare_tokens(
     *,
-    context_length: int,
-    stride: int | None = None,
     data: Sequence[str] | None = None,
     dataset: str | None = None,
     dataset_config: str | None = None,
@@ -690,40 +841,73 @@ def prepare_data(
     train_ratio: float = 0.9,
     num_proc: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
     log: Any = print,
-) -> PreparedData:
-    """Corpus -> (dedup) -> train/val text split -> tokenizer -> Arrow-cached tokens -> windows, checked for size.
+) -> PreparedTokens:
+    """Corpus -> (dedup) -> train/val split -> tokenizer -> cached token files (what `gptscratch-prepare` does).
 
-    `num_proc` None tokenises in one process below 64 M characters and in every CPU above.
+    A second call with the same corpus, tokenizer, ratio and dedup finds the token files in the cache (`cache_dir`,
+    by default Hugging Face's datasets cache) and reads nothing else. `num_proc` None tokenises in one process
+    below 64 M characters and in every CPU above.
     """
+    check_train_ratio(train_ratio)
     corpus = load_corpus(data, dataset, dataset_config, dataset_split, text_column, embedded, cache_dir, log)
-    documents, dropped = corpus.documents, 0
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    scanned: list[CorpusScan] = []
+
+    def scan() -> CorpusScan:  # the first pass, made at most once, and only when a cache misses
+        if not scanned:
+            scanned.append(scan_corpus(corpus, dedup, progress))
+        return scanned[0]
+
+    def fit() -> PreTrainedTokenizerBase:
+        key = {"corpus": corpus.key, "train_ratio": train_ratio, "dedup": dedup}
+        return fit_tokenizer(lambda: training_sample(corpus, scan(), train_ratio), vocab_size, key, cache_root,
+                             progress)
+
+    chosen, description = resolve_tokenizer(tokenizer, fit)
+    files = prepare_token_files(corpus, chosen, train_ratio, dedup, cache_root, scan, num_proc, progress)
     if dedup:
-        documents, dropped = deduplicate(documents)
+        dropped = files.meta["duplicates_dropped"]
         log(f"dedup: dropped {dropped} exact duplicate document{'s' * (dropped != 1)} before tokenising")
-    train_docs, val_docs = split_documents(documents, train_ratio)
-    chosen, description = resolve_tokenizer(tokenizer, train_docs, vocab_size, cache_dir)
-    if num_proc is None:
-        total_chars = int(document_lengths(documents).sum())
-        num_proc = os.cpu_count() if total_chars >= PARALLEL_TOKENIZE_MIN_CHARS else 1
+    return PreparedTokens(chosen, description, corpus.description, files)
+
+
+@dataclass
+class PreparedData:
+    """A run's data: the tokenizer, training and validation windows, and descriptions for the plan and summary.
+
+    `token_files` is the cache entry the windows are read from; None when the training windows are streamed
+    (`train.streaming`), and then `train` is a StreamedWindows and `train_head` the first of its windows.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    train: Any  # TokenWindows, or train.streaming.StreamedWindows
+    val: TokenWindows
+    source: str
+    tokenizer_description: str
+    documents: int | None
+    duplicates_dropped: int
+    token_files: TokenFiles | None = None
+    train_head: TokenWindows | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.token_files is None
+
+
+def prepare_data(*, context_length: int, stride: int | None = None, **corpus_and_tokenizer: Any) -> PreparedData:
+    """`prepare_tokens(**corpus_and_tokenizer)`, then windows of `context_length` tokens every `stride` (default:
+    context_length) over each split's token file, each split checked to hold at least one window."""
+    prepared = prepare_tokens(**corpus_and_tokenizer)
+    files = prepared.files
     stride = stride or context_length
-    token_cache = cache_dir or datasets.config.HF_DATASETS_CACHE
-    train_tokens = tokenize_documents(train_docs, chosen, num_proc, "Tokenizing training text", token_cache)
-    val_tokens = tokenize_documents(val_docs, chosen, num_proc, "Tokenizing validation text", token_cache)
-    train, val = TokenWindows(train_tokens, context_length, stride), TokenWindows(val_tokens, context_length, stride)
+    train = TokenWindows(files.tokens("train"), context_length, stride)
+    val = TokenWindows(files.tokens("val"), context_length, stride)
     check_enough_tokens(train, "the training split")
     check_enough_tokens(val, "the validation split")
-    return PreparedData(chosen, train, val, corpus.description, description, count_documents(documents), dropped)
-
-
-def count_documents(documents: datasets.Dataset) -> int:
-    """Documents (not rows: a large file spans several rows)."""
-    if "doc_start" not in documents.column_names:
-        return len(documents)
-    return sum(
-        pc.sum(batch.column("doc_start").cast(pa.int64())).as_py() or 0
-        for batch in documents.with_format("arrow").iter(batch_size=10_000)
-    )
+    return PreparedData(prepared.tokenizer, train, val, prepared.source, prepared.tokenizer_description,
+                        files.meta["documents"], files.meta["duplicates_dropped"], files)
 
 
 def _cache_str(cache_dir: str | os.PathLike | None) -> str | None:

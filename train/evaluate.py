@@ -22,6 +22,10 @@ their mean cross-entropy per token.
 
 Bits per byte divide the total surprisal by the text's UTF-8 size instead of its token count, so models with
 different tokenizers compare: bits_per_byte = sum of -ln p(token) / ln 2 / bytes.
+
+At scale: files are read in pieces and their windows scored as their tokens arrive (`evaluate_files`,
+`score_token_stream`), and the loss never holds a batch's [batch, tokens, vocab] logits (`train.book.token_losses`),
+so memory is bounded by the batch whatever the size of the files.
 """
 
 from __future__ import annotations
@@ -38,18 +42,19 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from common.commands import ArgumentParser, UsageError, first_line, run_command
-from common.files import read_utf8_file
 from common.model_dir import inference_device, load_model_weights, read_model_directory
+from train.book import token_losses
+from train.data import NotTextError, read_text_pieces
+from train.tokenizing import safe_pieces
 
 PROG = "gptscratch-eval"
 
@@ -61,21 +66,48 @@ def text_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     something to be predicted from, so every token, and every byte, of the text is scored. A tokenizer without one
     leaves the first token as context only.
     """
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-    return ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []) + ids
+    return [token for chunk in text_token_chunks(tokenizer, [text]) for token in chunk]
+
+
+def text_token_chunks(tokenizer: PreTrainedTokenizerBase, pieces: Iterable[str]) -> Iterator[list[int]]:
+    """`text_token_ids` of the text made of `pieces`, a chunk at a time: each piece is tokenised in parts cut at
+    safe places (`train.tokenizing.safe_pieces`), which give GPT-2-style byte-level BPEs the tokens of the whole."""
+    if tokenizer.eos_token_id is not None:
+        yield [tokenizer.eos_token_id]
+    for piece in pieces:
+        for part in safe_pieces(piece):
+            yield tokenizer(part, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+
+
+class SlidingWindows:
+    """The windows over a token stream, found as the stream grows: (start, end, scored), input IDs [start, end)
+    predicting the IDs [start + 1, end + 1), of which the last `scored` are scored (the earlier ones were scored by
+    previous windows). Windows start every `stride` tokens and hold up to `context_length` inputs; once the stream
+    has ended, the last one may be shorter, so that every token after the first is scored."""
+
+    def __init__(self, context_length: int, stride: int):
+        self.context_length, self.stride = context_length, stride
+        self.start, self.scored_until = 0, 0  # targets at positions 1..scored_until are already scored
+
+    def ready(self, available: int, ended: bool = False) -> Iterator[tuple[int, int, int]]:
+        """The next windows that the first `available` tokens of the stream hold (all of them once `ended`)."""
+        while True:
+            if ended:
+                if self.scored_until >= available - 1:
+                    return
+                end = min(self.start + self.context_length, available - 1)
+            elif self.start + self.context_length + 1 <= available:
+                end = self.start + self.context_length
+            else:
+                return
+            yield self.start, end, end - self.scored_until
+            self.scored_until = end
+            self.start += self.stride
 
 
 def sliding_windows(tokens: int, context_length: int, stride: int) -> list[tuple[int, int, int]]:
-    """The windows over a stream of `tokens` IDs, as (start, end, scored): input IDs [start, end) predict the IDs
-    [start + 1, end + 1), of which the last `scored` are scored (the earlier ones were scored by previous windows)."""
-    windows = []
-    start, scored_until = 0, 0  # targets at positions 1..scored_until are already scored
-    while scored_until < tokens - 1:
-        end = min(start + context_length, tokens - 1)
-        windows.append((start, end, end - scored_until))
-        scored_until = end
-        start += stride
-    return windows
+    """The windows over a stream of `tokens` IDs, as (start, end, scored): see `SlidingWindows`."""
+    return list(SlidingWindows(context_length, stride).ready(tokens, ended=True))
 
 
 @torch.no_grad()
@@ -91,9 +123,26 @@ def score_token_ids(
     Every token but the first is scored once, over `sliding_windows(len(token_ids), context_length, stride)`,
     the last window shorter when the stream does not end on a window boundary. context_length defaults to the
     model's; stride to context_length. With stride = context_length = L and len(token_ids) = k * L + 1 these are
-    exactly the training loop's k validation windows over the same IDs (see the module's docstring). Windows of
-    equal length go through the model `batch_size` at a time, and only the scored positions' logits are computed
-    (`logits_to_keep`).
+    exactly the training loop's k validation windows over the same IDs (see the module's docstring).
+    """
+    return score_token_stream(model, [torch.as_tensor(token_ids, dtype=torch.long)], context_length, stride,
+                              batch_size)
+
+
+@torch.no_grad()
+def score_token_stream(
+    model: PreTrainedModel,
+    chunks: Iterable[Sequence[int] | torch.Tensor],
+    context_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 4,
+) -> tuple[float, int]:
+    """`score_token_ids` of the stream made of `chunks`, read one at a time: memory holds one chunk and one batch
+    of windows, however long the stream.
+
+    Windows of equal length go through the model `batch_size` at a time, and the loss is computed without a
+    batch's [batch, tokens, vocab] logits: the output head takes the scored positions' hidden states a block of
+    rows at a time (`train.book.token_losses`).
     """
     if context_length is None:
         context_length = model.config.max_position_embeddings
@@ -106,26 +155,81 @@ def score_token_ids(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ids = torch.as_tensor(token_ids, dtype=torch.long)
-    windows = sliding_windows(len(ids), context_length, stride)
-    # Only a stream's last window can be shorter; batches never mix lengths, so no padding is needed.
-    batches: list[list[tuple[int, int, int]]] = []
-    for _, same_length in itertools.groupby(windows, key=lambda window: window[1] - window[0]):
-        group = list(same_length)
-        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
-    total_nats, total_tokens = 0.0, 0
-    for batch in tqdm(batches, desc="evaluating", unit="batch", disable=None if len(batches) > 1 else True):
-        inputs = torch.stack([ids[start:end] for start, end, _ in batch]).to(model.device)  # [batch, window]
-        targets = torch.stack([ids[start + 1 : end + 1] for start, end, _ in batch]).to(model.device)
-        keep = max(scored for _, _, scored in batch)
-        # logits: [batch, keep, vocab], the predictions for the last `keep` targets of each window
-        logits = model(inputs, use_cache=False, logits_to_keep=keep).logits
-        targets = targets[:, -keep:].clone()
-        for row, (_, _, scored) in enumerate(batch):
-            targets[row, : keep - scored] = -100  # already scored by an earlier window
-        total_nats += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
-        total_tokens += sum(scored for _, _, scored in batch)
-    return total_nats, total_tokens
+    windows = SlidingWindows(context_length, stride)
+    buffer = torch.zeros(0, dtype=torch.long)  # the stream from token `offset` on
+    offset, seen = 0, 0
+    batch: list[tuple[torch.Tensor, int]] = []  # (window's tokens [inputs + 1], scored), all of one length
+    totals = [0.0, 0]
+
+    def score_batch() -> None:
+        # Only a stream's last window can be shorter; batches never mix lengths, so no padding is needed.
+        tokens = torch.stack([window for window, _ in batch]).to(model.device)  # [batch, window + 1]
+        keep = max(scored for _, scored in batch)
+        losses = token_losses(model, tokens[:, :-1], tokens[:, 1:], scored=keep)  # [batch, keep]
+        already = torch.arange(keep, device=losses.device) < keep - torch.tensor(
+            [scored for _, scored in batch], device=losses.device)[:, None]  # scored by an earlier window
+        totals[0] += losses.masked_fill(already, 0.0).sum().item()
+        totals[1] += sum(scored for _, scored in batch)
+        batch.clear()
+
+    for chunk in itertools.chain(chunks, [None]):
+        if chunk is not None:
+            buffer = torch.cat([buffer, torch.as_tensor(chunk, dtype=torch.long)])
+            seen += len(chunk)
+        for start, end, scored in windows.ready(seen, ended=chunk is None):
+            window = buffer[start - offset : end + 1 - offset]
+            if batch and (len(batch) == batch_size or len(batch[0][0]) != len(window)):
+                score_batch()
+            batch.append((window, scored))
+        buffer, offset = buffer[windows.start - offset :], windows.start  # tokens no later window needs go
+    if batch:
+        score_batch()
+    return totals[0], totals[1]
+
+
+def score_pieces(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Iterable[Iterable[str]],
+    context_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 4,
+    total_bytes: int | None = None,
+) -> dict[str, float | int]:
+    """`evaluate_text` of texts each given as pieces (a file's `read_text_pieces`), read as they are scored."""
+    was_training = model.training
+    model.eval()
+    total_nats, total_tokens, read = 0.0, 0, 0
+    with tqdm(total=total_bytes, desc="evaluating", unit="B", unit_scale=True, disable=None) as bar:
+        def counted(pieces: Iterable[str]) -> Iterator[str]:
+            nonlocal read
+            for piece in pieces:
+                size = len(piece.encode("utf-8"))
+                read += size
+                bar.update(size)
+                yield piece
+
+        try:
+            for pieces in texts:
+                chunks = text_token_chunks(tokenizer, counted(pieces))
+                nats, tokens = score_token_stream(model, chunks, context_length, stride, batch_size)
+                total_nats += nats
+                total_tokens += tokens
+        finally:
+            model.train(was_training)
+    if total_tokens == 0:
+        raise UsageError(
+            "the texts hold no token to score (a text needs two tokens, counting the leading end-of-text token); "
+            "pass longer text"
+        )
+    loss = total_nats / total_tokens
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_byte": total_nats / math.log(2) / read,
+        "tokens": total_tokens,
+        "bytes": read,
+    }
 
 
 def evaluate_text(
@@ -143,32 +247,21 @@ def evaluate_text(
     Returns {"loss": mean nats per token, "perplexity": exp(loss), "bits_per_byte": total nats / ln 2 / bytes,
     "tokens": tokens scored, "bytes": UTF-8 bytes of the texts}. Texts with no token to score are a UsageError.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        total_nats, total_tokens, total_bytes = 0.0, 0, 0
-        for text in texts:
-            nats, tokens = score_token_ids(
-                model, text_token_ids(tokenizer, text), context_length, stride, batch_size
-            )
-            total_nats += nats
-            total_tokens += tokens
-            total_bytes += len(text.encode("utf-8"))
-    finally:
-        model.train(was_training)
-    if total_tokens == 0:
-        raise UsageError(
-            "the texts hold no token to score (a text needs two tokens, counting the leading end-of-text token); "
-            "pass longer text"
-        )
-    loss = total_nats / total_tokens
-    return {
-        "loss": loss,
-        "perplexity": math.exp(loss),
-        "bits_per_byte": total_nats / math.log(2) / total_bytes,
-        "tokens": total_tokens,
-        "bytes": total_bytes,
-    }
+    return score_pieces(model, tokenizer, [[text] for text in texts], context_length, stride, batch_size,
+                        sum(len(text.encode("utf-8")) for text in texts))
+
+
+def evaluate_files(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    paths: Sequence[str | os.PathLike],
+    context_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 4,
+) -> dict[str, float | int]:
+    """`evaluate_text` of UTF-8 text files, each read in pieces as it is scored: memory does not grow with them."""
+    return score_pieces(model, tokenizer, [read_text_pieces(Path(path)) for path in paths], context_length, stride,
+                        batch_size, sum(os.path.getsize(path) for path in paths))
 
 
 # --- lm-eval tasks ---------------------------------------------------------------------------------------------------
@@ -499,12 +592,24 @@ def format_task_table(summary: dict[str, Any]) -> str:
     )
 
 
-def read_text_file(path: str | os.PathLike) -> str:
-    """A UTF-8 text file's contents, or a UsageError that names the file and what is wrong with it."""
-    text = read_utf8_file(path, "data file", "pass a UTF-8 text file with text to evaluate on")
-    if not text.strip():
+def check_text_file(path: str | os.PathLike) -> None:
+    """Reads a data file through once, in pieces, and raises a UsageError naming it unless it is UTF-8 text with
+    something besides white space in it."""
+    path, fix = Path(path), "pass a UTF-8 text file with text to evaluate on"
+    if not path.exists():
+        raise UsageError(f"data file {path} does not exist; {fix}")
+    if path.is_dir():
+        raise UsageError(f"data file {path} is a directory, not a file; {fix}")
+    has_text = False
+    try:
+        for piece in read_text_pieces(path):
+            has_text = has_text or not piece.isspace()
+    except NotTextError as error:
+        raise UsageError(f"data file {path} is {error.reason} (byte offset {error.offset}); {fix}") from None
+    except OSError as error:
+        raise UsageError(f"cannot read data file {path} ({error.strerror}); {fix}") from None
+    if not has_text:
         raise UsageError(f"data file {path} is empty; pass a file with text to evaluate on")
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -556,7 +661,8 @@ def _refuse_other_modes_flags(args: argparse.Namespace, flags: Sequence[str], mo
 def _main_text(args: argparse.Namespace) -> None:
     """--data: loss, perplexity and bits per byte of the model on the text files."""
     _refuse_other_modes_flags(args, ("--limit", "--include-path"), "--data (it is for --tasks)")
-    texts = [read_text_file(path) for path in args.data]
+    for path in args.data:
+        check_text_file(path)
     config, tokenizer = read_model_directory(args.model)
     model_context = config.max_position_embeddings
     context_length = model_context if args.context_length is None else args.context_length
@@ -568,11 +674,11 @@ def _main_text(args: argparse.Namespace) -> None:
     if not 1 <= stride <= context_length:
         raise UsageError(f"--stride must be between 1 and the context length {context_length}, got {stride}")
     model = load_model_weights(args.model, config, device=inference_device())
-    result = evaluate_text(model, tokenizer, texts, context_length, stride, args.batch_size)
+    result = evaluate_files(model, tokenizer, args.data, context_length, stride, args.batch_size)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"data           {len(texts)} file(s), {result['bytes']:,} bytes, {result['tokens']:,} tokens scored")
+        print(f"data           {len(args.data)} file(s), {result['bytes']:,} bytes, {result['tokens']:,} tokens scored")
         print(f"windows        context {context_length}, stride {stride}")
         print(f"loss           {result['loss']:.4f} nats/token")
         print(f"perplexity     {result['perplexity']:.2f}")

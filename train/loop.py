@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from common.commands import UsageError
-from train.book import generate_sample, lm_loss, window_logits
+from train.book import generate_sample, lm_loss, token_losses, window_logits
 from train.checkpoints import LOOP_STATE_FILE
 from train.plan import scheduler_name
-from train.processes import full_model, fused_adamw, use_cpu
+from train.processes import full_model, fused_adamw, use_cpu, weights_are_sharded
 from train.state import RunContext, TrainResult
 
 # Accelerate warns that checkpoints store the tied output head once; loading ties it again, so the warning is noise.
@@ -103,7 +104,7 @@ class LoopObjects:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    train_loader: DataLoader
+    train_loader: DataLoader | Iterator[tuple[torch.Tensor, torch.Tensor]]  # a stream's endless batches
     train_eval_loader: DataLoader
     val_loader: DataLoader
     micro_batches_per_epoch: int
@@ -126,6 +127,8 @@ class LoopPosition:
         if context.resume_from is None:
             return cls()
         accelerator.load_state(str(context.resume_from))
+        if context.data.streamed:
+            context.data.train.load(context.resume_from)
         saved = json.loads((context.resume_from / LOOP_STATE_FILE).read_text(encoding="utf-8"))
         position = cls(saved["step"], saved["epoch"], saved["micro_batches_in_epoch"])
         context.log(f"resumed from {context.resume_from} at step {position.step} (epoch {position.epoch + 1})")
@@ -171,14 +174,21 @@ def prepare(context: RunContext) -> LoopObjects:
     )
     # Each loader has its own generator: creating an iterator then draws nothing from the global one, which the
     # dropout masks use, so a resumed run sees the masks the uninterrupted run saw.
-    train_loader = DataLoader(
-        context.data.train, batch_size=options.batch_size, shuffle=True, drop_last=True, generator=torch.Generator()
-    )
     train_eval_loader = DataLoader(context.train_eval, batch_size=options.batch_size, generator=torch.Generator())
     val_loader = DataLoader(context.val_eval, batch_size=options.batch_size, generator=torch.Generator())
-    model, optimizer, train_loader, train_eval_loader, val_loader, scheduler = accelerator.prepare(
-        context.model, optimizer, train_loader, train_eval_loader, val_loader, scheduler
-    )
+    if context.data.streamed:  # each process draws its own windows, and its checkpoints keep the stream's position
+        train_loader = context.data.train.batches(options.batch_size, accelerator.device)
+        model, optimizer, train_eval_loader, val_loader, scheduler = accelerator.prepare(
+            context.model, optimizer, train_eval_loader, val_loader, scheduler
+        )
+    else:
+        train_loader = DataLoader(
+            context.data.train, batch_size=options.batch_size, shuffle=True, drop_last=True,
+            generator=torch.Generator(),
+        )
+        model, optimizer, train_loader, train_eval_loader, val_loader, scheduler = accelerator.prepare(
+            context.model, optimizer, train_loader, train_eval_loader, val_loader, scheduler
+        )
     if options.report_to:
         accelerator.init_trackers("gptscratch", config=_tracker_config(options))
     return LoopObjects(
@@ -223,7 +233,10 @@ def decay_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[
 
 
 def epoch_batches(run: LoopObjects, position: LoopPosition) -> Any:
-    """The micro-batches of `position`'s epoch, shuffled by seed + epoch; those a resumed epoch consumed are skipped."""
+    """The micro-batches of `position`'s epoch, shuffled by seed + epoch; those a resumed epoch consumed are skipped.
+    A stream goes on from where it is (a resumed one from its checkpoint's position)."""
+    if not isinstance(run.train_loader, DataLoader):
+        return run.train_loader
     run.train_loader.set_epoch(position.epoch)
     if position.micro_batches_in_epoch:
         return run.accelerator.skip_first_batches(run.train_loader, position.micro_batches_in_epoch)
@@ -259,14 +272,22 @@ def train_micro_batch(
 def evaluate_loss(
     model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, document_eos_id: int | None = None
 ) -> float:
-    """Mean cross-entropy per token over every window of `loader`, gathered from all processes."""
+    """Mean cross-entropy per token over every window of `loader`, gathered from all processes.
+
+    Computed without a batch's [batch, tokens, vocab] logits (`token_losses`), except under FSDP or DeepSpeed,
+    whose sharded weights are whole only inside the wrapped model's forward.
+    """
     model.eval()
+    unwrapped = None if weights_are_sharded(accelerator) else accelerator.unwrap_model(model)
     losses = []
-    with torch.no_grad():
+    with torch.no_grad(), accelerator.autocast():
         for inputs, targets in loader:
-            logits = window_logits(model, inputs, document_eos_id)  # [batch, tokens, vocab]
-            per_window = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none").mean(dim=1)
-            losses.append(accelerator.gather_for_metrics(per_window))
+            if unwrapped is None:
+                logits = window_logits(model, inputs, document_eos_id)  # [batch, tokens, vocab]
+                per_token = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
+            else:
+                per_token = token_losses(unwrapped, inputs, targets, document_eos_id)  # [batch, tokens]
+            losses.append(accelerator.gather_for_metrics(per_token.mean(dim=1)))
     model.train()
     return torch.cat(losses).mean().item()
 
@@ -308,6 +329,8 @@ def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPositio
     context.check_weights(run.model, position.step)
     with directory.writing_checkpoint(position.step, run.model, context.options.save_total_limit) as staging:
         accelerator.save_state(str(staging))
+        if context.data.streamed:
+            context.data.train.save(staging)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             context.data.tokenizer.save_pretrained(staging)

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,8 +158,16 @@ class TrainOptions:
     )
     num_proc: int | None = option(help="tokenising processes (default: 1 below 64 M characters, else all CPUs)",
                                   group="data", check=positive, resume=MAY_CHANGE, type=int)
-    cache_dir: str | None = option(help="where datasets keeps its Arrow caches (default: HF's datasets cache)",
-                                   group="data", resume=MAY_CHANGE)
+    cache_dir: str | None = option(
+        help="where prepared token files and fitted tokenizers are kept, and hub datasets downloaded (default: HF's "
+        "datasets cache)", group="data", resume=MAY_CHANGE,
+    )
+    streaming: bool = option(
+        False, "with --dataset: tokenise on the fly from datasets' streaming mode instead of preparing token files "
+        "(needs --max-steps; validation is the split's first documents)", group="data", action="store_true",
+    )
+    shuffle_buffer: int = option(1000, "with --streaming: windows in the shuffle buffer", group="data",
+                                 check=positive, type=int)
 
     # Model
     preset: str = option("tiny", "model size: tiny, gpt2-124m, gpt2-355m, gpt2-774m or gpt2-1558m", group="model",
@@ -235,11 +243,34 @@ class TrainOptions:
 OPTION_FIELDS = {spec.name: spec for spec in dataclasses.fields(TrainOptions)}
 
 
+def check_fields(options: Any, names: Iterable[str]) -> None:
+    """Runs the own checks of the options `names` (TrainOptions fields) on `options`, which has them as attributes."""
+    for name in names:
+        check = OPTION_FIELDS[name].metadata["check"]
+        if check is not None:
+            check(flag_name(name), getattr(options, name))
+
+
 def check_options(options: TrainOptions) -> None:
-    """Runs every option's own check; each error names its flag and the fix."""
-    for name, spec in OPTION_FIELDS.items():
-        if spec.metadata["check"] is not None:
-            spec.metadata["check"](flag_name(name), getattr(options, name))
+    """Runs every option's own check, then those of options that go together; each error names its flag and the
+    fix."""
+    check_fields(options, OPTION_FIELDS)
+    if options.streaming:
+        check_streaming(options)
+
+
+def check_streaming(options: TrainOptions) -> None:
+    """--streaming reads a hub dataset as it trains, with the Accelerate loop, for a given number of steps."""
+    if not options.dataset:
+        raise UsageError("--streaming streams a --dataset NAME; local files (--data) are tokenised once into token "
+                         "files instead (see gptscratch-prepare)")
+    if options.max_steps is None:
+        raise UsageError("--streaming needs --max-steps N: a stream has no length to count epochs in")
+    if options.engine == "trainer":
+        raise UsageError("--engine trainer does not take --streaming: the Trainer resumes a stream by reading it "
+                         "again from the start; use --engine accelerate, whose checkpoints keep the stream's position")
+    if options.dedup:
+        raise UsageError("--dedup compares whole documents before training; it does not apply to --streaming")
 
 
 def resume_differences(options: TrainOptions, original: TrainOptions) -> list[str]:
@@ -255,7 +286,7 @@ def resume_differences(options: TrainOptions, original: TrainOptions) -> list[st
 # The command line: the parser, derived from the fields, and --config-file
 
 
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default only when it has one: not for unset options (None) or off switches (False)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -270,24 +301,34 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROGRAM,
         description="Pretrain a GPT from scratch on unlabeled text (next-token prediction). With no data flags it "
         "trains on an embedded corpus that ships with Python, with a tokenizer fitted on it.",
-        formatter_class=_DefaultsFormatter,
+        formatter_class=DefaultsFormatter,
     )
     parser.add_argument(
         "--config-file", metavar="FILE",
         help="a YAML or JSON file of options (the flags' names, e.g. batch_size: 8); flags given here win",
     )
-    groups = {name: parser if name == "run" else parser.add_argument_group(name) for name in GROUPS}
-    for name, spec in OPTION_FIELDS.items():
+    add_option_flags(parser, OPTION_FIELDS)
+    return parser
+
+
+def add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """Adds the flags of the TrainOptions fields `names` to `parser`, each in its group (the "run" group is the
+    parser's own)."""
+    groups: dict[str, Any] = {"run": parser}
+    for name in names:
+        spec = OPTION_FIELDS[name]
         if spec.metadata["flag"].get("action") == "append":
             default = []  # KEY=VALUE strings, read into the field's dict by parse_arguments
         elif spec.default_factory is not dataclasses.MISSING:
             default = spec.default_factory()
         else:
             default = None if spec.default is dataclasses.MISSING else spec.default
-        groups[spec.metadata["group"]].add_argument(
+        group = spec.metadata["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        groups[group].add_argument(
             flag_name(name), dest=name, default=default, help=spec.metadata["help"] or None, **spec.metadata["flag"]
         )
-    return parser
 
 
 def parse_config_pairs(pairs: Sequence[str]) -> dict[str, str]:

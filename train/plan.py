@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
+from common.files import format_size
 from train.data import PreparedData
 from train.options import TrainOptions
 
@@ -36,7 +37,11 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
         model = GPTScratchForCausalLM(config)
     total = sum(p.numel() for p in model.parameters())
     embeddings = model.model.tok_emb.weight.numel() + model.model.pos_emb.weight.numel()
-    per_epoch = steps_per_epoch(len(data.train), options.batch_size, num_processes, options.grad_accum, options.engine)
+    if data.streamed:  # a stream has no length: its epoch is the run
+        per_epoch = options.max_steps
+    else:
+        per_epoch = steps_per_epoch(len(data.train), options.batch_size, num_processes, options.grad_accum,
+                                    options.engine)
     total_steps = options.max_steps or per_epoch * options.epochs
     window = data.train.context_length
     tokens_per_step = options.batch_size * window * num_processes * options.grad_accum
@@ -56,15 +61,30 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
     )
     precision = {"no": "fp32", "bf16": "bf16 mixed", "fp16": "fp16 mixed"}[options.mixed_precision]
     overrides = "".join(f", {key}={value}" for key, value in options.model_overrides().items())
+    windows = f"context {window}, stride {data.train.stride}" + (
+        ", attention within each document" if options.document_mask else "")
+    if data.streamed:
+        data_lines = [
+            f"  data        {data.source}",
+            f"  split       train: windows tokenised as the stream is read, drawn through a shuffle buffer of "
+            f"{options.shuffle_buffer:,}; validation: the split's first documents, {data.val.num_tokens:,} tokens -> "
+            f"{len(data.val):,} windows ({windows})",
+        ]
+    else:
+        files = data.token_files
+        data_lines = [
+            f"  data        {data.source}; {data.documents:,} documents"
+            + (f", {data.duplicates_dropped:,} duplicates dropped" if options.dedup else ""),
+            f"  split       train {data.train.num_tokens:,} tokens -> {len(data.train):,} windows; "
+            f"validation {data.val.num_tokens:,} tokens -> {len(data.val):,} windows "
+            f"({windows}, ratio {options.train_ratio})",
+            f"  token files {files.directory} ({format_size(files.size)}, {files.meta['dtype']})",
+        ]
     lines = [
         "Plan",
-        f"  data        {data.source}; {data.documents:,} documents"
-        + (f", {data.duplicates_dropped:,} duplicates dropped" if options.dedup else ""),
+        data_lines[0],
         f"  tokenizer   {data.tokenizer_description}",
-        f"  split       train {data.train.num_tokens:,} tokens -> {len(data.train):,} windows; "
-        f"validation {data.val.num_tokens:,} tokens -> {len(data.val):,} windows "
-        f"(context {window}, stride {data.train.stride}, ratio {options.train_ratio}"
-        + (", attention within each document)" if options.document_mask else ")"),
+        *data_lines[1:],
         f"  model       {options.preset}{overrides}: {config.n_layers} layers, {config.n_heads} heads, "
         f"{config.emb_dim} dims, context {config.context_length}, vocab {config.vocab_size}, "
         f"dropout {config.drop_rate}",

@@ -38,13 +38,19 @@ def any_process(flag: bool) -> bool:
     return bool(value.item())
 
 
+def weights_are_sharded(accelerator: Any) -> bool:
+    """Whether each process holds only a slice of the weights (FSDP, DeepSpeed): outside the wrapped model's forward
+    they are not whole, and the unwrapped model cannot run."""
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def full_model(accelerator: Any, model: torch.nn.Module, config: GPTScratchConfig) -> GPTScratchForCausalLM | None:
     """The trained model with all its weights on the main process, None on the others; every process must call it.
 
     `model` is what `accelerator.prepare` returned. Sharded engines (FSDP, DeepSpeed) hold a slice of the weights
     per process: their state dict is gathered into a fresh model. Otherwise it is the unwrapped model itself.
     """
-    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if not weights_are_sharded(accelerator):
         return accelerator.unwrap_model(model, keep_torch_compile=False) if accelerator.is_main_process else None
     state_dict = accelerator.get_state_dict(model)
     if not accelerator.is_main_process:

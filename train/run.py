@@ -37,6 +37,7 @@ from train.plan import Plan, make_plan
 from train.plot import plot_metrics_file
 from train.processes import StopSignals, use_cpu
 from train.state import RunContext, TrainResult
+from train.streaming import prepare_streamed_data
 
 ENGINES = {"accelerate": loop.fit, "trainer": trainer.fit}
 DEFAULT_START_CONTEXT = {"pydoc": 'The "for" statement', "stdlib": "def "}
@@ -180,7 +181,7 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
     if ended is None or options.dry_run:  # a run with nothing left to train says so in one line instead
         for line in plan.lines:
             log(line)
-    if len(data.train) < options.batch_size * state.num_processes * options.grad_accum:
+    if not data.streamed and len(data.train) < options.batch_size * state.num_processes * options.grad_accum:
         raise UsageError(
             f"--batch-size {options.batch_size} (x {state.num_processes} processes x {options.grad_accum} "
             f"accumulation steps) is larger than the {len(data.train)} training windows; lower --batch-size "
@@ -246,24 +247,31 @@ def load_weights(model: GPTScratchForCausalLM, directory: Path) -> None:
 
 
 def load_data(options: TrainOptions, resume_from: Path | None, log: Callable[[str], None]) -> PreparedData:
-    """The run's tokenizer and windows; a resumed run takes the tokenizer saved in its checkpoint."""
-    data = prepare_data(
+    """The run's tokenizer and windows (token files, or a stream); a resumed run takes the tokenizer saved in its
+    checkpoint."""
+    state = PartialState()
+    shared = dict(
         context_length=options.context_length or model_context_length(options),
         stride=options.stride,
-        data=options.data,
-        dataset=options.dataset,
         dataset_config=options.dataset_config,
         dataset_split=options.dataset_split,
         text_column=options.text_column,
-        embedded=options.embedded,
-        dedup=options.dedup,
         tokenizer=str(resume_from) if resume_from else options.tokenizer,
         vocab_size=options.vocab_size,
-        train_ratio=options.train_ratio,
-        num_proc=options.num_proc,
         cache_dir=options.cache_dir,
-        log=log,
+        progress=state.is_main_process,
     )
+    if options.streaming:
+        data = prepare_streamed_data(
+            dataset=options.dataset, evaluation_windows=evaluation_windows(options),
+            shuffle_buffer=options.shuffle_buffer, seed=options.seed, rank=state.process_index,
+            processes=state.num_processes, **shared,
+        )
+    else:
+        data = prepare_data(
+            data=options.data, dataset=options.dataset, embedded=options.embedded, dedup=options.dedup,
+            train_ratio=options.train_ratio, num_proc=options.num_proc, log=log, **shared,
+        )
     if resume_from is not None:  # describe the checkpoint's tokenizer as the original run did
         data.tokenizer_description = json.loads((resume_from.parent / RUN_FILE).read_text())["tokenizer_description"]
     return data
@@ -301,7 +309,7 @@ def start_run(
 
     set_seed(options.seed)
     model = GPTScratchForCausalLM(config)  # the same initial weights in both engines for the same seed
-    eval_windows = options.eval_iter * options.batch_size * state.num_processes
+    eval_windows = evaluation_windows(options)
     return RunContext(
         options=options,
         data=data,
@@ -310,9 +318,10 @@ def start_run(
         model=model,
         directory=directory,
         resume_from=resume_from,
-        # A fixed spread of training windows and the first validation windows (the book's val_loader order), so
-        # every evaluation measures the same text and draws nothing from the random generators.
-        train_eval=Subset(data.train, evenly_spaced(len(data.train), eval_windows)),
+        # A fixed spread of training windows (a stream's first ones) and the first validation windows (the book's
+        # val_loader order), so every evaluation measures the same text and draws nothing from the random generators.
+        train_eval=(data.train_head if data.streamed
+                    else Subset(data.train, evenly_spaced(len(data.train), eval_windows))),
         val_eval=Subset(data.val, range(min(len(data.val), eval_windows))),
         start_context=options.start_context or DEFAULT_START_CONTEXT.get(
             options.embedded if not (options.data or options.dataset) else "", BOOK_START_CONTEXT
@@ -384,6 +393,11 @@ def verify_model_directory(
         generator=torch.Generator().manual_seed(seed),
     )
     return tokenizer.decode(output[0].tolist())
+
+
+def evaluation_windows(options: TrainOptions) -> int:
+    """Windows each evaluation measures per split, over all processes."""
+    return options.eval_iter * options.batch_size * PartialState().num_processes
 
 
 def evenly_spaced(length: int, count: int) -> list[int]:

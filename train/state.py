@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import Dataset
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train.checkpoints import RunDirectory, save_best_model
@@ -62,8 +62,8 @@ class RunContext:
     model: GPTScratchForCausalLM
     directory: RunDirectory
     resume_from: Path | None
-    train_eval: Subset
-    val_eval: Subset
+    train_eval: Dataset
+    val_eval: Dataset
     start_context: str
     metrics: MetricsLog
     early_stopping: EarlyStopping

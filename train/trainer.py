@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.integrations import TensorBoardCallback
 
-from train.book import generate_sample, lm_loss
+from train.book import generate_sample, lm_loss, token_losses
 from train.data import document_position_ids
 from train.metrics import perplexity
 from train.plan import scheduler_name
-from train.processes import full_model, fused_adamw, use_cpu
+from train.processes import full_model, fused_adamw, use_cpu, weights_are_sharded
 from train.state import RunContext, TrainResult
 
 
@@ -97,6 +97,21 @@ class GPTScratchTrainer(Trainer):
             eval_dataset = self.eval_dataset
         loader = DataLoader(eval_dataset, batch_size=self.args.eval_batch_size, collate_fn=self.data_collator)
         return self.accelerator.prepare(loader)
+
+    def prediction_step(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor, None, None]:
+        """An evaluation batch's mean loss, computed without its [batch, tokens, vocab] logits (`token_losses`, as
+        the Accelerate loop's validation) and without keeping any logits; sharded weights (FSDP, DeepSpeed) go
+        through the Trainer's own step, whole only inside the wrapped forward."""
+        if weights_are_sharded(self.accelerator):
+            return super().prediction_step(model, inputs, prediction_loss_only=True, ignore_keys=ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.accelerator.autocast():
+            losses = token_losses(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["labels"],
+                                  self.run_context.document_eos_id)
+        return losses.mean().detach(), None, None
 
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
         """Adds `<prefix>_perplexity` = exp(loss) to the metrics, before they are logged and passed to callbacks."""
@@ -183,6 +198,7 @@ def training_arguments(context: RunContext, total_steps: int) -> TrainingArgumen
         eval_strategy="steps",
         eval_steps=options.eval_freq,
         eval_on_start=context.resume_from is None,
+        prediction_loss_only=True,  # evaluation keeps each batch's loss, never its logits
         save_strategy="steps",
         save_steps=options.save_steps or total_steps,  # the Trainer also saves at the last step
         save_total_limit=options.save_total_limit,
