@@ -104,14 +104,22 @@ def test_the_time_budget_ends_the_run_with_the_schedule_at_its_floor_and_mfu_fro
         assert record["mfu"] == pytest.approx(BATCH * WINDOW * flops_per_token / 1e9)
 
 
-def test_the_first_limit_reached_ends_the_run(tmp_path, corpus, cache, steps_of_one_second):
-    args = [*common(corpus, cache), "--max-time", "10", "--eval-freq", "100", "--lr-scheduler", "linear",
+def test_the_first_limit_reached_ends_the_run_and_the_expected_steps_are_logged(
+    tmp_path, corpus, cache, steps_of_one_second, capsys
+):
+    args = [*common(corpus, cache), "--max-time", "12", "--eval-freq", "100", "--lr-scheduler", "linear",
             "--warmup-steps", "0"]
     assert train_cli([*args, "--output-dir", str(tmp_path / "steps"), "--max-steps", "4"]) == 0
     assert read_metrics(tmp_path / "steps")[-1]["step"] == 4
+    capsys.readouterr()
     assert train_cli([*args, "--output-dir", str(tmp_path / "time"), "--max-steps", "50"]) == 0
-    assert read_metrics(tmp_path / "time")[-1]["step"] == 10
-    # With --max-steps 50 the schedule also spans the 10 s, which end first: the linear decay reaches 0.
+    assert read_metrics(tmp_path / "time")[-1]["step"] == 12
+    printed = capsys.readouterr().out
+    assert "4 steps (max steps) or 12 s (--max-time), whichever ends first" not in printed
+    assert "50 steps (max steps) or 12 s (--max-time), whichever ends first" in printed
+    # After 10 timed steps (2 to 11, one second each), 1 s is left: 12 steps in all.
+    assert "time budget: 11.0 s for 11 steps; 12 steps expected in 12 s" in printed
+    # With --max-steps 50 the schedule also spans the 12 s, which end first: the linear decay reaches 0.
     final = RunDirectory(tmp_path / "time").checkpoint_dirs()[-1]
     assert last_learning_rates(final) == pytest.approx([0.0, 0.0])
 

@@ -49,6 +49,11 @@ class TrainingClock:
         self._used_before = used
         self._started_at = self._mark = monotonic()
 
+    def stop(self) -> None:
+        """Stops counting: the loop is over (what follows, the model directory and the reload check, is not
+        training)."""
+        self._used_before, self._started_at = self.used(), None
+
     def used(self) -> float:
         """Seconds of training so far, resumes included."""
         return self._used_before + (0.0 if self._started_at is None else monotonic() - self._started_at)

@@ -140,7 +140,8 @@ class RunContext:
         return any_process(self.stop.requested)
 
     def result(self, reason: str, step: int) -> TrainResult:
-        """The engine's result after `step` optimizer steps."""
+        """The engine's result after `step` optimizer steps; the clock stops."""
+        self.clock.stop()
         return TrainResult(
             reason=reason,
             steps=step,
