@@ -196,8 +196,8 @@ class TrainOptions:
         group="model", check=dropout_rate, type=float,
     )
     attention_dropout: float | None = option(
-        help="dropout on the attention weights (default: 0, which keeps the fused attention kernel; the model's "
-        "own default, without this flag, is the book's: --dropout)", group="model", check=dropout_rate, type=float,
+        help="dropout on the attention weights (default: 0, which keeps SDPA's fused kernel; the book applies "
+        "--dropout there too)", group="model", check=dropout_rate, type=float,
     )
     config: dict[str, Any] = option(
         {}, "override any model field, e.g. context_length=512 or layer_norm_eps=1e-6 (repeatable)", group="model",
@@ -238,7 +238,7 @@ class TrainOptions:
         "(warmup-stable-decay: constant, then a linear decay to --min-lr over the last --decay-ratio)",
         group="optimisation", check=one_of(LR_SCHEDULERS, "scheduler"), choices=LR_SCHEDULERS,
     )
-    min_lr: float = option(0.0, "the learning rate cosine and wsd end at", group="optimisation", check=not_negative,
+    min_lr: float = option(0.0, "the learning rate cosine and wsd end at (default: 0)", group="optimisation", check=not_negative,
                            type=float)
     decay_ratio: float = option(0.2, "wsd: the share of the run its decay takes", group="optimisation",
                                 check=fraction, type=float)

@@ -52,22 +52,33 @@ def training_flops_per_token(config: GPTScratchConfig, window: int) -> float:
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.25) -> float:
-    """The FLOP/s this device's square matrix products reach in `dtype`, timed for about `seconds` after a
-    warm-up: what MFU divides by when no peak is given (a fraction of a second at the start of a run)."""
-    size = 2048 if device.type == "cpu" else 8192
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    """The FLOP/s this device's square matrix products reach in `dtype`, timed for about `seconds`: what MFU
+    divides by when no peak is given (measured at the start of a run).
+
+    The size doubles from 256 to the device's largest (2048 on CPU, 8192 on accelerators) while a product takes
+    under a tenth of `seconds`, so a precision the device emulates (bf16 on a CPU without AVX-512 BF16 can be 100x
+    slower than fp32) is measured in about the same time as a fast one.
+    """
+    largest = 2048 if device.type == "cpu" else 8192
     batch = 1 if device.type == "cpu" else 10  # accelerators run asynchronously: time several per synchronisation
 
-    def products() -> None:
+    def products(a: torch.Tensor, b: torch.Tensor) -> None:
         for _ in range(batch):
             a @ b
         if device.type != "cpu":
             torch.accelerator.synchronize(device)
 
-    products()  # warm-up: kernel choice, caches, clocks
+    size = 256
+    while True:
+        a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+        start = time.perf_counter()
+        products(a, b)  # also the warm-up of this size: kernel choice, caches, clocks
+        if size >= largest or time.perf_counter() - start > seconds / 10:
+            break
+        size *= 2
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        products()
+        products(a, b)
         count += batch
     return 2 * size**3 * count / (time.perf_counter() - start)
 

@@ -203,6 +203,9 @@ def start_run(
     source = "--peak-flops" if options.peak_flops else f"the matmul throughput measured in {str(dtype)[6:]}"
     log(f"MFU is against {peak_flops / 1e12:.3g} TFLOP/s: {source}"
         + (f", summed over {state.num_processes} processes" if state.num_processes > 1 else ""))
+    if options.optimizer == "muon" and state.device.type == "cpu":
+        log("note: torch.optim.Muon runs its Newton-Schulz steps in bf16, which CPUs without native bf16 (AVX-512 "
+            "BF16, AMX) emulate slowly; the progress bar's tok_s shows what that costs here")
     return RunContext(
         options=options,
         data=data,
