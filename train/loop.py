@@ -114,8 +114,8 @@ class LoopObjects:
 @dataclass
 class LoopPosition:
     """Where the loop is: optimizer steps done, the epoch, the micro-batches of it consumed and the seconds of
-    training used (saved in every checkpoint as loop_state.json); also the step of the last sample printed (not
-    saved)."""
+    training used when it was last saved or resumed (saved in every checkpoint as loop_state.json); also the step
+    of the last sample printed (not saved)."""
 
     step: int = 0
     epoch: int = 0
@@ -134,10 +134,10 @@ class LoopPosition:
         context.log(f"resumed from {context.resume_from} at step {position.step} (epoch {position.epoch + 1})")
         return position
 
-    def state_dict(self, micro_batches_per_epoch: int, reason: str, time_used: float) -> dict[str, Any]:
+    def state_dict(self, micro_batches_per_epoch: int, reason: str) -> dict[str, Any]:
         """What a checkpoint records; a finished epoch resumes at the start of the next."""
         state = {"step": self.step, "epoch": self.epoch, "micro_batches_in_epoch": self.micro_batches_in_epoch,
-                 "time_used": time_used, "reason": reason}
+                 "time_used": self.time_used, "reason": reason}
         if self.micro_batches_in_epoch >= micro_batches_per_epoch:
             state.update(epoch=self.epoch + 1, micro_batches_in_epoch=0)
         return state
@@ -299,8 +299,8 @@ def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPositio
         context.data.tokenizer.save_pretrained(staging)
         context.config.save_pretrained(staging)
         with open(staging / LOOP_STATE_FILE, "w", encoding="utf-8") as stream:
-            json.dump(position.state_dict(run.micro_batches_per_epoch, reason, context.clock.used()), stream,
-                      indent=2)
+            position.time_used = context.clock.used()
+            json.dump(position.state_dict(run.micro_batches_per_epoch, reason), stream, indent=2)
         if final.exists():  # the same step saved again (a stop request right after a scheduled save)
             shutil.rmtree(final)
         os.replace(staging, final)
