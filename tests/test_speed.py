@@ -23,7 +23,7 @@ from train.book import lm_loss, window_logits
 from train.checkpoints import RunDirectory
 from train.optimization import MuonWithAdamW, build_optimizer, muon_parameters
 from train.options import TrainOptions, parse_duration
-from train.plan import training_flops_per_token
+from train.plan import measure_matmul_flops, training_flops_per_token
 from train.processes import StopSignals
 from train.run import build_config
 
@@ -221,6 +221,15 @@ def test_model_flops_per_token_are_what_torch_counts_in_a_training_step():
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         lm_loss(window_logits(model, ids[:, :-1], None), ids[:, 1:]).backward()
     assert counter.get_total_flops() == training_flops_per_token(config, WINDOW) * BATCH * WINDOW
+
+
+def test_measuring_the_matmul_peak_leaves_the_random_state_of_the_run_alone():
+    """The measurement runs after nothing and before the seed, yet how many matrices it draws depends on the
+    machine's speed: drawn from the global generator, they would change a run's dropout masks from one run to the
+    next."""
+    state = torch.random.get_rng_state()
+    assert measure_matmul_flops(torch.device("cpu"), torch.float32, seconds=0.01) > 0
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -68,9 +68,10 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: floa
         if device.type != "cpu":
             torch.accelerator.synchronize(device)
 
+    generator = torch.Generator(device).manual_seed(0)  # leaves the global generators, which seed dropout, alone
     size = 256
     while True:
-        a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+        a, b = (torch.randn(size, size, device=device, dtype=dtype, generator=generator) for _ in range(2))
         start = time.perf_counter()
         products(a, b)  # also the warm-up of this size: kernel choice, caches, clocks
         if size >= largest or time.perf_counter() - start > seconds / 10:

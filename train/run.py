@@ -195,9 +195,6 @@ def start_run(
     metrics = MetricsLog(directory.metrics_file, write=state.is_main_process)
     metrics.load(checkpoint_step(resume_from) if resume_from else 0)
 
-    set_seed(options.seed)
-    model = GPTScratchForCausalLM(config)  # the same initial weights in both engines for the same seed
-    eval_windows = options.eval_iter * options.batch_size * state.num_processes
     dtype = PRECISION_DTYPES[options.mixed_precision]
     peak_flops = sum_over_processes(options.peak_flops or measure_matmul_flops(state.device, dtype))
     source = "--peak-flops" if options.peak_flops else f"the matmul throughput measured in {str(dtype)[6:]}"
@@ -206,6 +203,10 @@ def start_run(
     if options.optimizer == "muon" and state.device.type == "cpu":
         log("note: torch.optim.Muon runs its Newton-Schulz steps in bf16, which CPUs without native bf16 (AVX-512 "
             "BF16, AMX) emulate slowly; the progress bar's tok_s shows what that costs here")
+
+    set_seed(options.seed)
+    model = GPTScratchForCausalLM(config)  # the same initial weights in both engines for the same seed
+    eval_windows = options.eval_iter * options.batch_size * state.num_processes
     return RunContext(
         options=options,
         data=data,
