@@ -73,6 +73,32 @@ def test_durations_are_seconds_or_have_a_unit(text, seconds):
     assert parse_duration(text) == seconds
 
 
+def test_the_clock_reserves_the_final_work_and_its_progress_never_goes_back(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(clock_module, "monotonic", lambda: now[0])
+    clock = clock_module.TrainingClock(tokens_per_step=10, flops_per_token=1.0, peak_flops=100.0, budget=10.0)
+    clock.start()
+    now[0] += 2.0
+    clock.paused("evaluation")  # 2 s; the sample and checkpoint, not timed yet, are expected to take as long
+    assert clock.reserve() == 6.0
+    now[0] += 1.0
+    clock.step_ended(1)  # 3 s used; 4 s are left for steps: 3/4 of them used; a step and the final work still fit
+    assert (clock.progress, clock.out_of_time) == (0.75, False)
+    now[0] += 1.0
+    clock.paused("evaluation")  # 1 s: now 3 s are reserved, and 4 s used of the 7 left for steps
+    now[0] += 1.0
+    clock.step_ended(2)  # 5 s used: 5/7 of the time for steps, less than before, so the schedule stays at 3/4
+    assert (clock.progress, clock.out_of_time) == (0.75, False)
+    now[0] += 1.0
+    clock.step_ended(3)  # 6 s used: one more step (1 s) and the final work (3 s) just fit
+    assert (clock.progress, clock.out_of_time) == (pytest.approx(6 / 7), False)
+    now[0] += 1.0
+    clock.step_ended(4)  # 7 s used: the time for steps is spent, and 7 + 1 + 3 > 10
+    assert (clock.progress, clock.out_of_time) == (1.0, True)
+    assert clock.take_throughput() == {"tokens_per_second": 10.0, "mfu": 0.1}  # 4 steps of 10 tokens in 4 s
+    assert clock.throughput() == {"tokens_per_second": None, "mfu": None}
+
+
 @pytest.mark.parametrize("engine", ["accelerate", "trainer"])
 def test_the_time_budget_ends_the_run_with_the_schedule_at_its_floor_and_mfu_from_the_plans_flops(
     tmp_path, corpus, cache, steps_of_one_second, engine

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from time import monotonic  # looked up at each call: tests replace it with a clock they drive
 
+FINAL_PAUSES = ("evaluation", "sample", "checkpoint")  # what the run does once the budget ends it
+
 
 def _same_everywhere(values: list[float]) -> list[float]:
     return values
@@ -70,7 +72,8 @@ class TrainingClock:
             self.first_step = (step, self.used())
         if self.budget is not None:
             used, last_step, reserve = agree([self.used(), self._last_step, self.reserve()])
-            self.progress = min(1.0, used / max(self.budget - reserve, 1e-9))
+            # Never backwards, so the learning rate only decays, when a shorter evaluation lowers the reserve.
+            self.progress = max(self.progress, min(1.0, used / max(self.budget - reserve, 1e-9)))
             self.out_of_time = used + last_step + reserve > self.budget
 
     def paused(self, kind: str) -> None:
@@ -80,8 +83,10 @@ class TrainingClock:
         self._mark = now
 
     def reserve(self) -> float:
-        """Seconds the final evaluation, sample and checkpoint are expected to take: as long as the last ones."""
-        return sum(self._pauses.values())
+        """Seconds the final evaluation, sample and checkpoint are expected to take: as long as the last ones; one
+        not timed yet (a sample before the first epoch ends, a checkpoint before the first save) as an evaluation."""
+        evaluation = self._pauses.get("evaluation", 0.0)
+        return sum(self._pauses.get(kind, evaluation) for kind in FINAL_PAUSES)
 
     def expected_steps(self, step: int) -> int | None:
         """How many steps the budget allows at the pace since this process's first step, evaluations and
