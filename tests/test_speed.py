@@ -78,24 +78,27 @@ def test_the_clock_reserves_the_final_work_and_its_progress_never_goes_back(monk
     monkeypatch.setattr(clock_module, "monotonic", lambda: now[0])
     clock = clock_module.TrainingClock(tokens_per_step=10, flops_per_token=1.0, peak_flops=100.0, budget=10.0)
     clock.start()
-    now[0] += 2.0
-    clock.paused("evaluation")  # 2 s; the sample and checkpoint, not timed yet, are expected to take as long
-    assert clock.reserve() == 6.0
-    now[0] += 1.0
-    clock.step_ended(1)  # 3 s used; 4 s are left for steps: 3/4 of them used; a step and the final work still fit
-    assert (clock.progress, clock.out_of_time) == (0.75, False)
-    now[0] += 1.0
-    clock.paused("evaluation")  # 1 s: now 3 s are reserved, and 4 s used of the 7 left for steps
-    now[0] += 1.0
-    clock.step_ended(2)  # 5 s used: 5/7 of the time for steps, less than before, so the schedule stays at 3/4
-    assert (clock.progress, clock.out_of_time) == (0.75, False)
-    now[0] += 1.0
-    clock.step_ended(3)  # 6 s used: one more step (1 s) and the final work (3 s) just fit
-    assert (clock.progress, clock.out_of_time) == (pytest.approx(6 / 7), False)
-    now[0] += 1.0
-    clock.step_ended(4)  # 7 s used: the time for steps is spent, and 7 + 1 + 3 > 10
-    assert (clock.progress, clock.out_of_time) == (1.0, True)
-    assert clock.take_throughput() == {"tokens_per_second": 10.0, "mfu": 0.1}  # 4 steps of 10 tokens in 4 s
+
+    def after(seconds: float, event: str, step: int = 0) -> tuple[float, bool]:
+        now[0] += seconds
+        if event == "step":
+            clock.step_ended(step)
+        else:
+            clock.paused(event)
+        return clock.progress, clock.out_of_time
+
+    after(1.0, "evaluation")  # 1 s; the sample, not timed yet, is expected to take as long, the checkpoint nothing
+    assert clock.reserve() == 2.0
+    assert after(1.0, "step", 1) == (pytest.approx(2 / 8), False)  # 2 s used of the 8 left for steps
+    after(2.0, "checkpoint")
+    assert clock.reserve() == 4.0
+    assert after(1.0, "step", 2) == (pytest.approx(5 / 6), False)  # 5 + a step (1) + the reserve (4) = 10: fits
+    after(0.1, "evaluation")  # a faster evaluation: the reserve falls to 2.2
+    assert after(0.1, "step", 3) == (pytest.approx(5 / 6), False)  # 5.2 / 7.8 would take the schedule back
+    assert after(1.0, "step", 4) == (pytest.approx(5 / 6), False)  # 6.2 / 7.8 too; 6.2 + 1 + 2.2 fits
+    assert after(1.0, "step", 5) == (pytest.approx(7.2 / 7.8), True)  # 7.2 + 1 + 2.2 > 10
+    # 5 steps of 10 tokens in 1 + 1 + 0.1 + 1 + 1 s; 1 FLOP per token against 100 FLOP/s.
+    assert clock.take_throughput() == pytest.approx({"tokens_per_second": 50 / 4.1, "mfu": 50 / 4.1 / 100})
     assert clock.throughput() == {"tokens_per_second": None, "mfu": None}
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from time import monotonic  # looked up at each call: tests replace it with a clock they drive
 
-FINAL_PAUSES = ("evaluation", "sample", "checkpoint")  # what the run does once the budget ends it
-
 
 def _same_everywhere(values: list[float]) -> list[float]:
     return values
@@ -83,10 +81,11 @@ class TrainingClock:
         self._mark = now
 
     def reserve(self) -> float:
-        """Seconds the final evaluation, sample and checkpoint are expected to take: as long as the last ones; one
-        not timed yet (a sample before the first epoch ends, a checkpoint before the first save) as an evaluation."""
+        """Seconds the final evaluation, sample and checkpoint are expected to take: as long as the last ones. A
+        sample not timed yet (before the first epoch ends) counts as long as an evaluation, which runs about as many
+        forward passes; a checkpoint not timed yet (before the first --save-steps) as nothing."""
         evaluation = self._pauses.get("evaluation", 0.0)
-        return sum(self._pauses.get(kind, evaluation) for kind in FINAL_PAUSES)
+        return evaluation + self._pauses.get("sample", evaluation) + self._pauses.get("checkpoint", 0.0)
 
     def expected_steps(self, step: int) -> int | None:
         """How many steps the budget allows at the pace since this process's first step, evaluations and

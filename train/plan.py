@@ -52,36 +52,38 @@ def training_flops_per_token(config: GPTScratchConfig, window: int) -> float:
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.25) -> float:
-    """The FLOP/s this device's square matrix products reach in `dtype`, timed for about `seconds`: what MFU
-    divides by when no peak is given (measured at the start of a run).
+    """The FLOP/s this device's square matrix products reach in `dtype`: the fastest of the products timed for
+    about `seconds` (a peak, so a machine busy with other work lowers it less). What MFU divides by when no peak is
+    given, measured at the start of a run.
 
     The size doubles from 256 to the device's largest (2048 on CPU, 8192 on accelerators) while a product takes
-    under a tenth of `seconds`, so a precision the device emulates (bf16 on a CPU without AVX-512 BF16 can be 100x
+    under a quarter of `seconds`, so a precision the device emulates (bf16 on a CPU without AVX-512 BF16 can be 100x
     slower than fp32) is measured in about the same time as a fast one.
     """
     largest = 2048 if device.type == "cpu" else 8192
     batch = 1 if device.type == "cpu" else 10  # accelerators run asynchronously: time several per synchronisation
+    generator = torch.Generator(device).manual_seed(0)  # leaves the global generators, which seed dropout, alone
 
-    def products(a: torch.Tensor, b: torch.Tensor) -> None:
+    def timed_products(a: torch.Tensor, b: torch.Tensor) -> float:
+        start = time.perf_counter()
         for _ in range(batch):
             a @ b
         if device.type != "cpu":
             torch.accelerator.synchronize(device)
+        return time.perf_counter() - start
 
-    generator = torch.Generator(device).manual_seed(0)  # leaves the global generators, which seed dropout, alone
     size = 256
     while True:
         a, b = (torch.randn(size, size, device=device, dtype=dtype, generator=generator) for _ in range(2))
-        start = time.perf_counter()
-        products(a, b)  # also the warm-up of this size: kernel choice, caches, clocks
-        if size >= largest or time.perf_counter() - start > seconds / 10:
+        timed_products(a, b)  # warm-up at this size: kernel choice, caches, clocks
+        fastest = spent = timed_products(a, b)
+        if size >= largest or fastest > seconds / 4:
             break
         size *= 2
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        products(a, b)
-        count += batch
-    return 2 * size**3 * count / (time.perf_counter() - start)
+    while spent < seconds:
+        elapsed = timed_products(a, b)
+        fastest, spent = min(fastest, elapsed), spent + elapsed
+    return 2 * size**3 * batch / fastest
 
 
 def steps_per_epoch(windows: int, batch_size: int, num_processes: int, grad_accum: int, engine: str) -> int:
