@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 SHAPES = {
     "124m": dict(context_length=1024, emb_dim=768, n_heads=12, n_layers=12, vocab_size=50257),
     "tiny": dict(context_length=256, emb_dim=192, n_heads=6, n_layers=6, vocab_size=50257),
@@ -47,7 +48,6 @@ def build_model(impl: str, shape: str, drop_rate: float):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    sys.path.insert(0, str(REPO_ROOT))
     from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 
     s = SHAPES[shape]
@@ -176,30 +176,22 @@ def worker(args: argparse.Namespace) -> dict:
     return result
 
 
+def training_flops_per_token(shape: str) -> float:
+    """The training runs' count (train.plan): 6 FLOPs per weight that multiplies per token, plus attention."""
+    from modeling_gptscratch import GPTScratchConfig
+    from train.plan import training_flops_per_token as flops_per_token
+
+    return flops_per_token(GPTScratchConfig(**SHAPES[shape]), TRAIN_SEQ)
+
+
 def matmul_peak_flops(precision: str) -> float:
-    """This machine's own matmul throughput (FLOP/s) at the benchmark's precision: the MFU denominator."""
+    """This machine's own matmul throughput (FLOP/s) at the benchmark's precision, as training runs measure it."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    n = 4096 if device == "cuda" else 2048
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    reps = 50 if device == "cuda" else 5
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    synchronize(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
+    from train.plan import measure_matmul_flops
 
-
-def training_flops_per_token(shape: str) -> float:
-    """nanoGPT's estimate: 6 FLOPs per weight per token (the position table does no matmul), plus attention."""
-    s = SHAPES[shape]
-    weights = s["vocab_size"] * s["emb_dim"] + s["n_layers"] * 12 * s["emb_dim"] ** 2  # tied head, blocks
-    return 6 * weights + 12 * s["n_layers"] * s["emb_dim"] * TRAIN_SEQ
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return measure_matmul_flops(device, torch.bfloat16 if precision == "bf16" else torch.float32, seconds=0.5)
 
 
 # --- orchestrator ----------------------------------------------------------------------------------------------------

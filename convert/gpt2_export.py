@@ -8,7 +8,8 @@ What GPT-2 cannot express is refused with the reason:
 - an output head separate from the token embedding (`tie_word_embeddings=false`): GPT-2 ties them, and programs
   that run GPT-2 checkpoints take the embedding as the head, so they would silently run a different model.
 Expressed exactly: `qkv_bias=false` becomes zero q/k/v biases (adding zero changes nothing); `layer_norm_eps` is
-GPT2Config's `layer_norm_epsilon`; `drop_rate` sets GPT-2's three dropout rates.
+GPT2Config's `layer_norm_epsilon`; `drop_rate` sets GPT-2's embedding and residual dropout, and the attention dropout
+(`attention_dropout`, which defaults to `drop_rate`) its `attn_pdrop`.
 
 Command line: `python -m convert.gpt2_export --model DIR --output-dir OUT [--overwrite]`, or
 `gptscratch-push --format gpt2` to publish the export to a local hub.
@@ -51,7 +52,7 @@ def gpt2_config(config: GPTScratchConfig) -> GPT2Config:
         activation_function="gelu_new",  # GPT-2's tanh-approximated GELU, as FeedForward uses
         resid_pdrop=config.drop_rate,
         embd_pdrop=config.drop_rate,
-        attn_pdrop=config.drop_rate,
+        attn_pdrop=config.attention_dropout_rate,
         layer_norm_epsilon=config.layer_norm_eps,
         initializer_range=config.initializer_range,
         bos_token_id=config.bos_token_id,

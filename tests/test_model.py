@@ -92,11 +92,58 @@ def test_openai_preset_sizes_match_published_parameter_counts():
         ("n_heads", 0, "n_heads must be a positive integer"),
         ("drop_rate", 1.0, "drop_rate must be in [0, 1)"),
         ("drop_rate", -0.1, "drop_rate must be in [0, 1)"),
+        ("attention_dropout", 1.0, "attention_dropout must be in [0, 1)"),
+        ("attention_dropout", "0.1", "attention_dropout must be in [0, 1)"),
     ],
 )
 def test_impossible_config_values_are_rejected_by_name(field, value, fragment):
     with pytest.raises(ValueError, match=__import__("re").escape(fragment)):
         GPTScratchConfig(**{field: value})
+
+
+def attention_dropout_seen_by_sdpa(model: GPTScratchForCausalLM, monkeypatch) -> set[float]:
+    """The dropout_p values one forward pass hands to scaled_dot_product_attention."""
+    seen = set()
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.add(kwargs["dropout_p"])
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    model(random_ids(2, 8))
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    return seen
+
+
+def test_attention_dropout_defaults_to_the_books_drop_rate_and_can_be_set_alone(monkeypatch):
+    """The book's MultiHeadAttention drops attention weights at drop_rate: so does a config without
+    attention_dropout. Set, it alone decides the attention weights' dropout; drop_rate keeps the others."""
+    book = GPTScratchForCausalLM(tiny_config(drop_rate=0.1)).train()
+    assert attention_dropout_seen_by_sdpa(book, monkeypatch) == {0.1}
+    assert attention_dropout_seen_by_sdpa(book.eval(), monkeypatch) == {0.0}
+
+    fused = GPTScratchForCausalLM(tiny_config(drop_rate=0.1, attention_dropout=0.0)).train()
+    assert attention_dropout_seen_by_sdpa(fused, monkeypatch) == {0.0}
+    assert {module.p for module in fused.modules() if isinstance(module, torch.nn.Dropout)} == {0.1}
+    ids = random_ids(2, 8)
+    assert not torch.equal(fused(ids).logits, fused(ids).logits)  # embedding and residual dropout still on
+
+    only_attention = GPTScratchForCausalLM(tiny_config(drop_rate=0.0, attention_dropout=0.3)).train()
+    assert attention_dropout_seen_by_sdpa(only_attention, monkeypatch) == {0.3}
+    assert not torch.equal(only_attention(ids).logits, only_attention(ids).logits)
+
+
+def test_attention_dropout_is_saved_and_a_config_without_it_keeps_the_books_meaning(tmp_path):
+    config = tiny_config(drop_rate=0.1, attention_dropout=0.0)
+    config.save_pretrained(tmp_path)
+    reloaded = GPTScratchConfig.from_pretrained(tmp_path)
+    assert (reloaded.attention_dropout, reloaded.attention_dropout_rate) == (0.0, 0.0)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["attention_dropout"]  # a directory written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    old = GPTScratchConfig.from_pretrained(tmp_path)
+    assert (old.attention_dropout, old.attention_dropout_rate) == (None, 0.1)
 
 
 def test_unknown_preset_lists_the_choices():

@@ -587,6 +587,13 @@ def test_gpt2_export_gives_the_same_logits_without_remote_code(tokenizer, tmp_pa
     assert load_tokenizer(output)(PROMPT)["input_ids"] == tokenizer(PROMPT)["input_ids"]
 
 
+@pytest.mark.parametrize("attention_dropout, attn_pdrop", [(None, 0.1), (0.0, 0.0), (0.2, 0.2)])
+def test_gpt2_export_maps_the_attention_dropout_to_attn_pdrop(tokenizer, attention_dropout, attn_pdrop):
+    model = tiny_model_for(tokenizer, drop_rate=0.1, attention_dropout=attention_dropout)
+    config = to_gpt2(model).config
+    assert (config.attn_pdrop, config.resid_pdrop, config.embd_pdrop) == (attn_pdrop, 0.1, 0.1)
+
+
 def test_gpt2_export_command_writes_the_directory_and_shares_untransposed_weights(model_dir, tmp_path, capsys):
     output = tmp_path / "gpt2"
     result = run_main(convert.gpt2_export.main, ["--model", model_dir, "--output-dir", output], capsys)

@@ -1,15 +1,15 @@
 """The Accelerate engine: the book's `train_model_simple` grown up, one flat `fit` over a manual loop.
 
-What a real run adds to the book's loop: AdamW with weight decay on weight matrices only, warmup and decay, gradient
-clipping and accumulation, mixed precision, data parallelism across processes and machines (Accelerate), checkpoints
-that resume exactly, Ctrl-C / SIGTERM handling and the NaN guard (the last two through the run's context).
+What a real run adds to the book's loop: AdamW (or Muon) with weight decay on weight matrices only, warmup and
+decay over the steps or a time budget, gradient clipping and accumulation, mixed precision, data parallelism across
+processes and machines (Accelerate), checkpoints that resume exactly, Ctrl-C / SIGTERM handling and the NaN guard
+(the last two through the run's context).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +21,13 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from common.commands import UsageError
 from train.book import generate_sample, lm_loss, token_losses, window_logits
 from train.checkpoints import LOOP_STATE_FILE
-from train.plan import scheduler_name
-from train.processes import full_model, fused_adamw, use_cpu, weights_are_sharded
+from train.metrics import throughput_postfix
+from train.optimization import build_optimizer, build_scheduler
+from train.processes import full_model, use_cpu, weights_are_sharded
 from train.state import RunContext, TrainResult
 
 # Accelerate warns that checkpoints store the tied output head once; loading ties it again, so the warning is noise.
@@ -38,31 +38,32 @@ def fit(context: RunContext) -> TrainResult:
     """Trains `context.model` with the options in `context` through a manual Accelerate loop.
 
     Per optimizer step: `grad_accum` micro-batches of `batch_size` windows per process, the book's loss,
-    clipping, AdamW, the scheduler. Evaluates at step 0, every `eval_freq` steps and at the end; prints a sample
-    after each epoch; saves checkpoints every `save_steps` steps, at the end and when stopped by a signal.
+    clipping, the optimizer, the scheduler. Evaluates at step 0, every `eval_freq` steps and at the end; prints a
+    sample after each epoch; saves checkpoints every `save_steps` steps, at the end and when stopped by a signal.
+    The end is the step limit or, with --max-time, the last step the time budget has room for.
     """
-    options, plan = context.options, context.plan
+    options, plan, clock = context.options, context.plan, context.clock
     run = prepare(context)
     position = LoopPosition.resume(context, run.accelerator)
+    clock.start(position.time_used)
     progress = tqdm(total=plan.total_steps, initial=position.step, desc="training", unit="step", dynamic_ncols=True,
                     disable=not run.accelerator.is_main_process)
     if position.step == 0 and not context.metrics.records:
         evaluate(context, run, position.step)
     reason = "completed"
-    speed = TokensPerSecond(plan.tokens_per_step)
     run.model.train()
-    while position.step < plan.total_steps and reason == "completed":
+    while not plan.is_last_step(position.step) and reason == "completed":
         for inputs, targets in epoch_batches(run, position):
             step_loss = train_micro_batch(context, run, position, inputs, targets)
             if step_loss is None:  # the accumulation goes on
                 continue
-            progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{speed.step():,.0f}")
-            progress.update(1)
+            show_progress(progress, context, position.step, step_loss)
             if options.report_to:
                 run.accelerator.log({"train/step_loss": step_loss, "train/lr": run.scheduler.get_last_lr()[0]},
                                     step=position.step)
             end_of_epoch = position.micro_batches_in_epoch >= run.micro_batches_per_epoch
-            evaluate_now = position.step % options.eval_freq == 0 or position.step == plan.total_steps
+            last_step = plan.is_last_step(position.step) or clock.out_of_time
+            evaluate_now = position.step % options.eval_freq == 0 or last_step
             if evaluate_now:
                 evaluate(context, run, position.step)
                 if context.early_stopping.should_stop:
@@ -71,14 +72,12 @@ def fit(context: RunContext) -> TrainResult:
                 sample(context, run, position)
             if context.stop_requested():
                 reason = "interrupted"
-            save_now = (options.save_steps and position.step % options.save_steps == 0) or (
-                position.step == plan.total_steps
-            )
+            elif clock.out_of_time and reason == "completed":
+                reason = "time-limit"
+            save_now = (options.save_steps and position.step % options.save_steps == 0) or last_step
             if save_now or reason != "completed":
                 save_checkpoint(context, run, position, reason)
-            if evaluate_now or end_of_epoch or save_now:  # tokens/s measures training only
-                speed.restart()
-            if reason != "completed" or position.step >= plan.total_steps or end_of_epoch:
+            if reason != "completed" or last_step or end_of_epoch:
                 break
         if position.micro_batches_in_epoch >= run.micro_batches_per_epoch:
             position.epoch, position.micro_batches_in_epoch = position.epoch + 1, 0
@@ -113,12 +112,14 @@ class LoopObjects:
 
 @dataclass
 class LoopPosition:
-    """Where the loop is: optimizer steps done, the epoch, and the micro-batches of it consumed (saved in every
-    checkpoint as loop_state.json); also the step of the last sample printed (not saved)."""
+    """Where the loop is: optimizer steps done, the epoch, the micro-batches of it consumed and the seconds of
+    training used when it was last saved or resumed (saved in every checkpoint as loop_state.json); also the step
+    of the last sample printed (not saved)."""
 
     step: int = 0
     epoch: int = 0
     micro_batches_in_epoch: int = 0
+    time_used: float = 0.0
     sampled_at: int = -1
 
     @classmethod
@@ -130,48 +131,34 @@ class LoopPosition:
         if context.data.streamed:
             context.data.train.load(context.resume_from)
         saved = json.loads((context.resume_from / LOOP_STATE_FILE).read_text(encoding="utf-8"))
-        position = cls(saved["step"], saved["epoch"], saved["micro_batches_in_epoch"])
+        position = cls(saved["step"], saved["epoch"], saved["micro_batches_in_epoch"], saved.get("time_used", 0.0))
         context.log(f"resumed from {context.resume_from} at step {position.step} (epoch {position.epoch + 1})")
         return position
 
     def state_dict(self, micro_batches_per_epoch: int, reason: str) -> dict[str, Any]:
         """What a checkpoint records; a finished epoch resumes at the start of the next."""
         state = {"step": self.step, "epoch": self.epoch, "micro_batches_in_epoch": self.micro_batches_in_epoch,
-                 "reason": reason}
+                 "time_used": self.time_used, "reason": reason}
         if self.micro_batches_in_epoch >= micro_batches_per_epoch:
             state.update(epoch=self.epoch + 1, micro_batches_in_epoch=0)
         return state
 
 
-class TokensPerSecond:
-    """Training throughput since the last restart (evaluations, samples and saves are left out)."""
-
-    def __init__(self, tokens_per_step: int):
-        self.tokens_per_step = tokens_per_step
-        self.restart()
-
-    def restart(self) -> None:
-        self.start, self.tokens = time.perf_counter(), 0
-
-    def step(self) -> float:
-        self.tokens += self.tokens_per_step
-        return self.tokens / max(time.perf_counter() - self.start, 1e-9)
+def show_progress(progress: tqdm, context: RunContext, step: int, step_loss: float) -> None:
+    """The bar after a step: its loss, tokens/s and MFU since the last evaluation, the steps expected in all."""
+    expected = context.expected_steps(step)
+    if expected is not None and progress.total != expected:
+        progress.total = expected
+    progress.set_postfix(loss=f"{step_loss:.3f}", **throughput_postfix(context.clock.throughput()), refresh=False)
+    progress.update(1)
 
 
 def prepare(context: RunContext) -> LoopObjects:
-    """The accelerator, AdamW and the scheduler, and the loaders, all through `accelerator.prepare`."""
+    """The accelerator, the optimizer and the scheduler, and the loaders, all through `accelerator.prepare`."""
     options = context.options
     accelerator = make_accelerator(context)
-    optimizer = torch.optim.AdamW(
-        decay_parameter_groups(context.model, options.weight_decay), lr=options.lr, betas=(0.9, 0.999), eps=1e-8,
-        fused=fused_adamw(),
-    )
-    scheduler = get_scheduler(
-        scheduler_name(options.lr_scheduler, options.warmup_steps),
-        optimizer,
-        num_warmup_steps=options.warmup_steps,
-        num_training_steps=context.plan.total_steps,
-    )
+    optimizer = build_optimizer(context.model, options)
+    scheduler = build_scheduler(optimizer, options, context.plan.total_steps, context.clock)
     # Each loader has its own generator: creating an iterator then draws nothing from the global one, which the
     # dropout masks use, so a resumed run sees the masks the uninterrupted run saw.
     train_eval_loader = DataLoader(context.train_eval, batch_size=options.batch_size, generator=torch.Generator())
@@ -222,16 +209,6 @@ def make_accelerator(context: RunContext) -> Accelerator:
         ) from error
 
 
-def decay_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on weight matrices and embeddings (2-D), none on biases and LayerNorm (1-D).
-
-    The same split as the Trainer's default (LayerNorm weights and biases excluded), so the engines agree.
-    """
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def epoch_batches(run: LoopObjects, position: LoopPosition) -> Any:
     """The micro-batches of `position`'s epoch, shuffled by seed + epoch; those a resumed epoch consumed are skipped.
     A stream goes on from where it is (a resumed one from its checkpoint's position)."""
@@ -263,8 +240,9 @@ def train_micro_batch(
     position.micro_batches_in_epoch += 1
     if not accelerator.sync_gradients:
         return None
-    run.scheduler.step()
     position.step += 1
+    context.step_ended(position.step)
+    run.scheduler.step()
     run.accumulated_loss.zero_()
     return step_loss
 
@@ -301,8 +279,10 @@ def evaluate(context: RunContext, run: LoopObjects, step: int) -> None:
         run.accelerator,
         run.model,
     )
-    if context.options.report_to:
-        run.accelerator.log({key: value for key, value in record.items() if key != "step"}, step=step)
+    if context.options.report_to:  # trackers take numbers: the first evaluation has no throughput yet
+        run.accelerator.log({key: value for key, value in record.items() if key != "step" and value is not None},
+                            step=step)
+    context.clock.paused("evaluation")
 
 
 def sample(context: RunContext, run: LoopObjects, position: LoopPosition) -> None:
@@ -315,6 +295,7 @@ def sample(context: RunContext, run: LoopObjects, position: LoopPosition) -> Non
     )
     position.sampled_at = position.step
     context.log(f"Sample: {text!r}")
+    context.clock.paused("sample")
 
 
 def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPosition, reason: str) -> Path:
@@ -336,7 +317,9 @@ def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPositio
             context.data.tokenizer.save_pretrained(staging)
             context.config.save_pretrained(staging)
             with open(staging / LOOP_STATE_FILE, "w", encoding="utf-8") as stream:
+                position.time_used = context.clock.used()
                 json.dump(position.state_dict(run.micro_batches_per_epoch, reason), stream, indent=2)
+    context.clock.paused("checkpoint")
     return directory.checkpoints / f"checkpoint-{position.step}"
 
 

@@ -35,8 +35,17 @@ class MetricsLog:
             write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in self.records))
 
 
-def metrics_record(step: int, epoch: float, tokens_seen: int, train_loss: float, val_loss: float) -> dict[str, Any]:
-    """One evaluation's line in metrics.jsonl."""
+# The fields of a record that the clock measures: a rerun of the same steps gives other values (all the others it
+# repeats exactly). time_s: seconds of training so far (steps, evaluations, samples, checkpoints; --max-time's
+# clock); tokens_per_second and mfu: over the steps since the previous evaluation, None at the first.
+TIMING_FIELDS = ("time_s", "tokens_per_second", "mfu")
+
+
+def metrics_record(
+    step: int, epoch: float, tokens_seen: int, train_loss: float, val_loss: float, time_s: float,
+    tokens_per_second: float | None, mfu: float | None,
+) -> dict[str, Any]:
+    """One evaluation's line in metrics.jsonl; `mfu` is a fraction of the peak FLOP/s."""
     return {
         "step": step,
         "epoch": round(epoch, 6),
@@ -45,6 +54,9 @@ def metrics_record(step: int, epoch: float, tokens_seen: int, train_loss: float,
         "val_loss": val_loss,
         "train_perplexity": perplexity(train_loss),
         "val_perplexity": perplexity(val_loss),
+        "time_s": round(time_s, 3),
+        "tokens_per_second": tokens_per_second,
+        "mfu": mfu,
     }
 
 
@@ -54,12 +66,27 @@ def perplexity(loss: float) -> float:
 
 
 def format_evaluation(record: dict[str, Any]) -> str:
-    """The book's progress line, with tokens seen and perplexity."""
-    return (
+    """The book's progress line, with tokens seen and perplexity, then the time and throughput."""
+    line = (
         f"Ep {max(1, math.ceil(record['epoch']))} (Step {record['step']:06d}, {record['tokens_seen']:,} tokens): "
         f"Train loss {record['train_loss']:.3f}, Val loss {record['val_loss']:.3f}, "
-        f"Val perplexity {record['val_perplexity']:.1f}"
+        f"Val perplexity {record['val_perplexity']:.1f} | {record['time_s']:.1f} s"
     )
+    if record["tokens_per_second"] is not None:
+        line += f", {record['tokens_per_second']:,.0f} tokens/s, MFU {format_mfu(record['mfu'])}"
+    return line
+
+
+def format_mfu(mfu: float) -> str:
+    """MFU as a percentage, with the digits a small one needs."""
+    return f"{mfu:.1%}" if mfu >= 0.001 else f"{mfu:.2g}"
+
+
+def throughput_postfix(figures: dict[str, float | None]) -> dict[str, str]:
+    """tokens/s and MFU for a progress bar (nothing before the first step)."""
+    if figures["tokens_per_second"] is None:
+        return {}
+    return {"tok_s": f"{figures['tokens_per_second']:,.0f}", "mfu": format_mfu(figures["mfu"])}
 
 
 class EarlyStopping:

@@ -23,12 +23,16 @@ from common.files import read_utf8_file
 
 PROGRAM = "gptscratch-train"
 ENGINES = ("accelerate", "trainer")
-LR_SCHEDULERS = ("cosine", "linear", "constant")
+LR_SCHEDULERS = ("cosine", "linear", "constant", "wsd")
+FLOOR_SCHEDULERS = ("cosine", "wsd")  # the schedules that decay to --min-lr (linear decays to 0, constant never)
+OPTIMIZERS = ("adamw", "muon")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 EMBEDDED_CORPORA = ("pydoc", "stdlib")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 PRESET_NAMES = ("tiny", "gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1558m")  # modeling_gptscratch.PRESETS
 GROUPS = ("run", "data", "model", "optimisation", "evaluation and samples", "checkpoints and logging")
+DEFAULT_EPOCHS = 6  # without --max-steps, --epochs or --max-time
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 # Resume rules. A resumed run continues exactly only with the options that shape its numbers as they were; the
 # others (how long it runs, how often it evaluates and saves, where it writes) may change.
@@ -52,6 +56,11 @@ def positive(flag: str, value: int | None) -> None:
 def greater_than_zero(flag: str, value: float) -> None:
     if not value > 0:
         raise UsageError(f"{flag} {value}: must be greater than 0")
+
+
+def greater_than_zero_if_set(flag: str, value: float | None) -> None:
+    if value is not None:
+        greater_than_zero(flag, value)
 
 
 def not_negative(flag: str, value: float) -> None:
@@ -81,6 +90,32 @@ def new_tokens(flag: str, value: int) -> None:
             f"{flag} {value}: must be between 0 and {MAX_NEW_TOKENS:,} (a novel's length, hours of decoding); "
             "ask for fewer tokens"
         )
+
+
+def fraction(flag: str, value: float) -> None:
+    if not 0 < value <= 1:
+        raise UsageError(f"{flag} {value}: must be in (0, 1]")
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds from a number of seconds or a duration such as `90s`, `10m`, `1.5h`; ValueError otherwise."""
+    text = str(value).strip().lower()
+    scale = DURATION_UNITS.get(text[-1:], None)
+    seconds = float(text[:-1] if scale else text) * (scale or 1)
+    if not 0 < seconds < float("inf"):
+        raise ValueError(value)
+    return seconds
+
+
+def duration(flag: str, value: str | float | None) -> None:
+    if value is None:
+        return
+    try:
+        parse_duration(value)
+    except ValueError:
+        raise UsageError(
+            f"{flag} {value}: expected a positive duration in seconds (90) or with a unit (90s, 10m, 2h)"
+        ) from None
 
 
 def one_of(choices: Sequence[str], what: str) -> Callable[[str, str], None]:
@@ -178,8 +213,14 @@ class TrainOptions:
     emb_dim: int | None = option(help="override the preset's embedding size", group="model", type=int)
     qkv_bias: bool | None = option(help="override the preset's qkv bias", group="model",
                                    action=argparse.BooleanOptionalAction)
-    dropout: float | None = option(help="dropout rate (default: the preset's, 0.1)", group="model",
-                                   check=dropout_rate, type=float)
+    dropout: float | None = option(
+        help="dropout after the embeddings and on the residual branches (default: the preset's, 0.1)",
+        group="model", check=dropout_rate, type=float,
+    )
+    attention_dropout: float | None = option(
+        help="dropout on the attention weights (default: 0, which keeps SDPA's fused kernel; the book applies "
+        "--dropout there too)", group="model", check=dropout_rate, type=float,
+    )
     config: dict[str, Any] = option(
         {}, "override any model field, e.g. context_length=512 or layer_norm_eps=1e-6 (repeatable)", group="model",
         action="append", metavar="KEY=VALUE",
@@ -188,17 +229,41 @@ class TrainOptions:
     # Optimisation
     engine: str = option("accelerate", "accelerate: the manual loop; trainer: the Hugging Face Trainer",
                          group="optimisation", check=one_of(ENGINES, "engine"), choices=ENGINES)
-    epochs: int = option(6, "passes over the training windows", group="optimisation", check=positive,
-                         resume=MAY_CHANGE, type=int)
+    epochs: int | None = option(
+        help=f"passes over the training windows (default: {DEFAULT_EPOCHS}; with --max-time, no limit)",
+        group="optimisation", check=positive, resume=MAY_CHANGE, type=int,
+    )
     max_steps: int | None = option(help="optimizer steps to run (overrides --epochs)", group="optimisation",
                                    check=positive, resume=MAY_CHANGE, type=int)
+    max_time: str | None = option(
+        help="train for this long: seconds (90) or a duration (90s, 10m, 2h); the schedule decays over it and the "
+        "final evaluation and checkpoint fit in it. With --max-steps or --epochs, the first limit reached ends the "
+        "run", group="optimisation", check=duration, resume=MAY_CHANGE, metavar="DURATION",
+    )
     batch_size: int = option(4, "windows per batch and process", group="optimisation", check=positive, type=int)
-    lr: float = option(4e-4, "AdamW's peak learning rate", group="optimisation", check=greater_than_zero, type=float)
+    optimizer: str = option(
+        "adamw", "adamw: AdamW for every weight; muon: torch.optim.Muon for the blocks' weight matrices, AdamW for "
+        "the embeddings, norms and biases", group="optimisation", check=one_of(OPTIMIZERS, "optimizer"),
+        choices=OPTIMIZERS,
+    )
+    lr: float = option(4e-4, "peak learning rate (AdamW's; Muon's too unless --muon-lr)", group="optimisation",
+                       check=greater_than_zero, type=float)
+    muon_lr: float | None = option(
+        help="Muon's peak learning rate (default: --lr; Muon's update is scaled to AdamW's size)",
+        group="optimisation", check=greater_than_zero_if_set, type=float,
+    )
     weight_decay: float = option(0.1, "on weight matrices only", group="optimisation", check=not_negative,
                                  type=float)
     warmup_steps: int = option(20, "linear warmup steps", group="optimisation", check=not_negative, type=int)
-    lr_scheduler: str = option("constant", "the learning rate after warmup", group="optimisation",
-                               check=one_of(LR_SCHEDULERS, "scheduler"), choices=LR_SCHEDULERS)
+    lr_scheduler: str = option(
+        "constant", "the learning rate after warmup: constant, linear (to 0), cosine (to --min-lr) or wsd "
+        "(warmup-stable-decay: constant, then a linear decay to --min-lr over the last --decay-ratio)",
+        group="optimisation", check=one_of(LR_SCHEDULERS, "scheduler"), choices=LR_SCHEDULERS,
+    )
+    min_lr: float = option(0.0, "the learning rate cosine and wsd end at (default: 0)", group="optimisation", check=not_negative,
+                           type=float)
+    decay_ratio: float = option(0.2, "wsd: the share of the run its decay takes", group="optimisation",
+                                check=fraction, type=float)
     grad_accum: int = option(1, "micro-batches per optimizer step", group="optimisation", check=positive, type=int)
     max_grad_norm: float = option(1.0, "gradient clipping", group="optimisation", check=greater_than_zero,
                                   type=float)
@@ -233,6 +298,15 @@ class TrainOptions:
                                    resume=MAY_CHANGE, type=int)
     report_to: list[str] = option([], "experiment trackers", group="checkpoints and logging", resume=MAY_CHANGE,
                                   nargs="+", choices=TRACKERS)
+    peak_flops: float | None = option(
+        help="the FLOP/s one process's device can do (e.g. 989e12 for an H100's bf16), the denominator of MFU "
+        "(default: this machine's matmul throughput, measured at start in the training precision)",
+        group="checkpoints and logging", check=greater_than_zero_if_set, resume=MAY_CHANGE, type=float,
+    )
+
+    def time_budget(self) -> float | None:
+        """--max-time in seconds, or None."""
+        return None if self.max_time is None else parse_duration(self.max_time)
 
     def model_overrides(self) -> dict[str, Any]:
         """The model fields this run sets over its preset: `config`, then the shape flags (dropout aside)."""
@@ -255,6 +329,13 @@ def check_options(options: TrainOptions) -> None:
     """Runs every option's own check, then those of options that go together; each error names its flag and the
     fix."""
     check_fields(options, OPTION_FIELDS)
+    if options.min_lr and options.lr_scheduler not in FLOOR_SCHEDULERS:
+        raise UsageError(
+            f"--min-lr {options.min_lr}: --lr-scheduler {options.lr_scheduler} has no floor; use "
+            f"{' or '.join(FLOOR_SCHEDULERS)}"
+        )
+    if options.min_lr >= options.lr:
+        raise UsageError(f"--min-lr {options.min_lr} must be below --lr {options.lr}")
     if options.streaming:
         check_streaming(options)
 

@@ -1,26 +1,90 @@
-"""The plan of a run, printed before it starts: sizes, memory, tokens and steps, against Chinchilla's rule."""
+"""The plan of a run, printed before it starts: sizes, memory, tokens, steps and FLOPs, against Chinchilla's rule.
+
+Also the two figures model FLOPs utilisation (MFU) divides: the model FLOPs of a trained token
+(`training_flops_per_token`) and the FLOP/s a device's matrix products reach (`measure_matmul_flops`), which the
+training runs and `benchmarks/bench_model.py` share.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from common.files import format_size
-from train.data import PreparedData
-from train.options import TrainOptions
+from train.options import DEFAULT_EPOCHS, TrainOptions
+
+if TYPE_CHECKING:  # at run time the plan needs no datasets import (benchmarks/bench_model.py measures memory)
+    from train.data import PreparedData
+
+PRECISION_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EXPECTATION_STEPS = 10  # with --max-time, the steps after which the expected step count is logged
 
 
 @dataclass
 class Plan:
-    """The run's sizes: optimizer steps per epoch and in all, tokens per step (all processes), and the printout."""
+    """The run's sizes: optimizer steps per epoch and in all, tokens per step (all processes), the model FLOPs of
+    a trained token, and the printout. `total_steps` is None when only --max-time limits the run."""
 
     steps_per_epoch: int
-    total_steps: int
+    total_steps: int | None
     tokens_per_step: int
+    flops_per_token: float
     lines: list[str]
+
+    def is_last_step(self, step: int) -> bool:
+        """Whether `step` optimizer steps reach the run's step limit."""
+        return self.total_steps is not None and step >= self.total_steps
+
+
+def training_flops_per_token(config: GPTScratchConfig, window: int) -> float:
+    """Model FLOPs of one trained token, forward and backward, at `window` tokens of context.
+
+    6 per weight that multiplies (the blocks' projections and the output head; an embedding lookup multiplies
+    nothing), plus 12 x layers x emb_dim x window for the attention scores and their weighted sums: nanoGPT's and
+    PaLM's count (appendix B), which ignores the cheaper element-wise work (norms, GELU, softmax, biases).
+    """
+    matmul_weights = config.vocab_size * config.emb_dim + config.n_layers * 12 * config.emb_dim**2
+    return 6 * matmul_weights + 12 * config.n_layers * config.emb_dim * window
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.25) -> float:
+    """The FLOP/s this device's square matrix products reach in `dtype`: the fastest of the products timed for
+    about `seconds` (a peak, so a machine busy with other work lowers it less). What MFU divides by when no peak is
+    given, measured at the start of a run.
+
+    The size doubles from 256 to the device's largest (2048 on CPU, 8192 on accelerators) while a product takes
+    under a quarter of `seconds`, so a precision the device emulates (bf16 on a CPU without AVX-512 BF16 can be 100x
+    slower than fp32) is measured in about the same time as a fast one.
+    """
+    largest = 2048 if device.type == "cpu" else 8192
+    batch = 1 if device.type == "cpu" else 10  # accelerators run asynchronously: time several per synchronisation
+    generator = torch.Generator(device).manual_seed(0)  # leaves the global generators, which seed dropout, alone
+
+    def timed_products(a: torch.Tensor, b: torch.Tensor) -> float:
+        start = time.perf_counter()
+        for _ in range(batch):
+            a @ b
+        if device.type != "cpu":
+            torch.accelerator.synchronize(device)
+        return time.perf_counter() - start
+
+    size = 256
+    while True:
+        a, b = (torch.randn(size, size, device=device, dtype=dtype, generator=generator) for _ in range(2))
+        timed_products(a, b)  # warm-up at this size: kernel choice, caches, clocks
+        fastest = spent = timed_products(a, b)
+        if size >= largest or fastest > seconds / 4:
+            break
+        size *= 2
+    while spent < seconds:
+        elapsed = timed_products(a, b)
+        fastest, spent = min(fastest, elapsed), spent + elapsed
+    return 2 * size**3 * batch / fastest
 
 
 def steps_per_epoch(windows: int, batch_size: int, num_processes: int, grad_accum: int, engine: str) -> int:
@@ -42,10 +106,14 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
     else:
         per_epoch = steps_per_epoch(len(data.train), options.batch_size, num_processes, options.grad_accum,
                                     options.engine)
-    total_steps = options.max_steps or per_epoch * options.epochs
+    budget = options.time_budget()
+    if options.max_steps or options.epochs or budget is None:
+        total_steps = options.max_steps or per_epoch * (options.epochs or DEFAULT_EPOCHS)
+    else:
+        total_steps = None  # as many as --max-time allows
     window = data.train.context_length
     tokens_per_step = options.batch_size * window * num_processes * options.grad_accum
-    run_tokens = total_steps * tokens_per_step
+    flops_per_token = training_flops_per_token(config, window)
     chinchilla = 20 * total
 
     # Memory per process, fp32 master weights as Accelerate and the Trainer keep them under mixed precision.
@@ -87,25 +155,49 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
         *data_lines[1:],
         f"  model       {options.preset}{overrides}: {config.n_layers} layers, {config.n_heads} heads, "
         f"{config.emb_dim} dims, context {config.context_length}, vocab {config.vocab_size}, "
-        f"dropout {config.drop_rate}",
+        f"dropout {config.drop_rate} (attention {config.attention_dropout_rate})",
         f"  parameters  {total:,} ({total / 1e6:.2f} M), {total - embeddings:,} without embeddings",
         f"  memory      weights {_mb(weights)}, gradients {_mb(gradients)}, AdamW states {_mb(adam)}, "
         f"activations ~{_mb(activations)} (batch {options.batch_size} x {window}, {precision}); "
         f"~{_mb(weights + gradients + adam + activations)} per process",
         f"  schedule    {options.engine} engine, {num_processes} process{'es' * (num_processes > 1)}: "
-        f"{per_epoch} steps/epoch, {total_steps} steps"
-        + (" (max steps)" if options.max_steps else f" ({options.epochs} epochs)")
-        + f", {tokens_per_step:,} tokens/step; lr {options.lr} {options.lr_scheduler}, "
-        f"warmup {options.warmup_steps}, weight decay {options.weight_decay}",
-        f"  tokens      this run sees {run_tokens:,}; Chinchilla-optimal for {total / 1e6:.2f} M parameters "
-        f"(20 tokens/parameter) is {chinchilla:,} ({run_tokens / chinchilla:.1%} of it)",
+        f"{per_epoch} steps/epoch, {_length(options, total_steps, budget)}, {tokens_per_step:,} tokens/step",
+        f"  optimizer   {_optimizer(options)}; lr {options.lr} {options.lr_scheduler}"
+        + (f" (decaying over the last {options.decay_ratio:.0%})" if options.lr_scheduler == "wsd" else "")
+        + (f" to {options.min_lr}" if options.min_lr else "")
+        + f", warmup {options.warmup_steps}, weight decay {options.weight_decay}",
+        f"  compute     {flops_per_token:.3g} model FLOPs per token (6 per weight + attention), "
+        f"{flops_per_token * tokens_per_step:.3g} per step",
     ]
-    return Plan(per_epoch, total_steps, tokens_per_step, lines)
+    if total_steps is None:
+        lines.append(
+            f"  tokens      this run sees {tokens_per_step:,} per step for {budget:g} s; Chinchilla-optimal for "
+            f"{total / 1e6:.2f} M parameters (20 tokens/parameter) is {chinchilla:,}"
+        )
+    else:
+        run_tokens = total_steps * tokens_per_step
+        lines.append(
+            f"  tokens      this run sees {run_tokens:,}; Chinchilla-optimal for {total / 1e6:.2f} M parameters "
+            f"(20 tokens/parameter) is {chinchilla:,} ({run_tokens / chinchilla:.1%} of it)"
+        )
+    return Plan(per_epoch, total_steps, tokens_per_step, flops_per_token, lines)
 
 
-def scheduler_name(name: str, warmup_steps: int) -> str:
-    """The transformers scheduler for `--lr-scheduler`: "constant" keeps a requested warmup."""
-    return "constant_with_warmup" if name == "constant" and warmup_steps else name
+def _length(options: TrainOptions, total_steps: int | None, budget: float | None) -> str:
+    """How long the run is, as the schedule line says it."""
+    if total_steps is None:
+        return (f"as many steps as {budget:g} s allow (--max-time; the count it expects is logged after "
+                f"{EXPECTATION_STEPS} steps)")
+    steps = f"{total_steps} steps" + (" (max steps)" if options.max_steps else
+                                     f" ({options.epochs or DEFAULT_EPOCHS} epochs)")
+    return steps if budget is None else f"{steps} or {budget:g} s (--max-time), whichever ends first"
+
+
+def _optimizer(options: TrainOptions) -> str:
+    if options.optimizer == "muon":
+        return (f"Muon for the blocks' weight matrices (lr {options.muon_lr or options.lr}), AdamW for the "
+                "embeddings, norms and biases")
+    return "AdamW"
 
 
 def _mb(size: float) -> str:

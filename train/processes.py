@@ -30,12 +30,26 @@ def use_cpu() -> bool:
 
 def any_process(flag: bool) -> bool:
     """True on every process when `flag` is True on any (a stop request must reach all before a collective save)."""
+    return bool(max_over_processes([1.0 if flag else 0.0])[0])
+
+
+def max_over_processes(values: list[float]) -> list[float]:
+    """Each value's maximum over all processes (the values themselves with one process)."""
+    return _reduce(values, "MAX")
+
+
+def sum_over_processes(value: float) -> float:
+    """The sum of `value` over all processes."""
+    return _reduce([value], "SUM")[0]
+
+
+def _reduce(values: list[float], operation: str) -> list[float]:
     state = PartialState()
     if state.num_processes == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=state.device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=state.device)
+    torch.distributed.all_reduce(tensor, op=getattr(torch.distributed.ReduceOp, operation))
+    return tensor.tolist()
 
 
 def weights_are_sharded(accelerator: Any) -> bool:

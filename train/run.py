@@ -30,12 +30,14 @@ from common.files import write_json_atomic
 from modeling_gptscratch import PRESETS, GPTScratchConfig, GPTScratchForCausalLM
 from train import loop, trainer
 from train.checkpoints import RUN_FILE, RunDirectory, checkpoint_step
+from train.clock import TrainingClock
 from train.data import PreparedData, prepare_data
 from train.metrics import EarlyStopping, MetricsLog
+from train.optimization import check_optimizer_available
 from train.options import TrainOptions, check_options, flag_name, resume_differences
-from train.plan import Plan, make_plan
+from train.plan import PRECISION_DTYPES, Plan, make_plan, measure_matmul_flops
 from train.plot import plot_metrics_file
-from train.processes import StopSignals, use_cpu
+from train.processes import StopSignals, sum_over_processes, use_cpu
 from train.state import RunContext, TrainResult
 from train.streaming import prepare_streamed_data
 
@@ -54,6 +56,10 @@ def build_config(options: TrainOptions, vocab_size: int, eos_token_id: int) -> G
     overrides = options.model_overrides()
     if options.dropout is not None:
         overrides["drop_rate"] = options.dropout
+    # Training leaves the attention weights alone unless asked: dropout there costs SDPA its fused kernel.
+    overrides["attention_dropout"] = (
+        options.attention_dropout if options.attention_dropout is not None else overrides.get("attention_dropout", 0.0)
+    )
     try:
         return GPTScratchConfig.from_preset(
             options.preset, **overrides, vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id
@@ -165,6 +171,7 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
         log = tqdm.write if state.is_main_process else (lambda message: None)
     check_options(options)
     options = check_model_options(options)
+    check_optimizer_available(options)
     directory = RunDirectory(options.output_dir)
     resume_from = directory.resolve_resume(options.resume) if options.resume else None
     if resume_from is None:
@@ -307,6 +314,15 @@ def start_run(
     if not state.is_main_process:
         metrics.load(step)
 
+    dtype = PRECISION_DTYPES[options.mixed_precision]
+    peak_flops = sum_over_processes(options.peak_flops or measure_matmul_flops(state.device, dtype))
+    source = "--peak-flops" if options.peak_flops else f"the matmul throughput measured in {str(dtype)[6:]}"
+    log(f"MFU is against {peak_flops / 1e12:.3g} TFLOP/s: {source}"
+        + (f", summed over {state.num_processes} processes" if state.num_processes > 1 else ""))
+    if options.optimizer == "muon" and state.device.type == "cpu":
+        log("note: torch.optim.Muon runs its Newton-Schulz steps in bf16, which CPUs without native bf16 (AVX-512 "
+            "BF16, AMX) emulate slowly; the progress bar's tok_s shows what that costs here")
+
     set_seed(options.seed)
     model = GPTScratchForCausalLM(config)  # the same initial weights in both engines for the same seed
     eval_windows = evaluation_windows(options)
@@ -329,6 +345,7 @@ def start_run(
         metrics=metrics,
         early_stopping=EarlyStopping(options.early_stopping_patience, metrics.records),
         stop=StopSignals(),
+        clock=TrainingClock(plan.tokens_per_step, plan.flops_per_token, peak_flops, options.time_budget()),
         log=log,
     )
 
@@ -374,6 +391,7 @@ def write_summary(context: RunContext, result: TrainResult) -> dict[str, Any]:
         "train_perplexity": final["train_perplexity"],
         "val_perplexity": final["val_perplexity"],
         "initial_val_loss": records[0]["val_loss"],
+        "time_s": round(context.clock.used(), 1),
         "stopped": result.reason,
     }
     write_json_atomic(context.directory.summary_file, summary)

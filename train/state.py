@@ -18,11 +18,12 @@ from torch.utils.data import Dataset
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train.checkpoints import RunDirectory, save_best_model
+from train.clock import TrainingClock
 from train.data import PreparedData
 from train.metrics import EarlyStopping, MetricsLog, format_evaluation, metrics_record
 from train.options import TrainOptions
-from train.plan import Plan
-from train.processes import StopSignals, any_process, full_model
+from train.plan import EXPECTATION_STEPS, Plan
+from train.processes import StopSignals, any_process, full_model, max_over_processes
 
 
 class TrainingDiverged(RuntimeError):
@@ -31,8 +32,9 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """How a run ended. `reason`: completed, early-stopped or interrupted (then `signal_number` is set);
-    `already_finished`: a --resume of a run that had ended and written its model directory, so nothing was done."""
+    """How a run ended. `reason`: completed, time-limit (--max-time), early-stopped or interrupted (then
+    `signal_number` is set); `already_finished`: a --resume of a run that had ended and written its model directory,
+    so nothing was done."""
 
     reason: str
     steps: int
@@ -52,7 +54,8 @@ class RunContext:
     """What an engine gets: the options, data, model and plan, and the bookkeeping both engines share.
 
     The engine trains `model` and replaces it, on the main process, by the trained model with all its weights.
-    `train_eval` and `val_eval` are the fixed windows every evaluation measures.
+    `train_eval` and `val_eval` are the fixed windows every evaluation measures; `clock` is told of every step,
+    evaluation, sample and checkpoint (the time budget, throughput and MFU).
     """
 
     options: TrainOptions
@@ -68,6 +71,7 @@ class RunContext:
     metrics: MetricsLog
     early_stopping: EarlyStopping
     stop: StopSignals
+    clock: TrainingClock
     log: Callable[[str], None]
 
     @property
@@ -86,7 +90,8 @@ class RunContext:
         """Appends an evaluation to metrics.jsonl, prints the book's progress line and, with early stopping, keeps
         a new best model. Every process must call it: gathering sharded weights takes all of them."""
         plan = self.plan
-        record = metrics_record(step, step / plan.steps_per_epoch, step * plan.tokens_per_step, train_loss, val_loss)
+        record = metrics_record(step, step / plan.steps_per_epoch, step * plan.tokens_per_step, train_loss, val_loss,
+                                self.clock.used(), **self.clock.take_throughput())
         self.metrics.append(record)
         if self.early_stopping.update(record) and self.early_stopping.patience is not None:
             best = full_model(accelerator, model, self.config)
@@ -94,6 +99,23 @@ class RunContext:
                 save_best_model(best, self.directory.best_model)
         self.log(format_evaluation(record))
         return record
+
+    def step_ended(self, step: int) -> None:
+        """Tells the clock an optimizer step ended (`step` steps done), before the schedule sets the next step's
+        learning rate; with --max-time, logs once how many steps the budget is expected to allow."""
+        clock = self.clock
+        clock.step_ended(step, agree=max_over_processes)
+        if clock.budget is not None and step == clock.first_step[0] + EXPECTATION_STEPS:
+            expected = self.expected_steps(step)
+            self.log(f"time budget: {clock.used():.1f} s for {step} steps; {expected} steps expected in "
+                     f"{clock.budget:g} s (the pace of steps {clock.first_step[0] + 1}-{step}, evaluations and "
+                     "checkpoints included)")
+
+    def expected_steps(self, step: int) -> int | None:
+        """The steps this run is expected to end at: its step limit, or sooner where the time budget ends it;
+        None without a step limit until the clock knows the pace."""
+        limits = [limit for limit in (self.clock.expected_steps(step), self.plan.total_steps) if limit is not None]
+        return min(limits, default=None)
 
     def check_loss(self, loss: float, step: int) -> None:
         """Raises TrainingDiverged when the step's loss (the same on every process) is NaN or infinite; called
@@ -120,7 +142,8 @@ class RunContext:
         return any_process(self.stop.requested)
 
     def result(self, reason: str, step: int) -> TrainResult:
-        """The engine's result after `step` optimizer steps."""
+        """The engine's result after `step` optimizer steps; the clock stops."""
+        self.clock.stop()
         return TrainResult(
             reason=reason,
             steps=step,

@@ -1,7 +1,8 @@
 """The Hugging Face Trainer engine (`--engine trainer`): the same data, model and options on `transformers.Trainer`.
 
-Options map onto `TrainingArguments` (lr, weight decay, warmup, scheduler, clipping, accumulation, bf16/fp16,
-evaluation, saving and logging steps, seeds). The windows are already the book's (input, target) pairs, so rows
+Options map onto `TrainingArguments` (clipping, accumulation, bf16/fp16, evaluation, saving and logging steps,
+seeds); the optimizer and learning-rate schedule are the Accelerate loop's (`train.optimization`), through
+`create_optimizer` and `create_scheduler`, and the run's clock stops it at the end of `--max-time`. The windows are already the book's (input, target) pairs, so rows
 go to the model as `input_ids` and `labels` through `default_data_collator` (the pre-windowed equivalent of the
 causal-LM collator with mlm=False), and the loss is the book's: cross-entropy of every position against its
 target. `DataCollatorForLanguageModeling(mlm=False)` would copy the inputs into the labels and let the model
@@ -22,13 +23,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from train.book import generate_sample, lm_loss, token_losses
 from train.data import document_position_ids
-from train.metrics import perplexity
-from train.plan import scheduler_name
-from train.processes import full_model, fused_adamw, use_cpu, weights_are_sharded
+from train.metrics import perplexity, throughput_postfix
+from train.optimization import build_optimizer, build_scheduler
+from train.processes import full_model, use_cpu, weights_are_sharded
 from train.state import RunContext, TrainResult
+
+UNLIMITED_STEPS = 2**62  # the Trainer needs a step count: with --max-time alone, the clock ends the run
 
 
 class WindowFeatures(Dataset):
@@ -51,7 +55,8 @@ class WindowFeatures(Dataset):
 
 
 class GPTScratchTrainer(Trainer):
-    """Trainer with the book's loss on pre-shifted labels, perplexity in eval metrics, and the run's NaN stop."""
+    """Trainer with the book's loss on pre-shifted labels, the run's optimizer and schedule (the Accelerate loop's),
+    perplexity in eval metrics, tokens/s and MFU in training logs, and the run's NaN stop."""
 
     # compute_loss returns a per-batch mean; the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
@@ -75,6 +80,25 @@ class GPTScratchTrainer(Trainer):
 
     def _get_output_dir(self, trial: Any) -> str:
         return self._checkpoint_parent or super()._get_output_dir(trial)
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            self.optimizer = build_optimizer(self.model if model is None else model, self.run_context.options)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        if self.lr_scheduler is None:
+            context = self.run_context
+            self.lr_scheduler = build_scheduler(optimizer or self.optimizer, context.options, context.plan.total_steps,
+                                                context.clock)
+        return self.lr_scheduler
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs (those with a loss) also carry tokens/s and MFU since the last evaluation, for the console
+        and the trackers."""
+        if "loss" in logs:
+            logs.update({key: value for key, value in self.run_context.clock.throughput().items() if value is not None})
+        super().log(logs, start_time)
 
     def compute_loss(
         self,
@@ -131,14 +155,27 @@ class GPTScratchTrainer(Trainer):
         return loss
 
 
-class RunCallback(TrainerCallback):
-    """metrics.jsonl records, progress lines, samples, early stopping, and the stop on Ctrl-C / SIGTERM."""
+class RunCallback(TrainerCallback, ExportableState):
+    """metrics.jsonl records, progress lines, samples, early stopping, the stop on Ctrl-C / SIGTERM or at the end of
+    --max-time, and the run's clock (its time used is kept in trainer_state.json)."""
 
     def __init__(self, context: RunContext):
         self.context = context
         self.trainer: Trainer | None = None  # set once the Trainer exists: best models are gathered through it
         self.pending: dict[str, float] = {}
         self.reason = "completed"
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {}, "attributes": {"time_used": self.context.clock.used()}}
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        # A resumed run's state was read from its checkpoint's trainer_state.json, with the time it had used.
+        saved = state.stateful_callbacks.get(type(self).__name__, {})
+        self.context.clock.start(saved.get("attributes", {}).get("time_used", 0.0))
+
+    def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        # After the update, before the scheduler sets the next step's learning rate (as the Accelerate loop).
+        self.context.step_ended(state.global_step + 1)
 
     def on_evaluate(
         self, args: TrainingArguments, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any
@@ -152,6 +189,7 @@ class RunCallback(TrainerCallback):
         self.context.record_evaluation(
             state.global_step, train_loss, val_loss, self.trainer.accelerator, self.trainer.model_wrapped
         )
+        self.context.clock.paused("evaluation")
         if self.context.early_stopping.should_stop:
             self.reason = "early-stopped"
             control.should_training_stop = True
@@ -162,8 +200,14 @@ class RunCallback(TrainerCallback):
             self.reason = "interrupted"
             control.should_training_stop = True
             control.should_save = True
+        elif self.context.clock.out_of_time and self.reason == "completed":
+            self.reason = "time-limit"
+            control.should_training_stop = control.should_evaluate = control.should_save = True
         if control.should_save:
             self.context.check_weights(kwargs["model"], state.global_step)
+
+    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.context.clock.paused("checkpoint")
 
     def on_epoch_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         # Every process generates (sharded weights are gathered by each forward pass); the main one prints.
@@ -173,24 +217,47 @@ class RunCallback(TrainerCallback):
             options.max_new_tokens, options.temperature, options.top_k, options.seed,
         )
         self.context.log(f"Sample: {text!r}")
+        self.context.clock.paused("sample")
 
 
-def training_arguments(context: RunContext, total_steps: int) -> TrainingArguments:
-    """The run's options as TrainingArguments."""
+class RunProgress(ProgressCallback):
+    """The Trainer's progress bar with tokens/s and MFU since the last evaluation; its total is the steps the run
+    is expected to end at (with --max-time, as the clock learns the pace)."""
+
+    def __init__(self, context: RunContext):
+        super().__init__()
+        self.context = context
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.total = self.context.plan.total_steps  # not UNLIMITED_STEPS
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.training_bar is not None:
+            expected = self.context.expected_steps(state.global_step)
+            if expected is not None:
+                self.training_bar.total = expected
+            self.training_bar.set_postfix(throughput_postfix(self.context.clock.throughput()), refresh=False)
+        super().on_step_end(args, state, control, **kwargs)
+
+
+def training_arguments(context: RunContext) -> TrainingArguments:
+    """The run's options as TrainingArguments. The optimizer and its schedule are built by the run's own code
+    (`GPTScratchTrainer.create_optimizer` / `create_scheduler`); lr, weight decay and warmup are set here too for
+    the Trainer's logs and saved arguments."""
     options = context.options
+    total_steps = context.plan.total_steps or UNLIMITED_STEPS
     return TrainingArguments(
         output_dir=str(context.directory.checkpoints),
         per_device_train_batch_size=options.batch_size,
         per_device_eval_batch_size=options.batch_size,
-        num_train_epochs=options.epochs,
-        max_steps=options.max_steps or -1,
+        max_steps=total_steps,
         learning_rate=options.lr,
         weight_decay=options.weight_decay,
-        lr_scheduler_type=scheduler_name(options.lr_scheduler, options.warmup_steps),
         warmup_steps=options.warmup_steps,
         max_grad_norm=options.max_grad_norm,
         gradient_accumulation_steps=options.grad_accum,
-        optim="adamw_torch_fused" if fused_adamw() else "adamw_torch",  # the Accelerate loop's, so the engines agree
         bf16=options.mixed_precision == "bf16",
         fp16=options.mixed_precision == "fp16",
         torch_compile=options.compile,
@@ -225,7 +292,7 @@ def fit(context: RunContext) -> TrainResult:
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(context.directory.root / "tensorboard"))))
     trainer = GPTScratchTrainer(
         model=context.model,
-        args=training_arguments(context, context.plan.total_steps),
+        args=training_arguments(context),
         train_dataset=WindowFeatures(context.data.train, context.document_eos_id),
         eval_dataset={
             "train": WindowFeatures(context.train_eval, context.document_eos_id),
@@ -237,6 +304,8 @@ def fit(context: RunContext) -> TrainResult:
         run_context=context,
     )
     callback.trainer = trainer
+    if trainer.pop_callback(ProgressCallback) is not None:  # absent when the Trainer's bars are disabled
+        trainer.add_callback(RunProgress(context))
     if context.resume_from is not None:
         context.log(f"resuming from {context.resume_from}")
     trainer.train(resume_from_checkpoint=str(context.resume_from) if context.resume_from else None)

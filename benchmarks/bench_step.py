@@ -1,0 +1,104 @@
+"""Where a training step of the tiny preset spends its time: dropout inside attention or outside it, AdamW or Muon.
+
+    python benchmarks/bench_step.py [--rounds 10] [--settings all|dropout]
+
+The step is gptscratch-train's (the tiny preset with its 4,096-token tokenizer, batch 4 x 256, the package's loss
+and optimizer builder), under four settings: no dropout; the book's drop_rate 0.1 everywhere, attention weights
+included; 0.1 everywhere but on the attention weights (`attention_dropout=0`, what gptscratch-train trains with);
+that default with `--optimizer muon` (`--settings dropout` leaves Muon out: its steps are slow on CPUs without
+native bf16).
+
+All settings live in one process and take turns: a round times one step of each, in an order that rotates, so the
+steps compared are seconds apart and a busy machine slows them alike. The table gives each setting's median step
+(and its forward + backward and optimizer parts), the median and range of its per-round ratio to the training
+default, and the attention kernel `scaled_dot_product_attention` ran (read from the profiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM  # noqa: E402
+from train.book import lm_loss, window_logits  # noqa: E402
+from train.optimization import build_optimizer  # noqa: E402
+from train.options import TrainOptions  # noqa: E402
+
+SETTINGS = {  # name: (drop_rate, attention_dropout, optimizer)
+    "no dropout": (0.0, 0.0, "adamw"),
+    "book: 0.1, attention too": (0.1, None, "adamw"),
+    "0.1, attention 0 (default)": (0.1, 0.0, "adamw"),
+    "default, --optimizer muon": (0.1, 0.0, "muon"),
+}
+DEFAULT = "0.1, attention 0 (default)"
+BATCH, WINDOW, VOCAB = 4, 256, 4096
+
+
+class Setting:
+    """One setting's model, optimizer and batch; `step()` trains one step and returns its (forward + backward,
+    optimizer) seconds."""
+
+    def __init__(self, name: str):
+        drop_rate, attention_dropout, optimizer = SETTINGS[name]
+        torch.manual_seed(0)
+        config = GPTScratchConfig.from_preset("tiny", vocab_size=VOCAB, drop_rate=drop_rate,
+                                              attention_dropout=attention_dropout)
+        self.model = GPTScratchForCausalLM(config).train()
+        self.optimizer = build_optimizer(self.model, TrainOptions(output_dir="unused", optimizer=optimizer))
+        self.ids = torch.randint(0, VOCAB, (BATCH, WINDOW + 1), generator=torch.Generator().manual_seed(0))
+
+    def step(self) -> tuple[float, float]:
+        start = time.perf_counter()
+        lm_loss(window_logits(self.model, self.ids[:, :-1], None), self.ids[:, 1:]).backward()
+        middle = time.perf_counter()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return middle - start, time.perf_counter() - middle
+
+    def attention_kernels(self) -> list[str]:
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            self.step()
+        return sorted({event.key.removeprefix("aten::") for event in profiler.key_averages()
+                       if "scaled_dot_product" in event.key and "backward" not in event.key}
+                      - {"scaled_dot_product_attention"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds: one step of each setting")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each setting first")
+    parser.add_argument("--settings", choices=["all", "dropout"], default="all",
+                        help="dropout: the three dropout settings, without Muon")
+    args = parser.parse_args()
+    names = [name for name in SETTINGS if args.settings == "all" or SETTINGS[name][2] == "adamw"]
+    settings = {name: Setting(name) for name in names}
+    for setting in settings.values():
+        for _ in range(args.warmup):
+            setting.step()
+    rounds = []
+    for index in range(args.rounds):
+        order = names[index % len(names):] + names[:index % len(names)]
+        rounds.append({name: settings[name].step() for name in order})
+
+    print(f"tiny preset, batch {BATCH} x {WINDOW}, vocab {VOCAB}; {os.cpu_count()} CPU cores, threads: "
+          f"{torch.get_num_threads()}; {args.rounds} rounds, each one step of every setting, the order rotating\n")
+    print(f"{'setting':<27} {'s/step':>7} {'fwd+bwd':>8} {'optim':>7} {'x default':>10} {'rounds':>11}  "
+          "attention kernel")
+    for name in names:
+        steps = [sum(r[name]) for r in rounds]
+        ratios = [sum(r[name]) / sum(r[DEFAULT]) for r in rounds]
+        print(f"{name:<27} {statistics.median(steps):>7.3f} {statistics.median(r[name][0] for r in rounds):>8.3f} "
+              f"{statistics.median(r[name][1] for r in rounds):>7.3f} {statistics.median(ratios):>10.2f} "
+              f"{min(ratios):>5.2f}-{max(ratios):.2f}  {', '.join(settings[name].attention_kernels())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The optimizer and the learning-rate schedule of a run, built by the same code for both engines.
+
+`build_optimizer`: AdamW (`--optimizer adamw`), with weight decay on 2-D weights only; or (`--optimizer muon`)
+PyTorch's `torch.optim.Muon` for the transformer blocks' weight matrices and AdamW for everything else (the token
+and position embeddings, which are also the tied output head, the LayerNorms and the biases), the split
+modded-nanogpt makes. Muon's update is scaled to the RMS of AdamW's (`adjust_lr_fn="match_rms_adamw"`, Moonshot's
+"Muon is Scalable"), so it takes AdamW's learning rate and weight decay unless `--muon-lr` says otherwise; the
+scaling depends on a matrix's shape alone, not on whether it is stored [in, out] (this model's `Conv1D`) or
+[out, in]. Both optimizers step, save and are scheduled as one `torch.optim.Optimizer` (`MuonWithAdamW`), which is
+what the Trainer and Accelerate take.
+
+`build_scheduler`: transformers' schedules (constant, linear, cosine with a floor, warmup-stable-decay). Over the
+run's steps; or, with `--max-time`, over its time: the warmup stays in steps, then the decay's progress is the share
+of the budget used (with a step limit too, whichever share is larger), so the decay ends when the time runs out.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_scheduler
+
+from common.commands import UsageError
+from modeling_gptscratch import TransformerBlock
+from train.clock import TrainingClock
+from train.options import TrainOptions
+from train.processes import fused_adamw
+
+ADAMW_BETAS, ADAMW_EPS = (0.9, 0.999), 1e-8
+MUON_MOMENTUM = 0.95  # torch's default and modded-nanogpt's, with Nesterov momentum
+TIME_HORIZON = 1_000_000  # the "steps" a time-based schedule is built over: its progress in millionths
+
+
+def check_optimizer_available(options: TrainOptions) -> None:
+    """Refuses --optimizer muon where torch has no torch.optim.Muon (before 2.9)."""
+    if options.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
+        raise UsageError(
+            f"--optimizer muon needs torch.optim.Muon (torch 2.9 or later; this is {torch.__version__}); "
+            "upgrade torch or use --optimizer adamw"
+        )
+
+
+def muon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The transformer blocks' weight matrices (q/k/v, attention output, feed-forward): what Muon optimizes."""
+    return [
+        parameter
+        for module in model.modules() if isinstance(module, TransformerBlock)
+        for parameter in module.parameters() if parameter.requires_grad and parameter.dim() == 2
+    ]
+
+
+def decay_parameter_groups(parameters: list[torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weight matrices and embeddings (2-D), none on biases and LayerNorm (1-D).
+
+    The same split as the Trainer's default (LayerNorm weights and biases excluded).
+    """
+    decay = [p for p in parameters if p.dim() >= 2]
+    no_decay = [p for p in parameters if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """AdamW and Muon over disjoint parameters, stepped, saved and scheduled as one optimizer.
+
+    `param_groups` are the two optimizers' own group dicts, AdamW's first (a scheduler that sets a group's lr sets
+    it where it is used; the first group's lr is the one the engines log); the state dict holds each one's.
+    """
+
+    def __init__(self, adamw: torch.optim.Optimizer, muon: torch.optim.Optimizer):
+        self.adamw, self.muon = adamw, muon
+        # defaults["lr"] is what transformers' schedules take --min-lr as a ratio of.
+        super().__init__([*adamw.param_groups, *muon.param_groups], {"lr": adamw.defaults["lr"]})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.adamw.step()
+        self.muon.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adamw": self.adamw.state_dict(), "muon": self.muon.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.muon.load_state_dict(state_dict["muon"])
+        # Loading gives each optimizer new group dicts: point at those, or schedules would set stale ones.
+        self.param_groups = [*self.adamw.param_groups, *self.muon.param_groups]
+
+
+def build_optimizer(model: torch.nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
+    """AdamW, or Muon for the blocks' weight matrices with AdamW for the rest (`--optimizer`)."""
+    matrices = muon_parameters(model) if options.optimizer == "muon" else []
+    muon_ids = {id(parameter) for parameter in matrices}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in muon_ids]
+    adamw = torch.optim.AdamW(decay_parameter_groups(others, options.weight_decay), lr=options.lr, betas=ADAMW_BETAS,
+                              eps=ADAMW_EPS, fused=fused_adamw())
+    if not matrices:
+        return adamw
+    muon = torch.optim.Muon(matrices, lr=options.muon_lr or options.lr, weight_decay=options.weight_decay,
+                            momentum=MUON_MOMENTUM, nesterov=True, adjust_lr_fn="match_rms_adamw")
+    return MuonWithAdamW(adamw, muon)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, options: TrainOptions, total_steps: int | None, clock: TrainingClock
+) -> LambdaLR:
+    """The learning-rate schedule over `total_steps` steps, or, with --max-time, over the budget of `clock`.
+
+    `total_steps` is the run's step limit (None: only the time limits it).
+    """
+    timed = options.max_time is not None
+    warmup = options.warmup_steps
+    horizon = max(TIME_HORIZON, 10 * warmup) if timed else total_steps
+    names = {"constant": "constant_with_warmup" if warmup else "constant", "linear": "linear",
+             "cosine": "cosine_with_min_lr", "wsd": "warmup_stable_decay"}
+    kwargs = {
+        "cosine": {"min_lr": options.min_lr},
+        "wsd": {"num_decay_steps": min(round(options.decay_ratio * horizon), horizon - warmup),
+                "min_lr_ratio": options.min_lr / options.lr, "decay_type": "linear"},
+    }.get(options.lr_scheduler)
+    scheduler = get_scheduler(names[options.lr_scheduler], optimizer, num_warmup_steps=warmup,
+                              num_training_steps=horizon, scheduler_specific_kwargs=kwargs)
+    if timed:  # partial objects: LambdaLR's state dict then stores no clock
+        scheduler.lr_lambdas = [
+            partial(_timed_factor, schedule=schedule, clock=clock, warmup=warmup, horizon=horizon,
+                    step_limit=total_steps)
+            for schedule in scheduler.lr_lambdas
+        ]
+    return scheduler
+
+
+def _timed_factor(
+    step: int, *, schedule: Callable[[float], float], clock: TrainingClock, warmup: int, horizon: int,
+    step_limit: int | None,
+) -> float:
+    """The factor `schedule` (built over `horizon` steps) gives once the warmup is over at the run's progress:
+    the share of the time budget used, or of the step limit when that is larger."""
+    if step < warmup:
+        return schedule(step)
+    progress = clock.progress
+    if step_limit is not None and step_limit > warmup:
+        progress = max(progress, (step - warmup) / (step_limit - warmup))
+    return schedule(warmup + min(progress, 1.0) * (horizon - warmup))
