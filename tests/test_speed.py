@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+from cli_helpers import file_listing
 from test_train import cache, common, corpus, read_metrics, train_cli, without_timing  # noqa: F401 (fixtures)
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
@@ -170,6 +171,14 @@ def test_a_resumed_run_continues_the_same_budget(tmp_path, corpus, cache, steps_
     assert read_metrics(resumed) == read_metrics(full)  # the same 10 steps, times included: [.., 9 s, 10 s]
     assert read_metrics(full)[-1]["step"] == 10
     assert (resumed / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
+
+    # The budget is spent: resuming with the same --max-time changes nothing; a longer one trains on.
+    before = file_listing(resumed)
+    assert train_cli([*args, "--output-dir", str(resumed), "--resume"]) == 0
+    assert file_listing(resumed) == before
+    longer = [*args[: args.index("--max-time")], "--max-time", "13", *args[args.index("--max-time") + 2:]]
+    assert train_cli([*longer, "--output-dir", str(resumed), "--resume"]) == 0
+    assert read_metrics(resumed)[-1]["step"] > 10
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -74,6 +74,11 @@ class TrainingClock:
             self.progress = max(self.progress, min(1.0, used / max(self.budget - reserve, 1e-9)))
             self.out_of_time = used + last_step + reserve > self.budget
 
+    def spent_budget(self) -> float | None:
+        """The budget, once it has run out (a checkpoint records it: resuming with no longer a budget has nothing to
+        do); None before, and without one."""
+        return self.budget if self.out_of_time else None
+
     def paused(self, kind: str) -> None:
         """An evaluation, sample or checkpoint (`kind`) ended: its time counts as used, not as training."""
         now = monotonic()

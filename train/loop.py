@@ -318,7 +318,9 @@ def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPositio
             context.config.save_pretrained(staging)
             with open(staging / LOOP_STATE_FILE, "w", encoding="utf-8") as stream:
                 position.time_used = context.clock.used()
-                json.dump(position.state_dict(run.micro_batches_per_epoch, reason), stream, indent=2)
+                state = {**position.state_dict(run.micro_batches_per_epoch, reason),
+                         "budget_spent": context.clock.spent_budget()}
+                json.dump(state, stream, indent=2)
     context.clock.paused("checkpoint")
     return directory.checkpoints / f"checkpoint-{position.step}"
 

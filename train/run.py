@@ -29,7 +29,7 @@ from common.commands import UsageError
 from common.files import write_json_atomic
 from modeling_gptscratch import PRESETS, GPTScratchConfig, GPTScratchForCausalLM
 from train import loop, trainer
-from train.checkpoints import RUN_FILE, RunDirectory, checkpoint_step
+from train.checkpoints import RUN_FILE, RunDirectory, checkpoint_step, saved_clock
 from train.clock import TrainingClock
 from train.data import PreparedData, prepare_data
 from train.metrics import EarlyStopping, MetricsLog
@@ -209,13 +209,18 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
 
 def end_reason(options: TrainOptions, directory: RunDirectory, checkpoint: Path, plan: Plan) -> str | None:
     """Why the run that `checkpoint` belongs to has nothing left to train, with these options: "early-stopped" when
-    its evaluations so far stop it, "completed" when it is at the plan's last step; else None."""
+    its evaluations so far stop it, "completed" when it is at the plan's last step, "time-limit" when it spent a
+    --max-time no shorter than this one; else None (a longer --max-time, or more steps, extend the run)."""
     step = checkpoint_step(checkpoint)
     metrics = MetricsLog(directory.metrics_file, write=False)
     metrics.load(step)
     if EarlyStopping(options.early_stopping_patience, metrics.records).should_stop:
         return "early-stopped"
-    return "completed" if step >= plan.total_steps else None
+    if plan.total_steps is not None and step >= plan.total_steps:
+        return "completed"
+    _, budget_spent = saved_clock(checkpoint)
+    budget = options.time_budget()
+    return "time-limit" if budget is not None and budget_spent is not None and budget <= budget_spent else None
 
 
 def finish_ended_run(

@@ -166,7 +166,8 @@ class RunCallback(TrainerCallback, ExportableState):
         self.reason = "completed"
 
     def state(self) -> dict[str, Any]:
-        return {"args": {}, "attributes": {"time_used": self.context.clock.used()}}
+        clock = self.context.clock
+        return {"args": {}, "attributes": {"time_used": clock.used(), "budget_spent": clock.spent_budget()}}
 
     def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         # A resumed run's state was read from its checkpoint's trainer_state.json, with the time it had used.
