@@ -495,7 +495,7 @@ def test_a_streamed_run_resumed_from_a_checkpoint_reproduces_the_uninterrupted_r
                                                                                   capsys):
     """--streaming tokenises as it trains; a checkpoint keeps the stream's position (the dataset's, the tokens in
     hand, the shuffle buffer and its generator), so resuming from it gives the same metrics and weights, bit for
-    bit, as the run that went on."""
+    bit (but for what the wall clock measures), as the run that went on."""
     args = ["--dataset", str(stream_dataset), "--streaming", "--cache-dir", str(cache), *TINY_MODEL,
             "--batch-size", "4", "--eval-iter", "2", "--max-steps", "12", "--eval-freq", "3", "--save-steps", "6",
             "--shuffle-buffer", "64", "--dropout", "0.1", "--lr", "3e-3", "--output-dir", str(tmp_path / "run")]
@@ -512,7 +512,7 @@ def test_a_streamed_run_resumed_from_a_checkpoint_reproduces_the_uninterrupted_r
     shutil.rmtree(checkpoints / "checkpoint-12")  # as if killed after the save at step 6
     assert train_cli([*args, "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().out
-    assert read_metrics(tmp_path / "run") == records
+    assert without_timing(read_metrics(tmp_path / "run")) == without_timing(records)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
 
 
