@@ -11,6 +11,9 @@ TORCH_INSTALL = install --retries 1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDE
 # The book's own code, as a reference in tests; --no-deps keeps out its notebook stack and numpy pin.
 BOOK_INSTALL = install --no-deps "llms-from-scratch==1.0.19"
 DEMO_DIR ?= runs/demo
+# The suite runs in this many worker processes (pytest-xdist); each test keeps to one thread (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST = -m pytest -q -n $(TEST_WORKERS)
 
 # Dependencies. The lock holds the exact versions the suite last passed with (every transitive dependency,
 # torch and the book's code aside: they have their own pins above); `make lock` refreshes it from the newest
@@ -46,10 +49,10 @@ demo: setup
 	$(VENV)/bin/gptscratch-train --preset tiny --output-dir $(DEMO_DIR) --overwrite
 
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTHON) $(PYTEST)
 
 test-fast: setup
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) $(PYTEST) -m "not slow"
 
 bench: setup
 	$(PYTHON) benchmarks/bench_model.py
@@ -83,7 +86,7 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install --upgrade -c $(LATEST_VENV)/torch.txt -e ".[dev,eval]" $(LATEST_PACKAGES)
 	$(LATEST_VENV)/bin/python -m pip $(BOOK_INSTALL)
 	$(LATEST_VENV)/bin/python -m pip list | grep -iE '$(VERSIONS_SHOWN) '
-	$(LATEST_VENV)/bin/python -m pytest -q
+	$(LATEST_VENV)/bin/python $(PYTEST)
 
 # The lower bounds of setup.cfg, from requirements/oldest.txt; the environment is rebuilt whenever that changes.
 $(OLDEST_VENV)/.installed: setup.cfg pyproject.toml $(OLDEST)
@@ -96,7 +99,7 @@ $(OLDEST_VENV)/.installed: setup.cfg pyproject.toml $(OLDEST)
 
 test-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_VENV)/bin/python -m pip list | grep -iE '$(VERSIONS_SHOWN) '
-	$(OLDEST_VENV)/bin/python -m pytest -q
+	$(OLDEST_VENV)/bin/python $(PYTEST)
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) $(LATEST_VENV) $(OLDEST_VENV) runs *.egg-info

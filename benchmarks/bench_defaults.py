@@ -28,14 +28,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The defaults before tuning (gptscratch 0.x): the book's dropout 0.1 everywhere (attention weights included), AdamW at a
-# constant 4e-4 after 20 warmup steps, batch 4, a 4,096-token BPE and the 6 x 192 tiny preset with 256-token windows.
+# The defaults before they were tuned: the book's dropout 0.1 everywhere (attention weights included), AdamW at a
+# constant 4e-4 after 20 warmup steps, batch 4, a 4,096-token BPE and a 6 x 192 tiny preset with 256-token windows.
 OLD = ["--dropout", "0.1", "--attention-dropout", "0.1", "--lr", "4e-4", "--lr-scheduler", "constant",
        "--warmup-steps", "20", "--batch-size", "4", "--vocab-size", "4096", "--n-layers", "6", "--emb-dim", "192",
        "--n-heads", "6", "--context-length", "256", "--eval-freq", "50", "--eval-iter", "5"]
 
 
-def without(flags: list[str], *names: str) -> list[str]:
+def without(flags: list[str], names: list[str]) -> list[str]:
     """`flags` with the flags `names` and their values left out (every flag here takes one value)."""
     kept = []
     for index in range(0, len(flags), 2):
@@ -44,22 +44,21 @@ def without(flags: list[str], *names: str) -> list[str]:
     return kept
 
 
-# From the old defaults to the new ones, one change per row: each row's flags are the old ones it has not dropped yet.
-LADDER = {
-    "old defaults": OLD,
-    "attention dropout off": without(OLD, "--attention-dropout"),
-    "no dropout": without(OLD, "--attention-dropout", "--dropout"),
-    "schedule: lr, warmup, decay": without(OLD, "--attention-dropout", "--dropout", "--lr", "--lr-scheduler",
-                                           "--warmup-steps"),
-    "batch": without(OLD, "--attention-dropout", "--dropout", "--lr", "--lr-scheduler", "--warmup-steps",
-                     "--batch-size"),
-    "vocabulary": without(OLD, "--attention-dropout", "--dropout", "--lr", "--lr-scheduler", "--warmup-steps",
-                          "--batch-size", "--vocab-size"),
-    "model shape": without(OLD, "--attention-dropout", "--dropout", "--lr", "--lr-scheduler", "--warmup-steps",
-                           "--batch-size", "--vocab-size", "--n-layers", "--emb-dim", "--n-heads",
-                           "--context-length"),
-    "new defaults": [],
+# From the old defaults to the new ones, one change per row: each row leaves out the old flags of its change, and
+# those of the rows above; the last row has none left, so it is the new defaults.
+CHANGES = {
+    "old defaults": [],
+    "attention dropout off": ["--attention-dropout"],
+    "no dropout": ["--dropout"],
+    "lr 1.5e-3, cosine to lr/10": ["--lr", "--lr-scheduler"],
+    "vocabulary 8,192": ["--vocab-size"],
+    "4 layers (the new defaults)": ["--n-layers", "--emb-dim", "--n-heads", "--context-length", "--batch-size",
+                                    "--warmup-steps", "--eval-freq", "--eval-iter"],
 }
+LADDER = {}
+for _name, _dropped in CHANGES.items():
+    LADDER[_name] = without(OLD if not LADDER else list(LADDER.values())[-1], _dropped)
+assert list(LADDER.values())[-1] == [], "the ladder must end at the new defaults"
 SETTINGS = {"old": OLD, "new": [], **LADDER}
 
 

@@ -275,12 +275,17 @@ def test_measuring_the_matmul_peak_leaves_the_random_state_of_the_run_alone():
 
 
 def test_training_attends_on_the_causal_path_without_mask_or_dropout_and_steps_fused_adamw(monkeypatch):
-    """What gptscratch-train builds by default: the book's dropout (0.1) everywhere but on the attention weights, so
-    each training forward hands SDPA no mask, is_causal=True and dropout_p=0, the call CUDA's flash kernel takes
-    (and CPU's fused one); and AdamW is torch's fused kernel, for Muon's companion too."""
+    """What gptscratch-train builds by default: no dropout, so each training forward hands SDPA no mask,
+    is_causal=True and dropout_p=0, the call CUDA's flash kernel takes (and CPU's fused one); and AdamW is torch's
+    fused kernel, for Muon's companion too. --dropout, or --config drop_rate, sets the book's dropout, still off the
+    attention weights unless --attention-dropout asks."""
     options = TrainOptions(output_dir="unused", n_layers=2, emb_dim=32, n_heads=2, config={"context_length": 32})
     config = build_config(options, vocab_size=VOCAB, eos_token_id=0)
-    assert (config.drop_rate, config.attention_dropout) == (0.1, 0.0)
+    assert (config.drop_rate, config.attention_dropout) == (0.0, 0.0)
+    for asked in (TrainOptions(output_dir="unused", dropout=0.1), TrainOptions(output_dir="unused",
+                                                                              config={"drop_rate": 0.1})):
+        book = build_config(asked, vocab_size=VOCAB, eos_token_id=0)
+        assert (book.drop_rate, book.attention_dropout) == (0.1, 0.0)
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 

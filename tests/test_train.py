@@ -286,7 +286,7 @@ def test_a_config_file_sets_the_options_and_flags_win(tmp_path, corpus, cache, c
     assert train_cli(["--config-file", str(config_file), "--output-dir", str(output), "--max-steps", "5"]) == 0
     printed = capsys.readouterr().out
     assert "5 steps (max steps)" in printed  # the flag wins over the file's 7
-    assert "lr 0.0004 cosine" in printed and "context_length=32, n_layers=2, n_heads=2, emb_dim=32" in printed
+    assert "lr 0.0015 cosine to 0.00015" in printed and "context_length=32, n_layers=2, n_heads=2, emb_dim=32" in printed
     assert "this run sees 640;" in printed  # 5 steps x 4 windows x 32 tokens: the file's batch and context
     assert not output.exists()
 
@@ -311,7 +311,7 @@ def test_a_bad_config_file_is_one_line_naming_it(tmp_path, capsys, content, expe
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, cache):
     """Interrupted at a step decided by the clock, then resumed: the same metrics and weights, bit for bit."""
-    args = [*common(corpus, cache), "--max-steps", "150", "--eval-freq", "1", "--eval-iter", "1", "--save-steps", "40",
+    args = [*common(corpus, cache), "--max-steps", "80", "--eval-freq", "1", "--eval-iter", "1", "--save-steps", "40",
             "--dropout", "0.1"]
     command = [sys.executable, "-m", "train", *args]
     full, interrupted = tmp_path / "full", tmp_path / "interrupted"
@@ -328,7 +328,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_reproduces_the_uninterrupted_run(
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
     stopped_at = int(stdout.split("stopped by SIGTERM at step ")[1].split(";")[0])
-    assert 20 <= stopped_at < 150
+    assert 20 <= stopped_at < 80
     assert (interrupted / "checkpoints" / f"checkpoint-{stopped_at}" / "loop_state.json").is_file()
     assert not (interrupted / "config.json").exists()  # no model directory for an unfinished run
 
@@ -627,8 +627,9 @@ def bad_files(tmp_path):
          "--dataset someone/no-such-dataset --streaming: could not load it from the Hugging Face Hub"),
         ({"--max-time": "10x"}, "--max-time 10x: expected a positive duration in seconds (90) or with a unit"),
         ({"--max-time": "0s"}, "--max-time 0s: expected a positive duration"),
-        ({"--min-lr": "1e-5"}, "--min-lr 1e-05: --lr-scheduler constant has no floor; use cosine or wsd"),
-        ({"--min-lr": "1e-3", "--lr-scheduler": "wsd"}, "--min-lr 0.001 must be below --lr 0.0004"),
+        ({"--min-lr": "1e-5", "--lr-scheduler": "constant"},
+         "--min-lr 1e-05: --lr-scheduler constant has no floor; use cosine or wsd"),
+        ({"--min-lr": "2e-3", "--lr-scheduler": "wsd"}, "--min-lr 0.002 must be below --lr 0.0015"),
         ({"--optimizer": "sgd"}, "argument --optimizer: invalid choice: 'sgd'"),
         ({"--attention-dropout": "1"}, "--attention-dropout 1.0: must be in [0, 1)"),
         ({"--peak-flops": "0"}, "--peak-flops 0.0: must be greater than 0"),

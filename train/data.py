@@ -49,6 +49,7 @@ from common.files import format_size
 from common.model_dir import load_tokenizer_or_refuse
 from common.tokenizer import load_tokenizer
 from modeling_gptscratch import GPT2Tokenizer
+from train.options import DEFAULT_VOCAB_SIZE
 from train.token_files import EntryBuilder, TokenFiles, cache_key, open_entry
 from train.tokenizing import PieceTokenizer, safe_cut, safe_pieces, start_worker, token_dtype, tokenize_in_worker
 
@@ -837,7 +838,7 @@ def prepare_tokens(
     embedded: str = "pydoc",
     dedup: bool = False,
     tokenizer: str = "train",
-    vocab_size: int = 4096,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
     train_ratio: float = 0.9,
     num_proc: int | None = None,
     cache_dir: str | os.PathLike | None = None,

@@ -121,9 +121,9 @@ def build_scheduler(
     names = {"constant": "constant_with_warmup" if warmup else "constant", "linear": "linear",
              "cosine": "cosine_with_min_lr", "wsd": "warmup_stable_decay"}
     kwargs = {
-        "cosine": {"min_lr": options.min_lr},
+        "cosine": {"min_lr": options.floor_lr()},
         "wsd": {"num_decay_steps": min(round(options.decay_ratio * horizon), horizon - warmup),
-                "min_lr_ratio": options.min_lr / options.lr, "decay_type": "linear"},
+                "min_lr_ratio": options.floor_lr() / options.lr, "decay_type": "linear"},
     }.get(options.lr_scheduler)
     scheduler = get_scheduler(names[options.lr_scheduler], optimizer, num_warmup_steps=warmup,
                               num_training_steps=horizon, scheduler_specific_kwargs=kwargs)

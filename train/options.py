@@ -25,6 +25,8 @@ PROGRAM = "gptscratch-train"
 ENGINES = ("accelerate", "trainer")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "wsd")
 FLOOR_SCHEDULERS = ("cosine", "wsd")  # the schedules that decay to --min-lr (linear decays to 0, constant never)
+MIN_LR_DIVISOR = 10  # --min-lr's default is --lr over this
+DEFAULT_VOCAB_SIZE = 8192  # of a fitted tokenizer (--tokenizer train): the yardstick in README's "Defaults that learn"
 OPTIMIZERS = ("adamw", "muon")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 EMBEDDED_CORPORA = ("pydoc", "stdlib")
@@ -66,6 +68,11 @@ def greater_than_zero_if_set(flag: str, value: float | None) -> None:
 def not_negative(flag: str, value: float) -> None:
     if value < 0:
         raise UsageError(f"{flag} {value}: must not be negative")
+
+
+def not_negative_if_set(flag: str, value: float | None) -> None:
+    if value is not None:
+        not_negative(flag, value)
 
 
 def dropout_rate(flag: str, value: float | None) -> None:
@@ -180,7 +187,7 @@ class TrainOptions:
         "train", "train: fit a byte-level BPE on the training split; gpt2: GPT-2's from the Hub; PATH: a directory "
         "with encoder.json + vocab.bpe or a saved tokenizer", group="data", metavar="gpt2|PATH|train",
     )
-    vocab_size: int = option(4096, "vocabulary of --tokenizer train", group="data", check=positive, type=int)
+    vocab_size: int = option(DEFAULT_VOCAB_SIZE, "vocabulary of --tokenizer train", group="data", check=positive, type=int)
     train_ratio: float = option(0.9, "share of the text (in characters) for training; the rest validates",
                                 group="data", check=ratio, type=float)
     context_length: int | None = option(help="window length in tokens (default: the model's)", group="data",
@@ -214,7 +221,7 @@ class TrainOptions:
     qkv_bias: bool | None = option(help="override the preset's qkv bias", group="model",
                                    action=argparse.BooleanOptionalAction)
     dropout: float | None = option(
-        help="dropout after the embeddings and on the residual branches (default: the preset's, 0.1)",
+        help="dropout after the embeddings and on the residual branches (default: 0; the book trains with 0.1)",
         group="model", check=dropout_rate, type=float,
     )
     attention_dropout: float | None = option(
@@ -246,7 +253,7 @@ class TrainOptions:
         "the embeddings, norms and biases", group="optimisation", check=one_of(OPTIMIZERS, "optimizer"),
         choices=OPTIMIZERS,
     )
-    lr: float = option(4e-4, "peak learning rate (AdamW's; Muon's too unless --muon-lr)", group="optimisation",
+    lr: float = option(1.5e-3, "peak learning rate (AdamW's; Muon's too unless --muon-lr)", group="optimisation",
                        check=greater_than_zero, type=float)
     muon_lr: float | None = option(
         help="Muon's peak learning rate (default: --lr; Muon's update is scaled to AdamW's size)",
@@ -256,12 +263,14 @@ class TrainOptions:
                                  type=float)
     warmup_steps: int = option(20, "linear warmup steps", group="optimisation", check=not_negative, type=int)
     lr_scheduler: str = option(
-        "constant", "the learning rate after warmup: constant, linear (to 0), cosine (to --min-lr) or wsd "
+        "cosine", "the learning rate after warmup: constant, linear (to 0), cosine (to --min-lr) or wsd "
         "(warmup-stable-decay: constant, then a linear decay to --min-lr over the last --decay-ratio)",
         group="optimisation", check=one_of(LR_SCHEDULERS, "scheduler"), choices=LR_SCHEDULERS,
     )
-    min_lr: float = option(0.0, "the learning rate cosine and wsd end at (default: 0)", group="optimisation", check=not_negative,
-                           type=float)
+    min_lr: float | None = option(
+        help=f"the learning rate cosine and wsd end at (default: --lr / {MIN_LR_DIVISOR:g})", group="optimisation",
+        check=not_negative_if_set, type=float,
+    )
     decay_ratio: float = option(0.2, "wsd: the share of the run its decay takes", group="optimisation",
                                 check=fraction, type=float)
     grad_accum: int = option(1, "micro-batches per optimizer step", group="optimisation", check=positive, type=int)
@@ -304,6 +313,13 @@ class TrainOptions:
         group="checkpoints and logging", check=greater_than_zero_if_set, resume=MAY_CHANGE, type=float,
     )
 
+    def floor_lr(self) -> float:
+        """Where the schedule ends: --min-lr, by default a MIN_LR_DIVISOR-th of --lr for cosine and wsd; 0 for the
+        others (linear decays to 0; constant does not decay)."""
+        if self.lr_scheduler not in FLOOR_SCHEDULERS:
+            return 0.0
+        return self.lr / MIN_LR_DIVISOR if self.min_lr is None else self.min_lr
+
     def time_budget(self) -> float | None:
         """--max-time in seconds, or None."""
         return None if self.max_time is None else parse_duration(self.max_time)
@@ -329,12 +345,12 @@ def check_options(options: TrainOptions) -> None:
     """Runs every option's own check, then those of options that go together; each error names its flag and the
     fix."""
     check_fields(options, OPTION_FIELDS)
-    if options.min_lr and options.lr_scheduler not in FLOOR_SCHEDULERS:
+    if options.min_lr is not None and options.lr_scheduler not in FLOOR_SCHEDULERS:
         raise UsageError(
             f"--min-lr {options.min_lr}: --lr-scheduler {options.lr_scheduler} has no floor; use "
             f"{' or '.join(FLOOR_SCHEDULERS)}"
         )
-    if options.min_lr >= options.lr:
+    if options.min_lr is not None and options.min_lr >= options.lr:
         raise UsageError(f"--min-lr {options.min_lr} must be below --lr {options.lr}")
     if options.streaming:
         check_streaming(options)

@@ -16,7 +16,7 @@ import torch
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from common.files import format_size
-from train.options import DEFAULT_EPOCHS, TrainOptions
+from train.options import DEFAULT_EPOCHS, FLOOR_SCHEDULERS, TrainOptions
 
 if TYPE_CHECKING:  # at run time the plan needs no datasets import (benchmarks/bench_model.py measures memory)
     from train.data import PreparedData
@@ -164,7 +164,7 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
         f"{per_epoch} steps/epoch, {_length(options, total_steps, budget)}, {tokens_per_step:,} tokens/step",
         f"  optimizer   {_optimizer(options)}; lr {options.lr} {options.lr_scheduler}"
         + (f" (decaying over the last {options.decay_ratio:.0%})" if options.lr_scheduler == "wsd" else "")
-        + (f" to {options.min_lr}" if options.min_lr else "")
+        + (f" to {options.floor_lr():g}" if options.lr_scheduler in FLOOR_SCHEDULERS else "")
         + f", warmup {options.warmup_steps}, weight decay {options.weight_decay}",
         f"  compute     {flops_per_token:.3g} model FLOPs per token (6 per weight + attention), "
         f"{flops_per_token * tokens_per_step:.3g} per step",

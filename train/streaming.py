@@ -33,6 +33,7 @@ from train.data import (
     TOKENIZER_SAMPLE_CHARS, DataError, PreparedData, TokenWindows, default_cache_root, fit_tokenizer,
     load_hub_split, resolve_tokenizer,
 )
+from train.options import DEFAULT_VOCAB_SIZE
 from train.tokenizing import PieceTokenizer, token_dtype
 
 
@@ -209,7 +210,7 @@ def prepare_streamed_data(
     dataset_split: str = "train",
     text_column: str = "text",
     tokenizer: str = "train",
-    vocab_size: int = 4096,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
     shuffle_buffer: int = 1000,
     seed: int = 123,
     rank: int = 0,
