@@ -11,6 +11,8 @@ TORCH_INSTALL = install --retries 1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDE
 # The book's own code, as a reference in tests; --no-deps keeps out its notebook stack and numpy pin.
 BOOK_INSTALL = install --no-deps "llms-from-scratch==1.0.19"
 DEMO_DIR ?= runs/demo
+# The demo's training budget (seconds, or 90s, 10m, 2h): the loop, evaluations and checkpoints included.
+DEMO_TIME ?= 120
 # The suite runs in this many worker processes (pytest-xdist); each test keeps to one thread (tests/conftest.py).
 TEST_WORKERS ?= 2
 PYTEST = -m pytest -q -n $(TEST_WORKERS)
@@ -46,7 +48,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(LOCK)
 	touch $@
 
 demo: setup
-	$(VENV)/bin/gptscratch-train --preset tiny --output-dir $(DEMO_DIR) --overwrite
+	$(VENV)/bin/gptscratch-train --preset tiny --max-time $(DEMO_TIME) --output-dir $(DEMO_DIR) --overwrite
 
 test: setup
 	$(PYTHON) $(PYTEST)

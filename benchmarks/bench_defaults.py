@@ -1,11 +1,12 @@
 """What gptscratch-train's defaults learn in a time budget: validation bits per byte after `--max-time`.
 
-    python benchmarks/bench_defaults.py --data ../shared/data/tinyshakespeare.txt [--max-time 90]
+    python benchmarks/bench_defaults.py [--data ../shared/data/tinyshakespeare.txt] [--max-time 90]
         [--settings old,new | --ladder] [--repeats 1]
 
-Each setting is one fresh run, as a new user makes it: `gptscratch-train --data FILE --max-time T` with a fresh
+Each setting is one fresh run, as a new user makes it: `gptscratch-train [--data FILE] --max-time T` with a fresh
 cache (so the tokenizer is fitted and the text tokenised inside the timed command), then `gptscratch-eval` on the
-characters the run held out (the last 1 - 0.9 of the file, what the default `--train-ratio` keeps for validation).
+characters the run held out (the last 1 - 0.9 of the corpus, what the default `--train-ratio` keeps for validation:
+for one file, its last 10% of characters; without --data, those of the embedded corpus, one file per document).
 The table gives the whole training command's wall time, the steps it made, and the held-out bits per byte
 (tokenizer-independent), with each setting's difference from the first.
 
@@ -27,12 +28,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 # The defaults before they were tuned: the book's dropout 0.1 everywhere (attention weights included), AdamW at a
-# constant 4e-4 after 20 warmup steps, batch 4, a 4,096-token BPE and a 6 x 192 tiny preset with 256-token windows.
+# constant 4e-4 after 20 warmup steps, batch 4, a 4,096-token BPE, a 6 x 192 tiny preset with 256-token windows, and
+# no early stopping (the last model, however it validates).
 OLD = ["--dropout", "0.1", "--attention-dropout", "0.1", "--lr", "4e-4", "--lr-scheduler", "constant",
        "--warmup-steps", "20", "--batch-size", "4", "--vocab-size", "4096", "--n-layers", "6", "--emb-dim", "192",
-       "--n-heads", "6", "--context-length", "256", "--eval-freq", "50", "--eval-iter", "5"]
+       "--n-heads", "6", "--context-length", "256", "--eval-freq", "50", "--eval-iter", "5",
+       "--early-stopping-patience", "0"]
 
 
 def without(flags: list[str], names: list[str]) -> list[str]:
@@ -52,8 +56,9 @@ CHANGES = {
     "no dropout": ["--dropout"],
     "lr 1.5e-3, cosine to lr/10": ["--lr", "--lr-scheduler"],
     "vocabulary 8,192": ["--vocab-size"],
-    "4 layers (the new defaults)": ["--n-layers", "--emb-dim", "--n-heads", "--context-length", "--batch-size",
-                                    "--warmup-steps", "--eval-freq", "--eval-iter"],
+    "4 layers": ["--n-layers", "--emb-dim", "--n-heads", "--context-length", "--batch-size", "--warmup-steps",
+                 "--eval-freq", "--eval-iter"],
+    "keep the best model (= new)": ["--early-stopping-patience"],
 }
 LADDER = {}
 for _name, _dropped in CHANGES.items():
@@ -62,22 +67,36 @@ assert list(LADDER.values())[-1] == [], "the ladder must end at the new defaults
 SETTINGS = {"old": OLD, "new": [], **LADDER}
 
 
-def held_out_text(data: Path, train_ratio: float = 0.9) -> str:
-    text = data.read_text(encoding="utf-8")
-    return text[int(train_ratio * len(text)):]
+def write_held_out(data: Path | None, directory: Path, train_ratio: float = 0.9) -> list[Path]:
+    """The documents (or parts) the runs validate on, one file each: the package's own split of the corpus."""
+    from train.data import load_corpus, scan_corpus, split_pieces
+
+    corpus = load_corpus(data=[str(data)] if data else None)
+    scan = scan_corpus(corpus, progress=False)
+    documents: list[list[str]] = []
+    for split, text, starts in split_pieces(corpus.pieces(), int(train_ratio * scan.characters), scan.kept):
+        if split == "val":
+            if starts or not documents:
+                documents.append([])
+            documents[-1].append(text)
+    paths = []
+    for index, pieces in enumerate(documents):
+        paths.append(directory / f"held_out_{index:05d}.txt")
+        paths[-1].write_text("".join(pieces), encoding="utf-8")
+    return paths
 
 
-def run_setting(data: Path, held_out: Path, flags: list[str], max_time: str, work: Path) -> dict:
+def run_setting(data: Path | None, held_out: list[Path], flags: list[str], max_time: str, work: Path) -> dict:
     """One training run with a fresh cache, then gptscratch-eval on the held-out text."""
     shutil.rmtree(work, ignore_errors=True)
     output = work / "run"
-    command = [sys.executable, "-m", "train", "--data", str(data), "--max-time", max_time, "--output-dir",
-               str(output), "--cache-dir", str(work / "cache"), *flags]
+    command = [sys.executable, "-m", "train", *(["--data", str(data)] if data else []), "--max-time", max_time,
+               "--output-dir", str(output), "--cache-dir", str(work / "cache"), *flags]
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     evaluation = subprocess.run(
-        [sys.executable, "-m", "train.evaluate", "--model", str(output), "--data", str(held_out), "--json"],
+        [sys.executable, "-m", "train.evaluate", "--model", str(output), "--data", *map(str, held_out), "--json"],
         cwd=REPO, check=True, capture_output=True, text=True,
     )
     summary = json.loads((output / "training_summary.json").read_text())
@@ -86,7 +105,7 @@ def run_setting(data: Path, held_out: Path, flags: list[str], max_time: str, wor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, help="a text file (default: the embedded corpus)")
     parser.add_argument("--max-time", default="90")
     parser.add_argument("--settings", default="old,new", help=f"comma-separated, from: {', '.join(SETTINGS)}")
     parser.add_argument("--ladder", action="store_true", help="run LADDER (old defaults to new, one change a row)")
@@ -97,12 +116,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
 
-    print(f"data: {args.data}; --max-time {args.max_time}; {os.cpu_count()} CPUs; fresh cache per run")
+    print(f"data: {args.data or 'the embedded corpus'}; --max-time {args.max_time}; {os.cpu_count()} CPUs; fresh cache per run")
     print(f"{'setting':30} {'command s':>9} {'steps':>6} {'bits/byte':>9} {'vs first':>8}")
     first = None
     with tempfile.TemporaryDirectory(prefix="bench-defaults-") as scratch:
-        held_out = Path(scratch) / "held_out.txt"
-        held_out.write_text(held_out_text(args.data), encoding="utf-8")
+        (Path(scratch) / "held-out").mkdir()
+        held_out = write_held_out(args.data, Path(scratch) / "held-out")
         for name in names:
             runs = sorted((run_setting(args.data, held_out, SETTINGS[name], args.max_time, Path(scratch) / "work")
                            for _ in range(args.repeats)), key=lambda run: run["bits_per_byte"])

@@ -22,7 +22,8 @@ from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train import clock as clock_module
 from train.book import lm_loss, window_logits
 from train.checkpoints import RunDirectory
-from train.optimization import MuonWithAdamW, build_optimizer, muon_parameters
+from train.metrics import EarlyStopping
+from train.optimization import MuonWithAdamW, build_optimizer, build_scheduler, muon_parameters
 from train.options import TrainOptions, parse_duration
 from train.plan import measure_matmul_flops, training_flops_per_token
 from train.processes import StopSignals
@@ -243,6 +244,33 @@ def test_muon_and_wsd_resume_exactly_and_both_engines_agree(tmp_path, corpus, ca
     for ours, theirs in zip(runs["accelerate"], runs["trainer"]):
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-4)
     assert runs["accelerate"][-1]["val_loss"] < runs["accelerate"][0]["val_loss"] - 0.5
+
+
+def test_the_default_floor_is_a_tenth_of_the_peak_for_the_schedules_that_have_one():
+    assert TrainOptions(output_dir="x", lr=2e-3).floor_lr() == pytest.approx(2e-4)  # cosine, the default
+    assert TrainOptions(output_dir="x", lr=2e-3, lr_scheduler="wsd", min_lr=1e-5).floor_lr() == 1e-5
+    assert TrainOptions(output_dir="x", lr_scheduler="linear").floor_lr() == 0.0
+    model = GPTScratchForCausalLM(GPTScratchConfig(vocab_size=VOCAB, context_length=WINDOW, emb_dim=EMB, n_heads=2,
+                                                   n_layers=LAYERS))
+    options = TrainOptions(output_dir="x", lr=2e-3, warmup_steps=0)
+    optimizer = build_optimizer(model, options)
+    scheduler = build_scheduler(optimizer, options, 10, clock=None)
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr() == pytest.approx([2e-4] * len(optimizer.param_groups))
+
+
+def test_early_stopping_by_default_and_patience_0_never_stops():
+    """The default stops after 5 evaluations without a better validation loss (the model directory then holds the
+    best model); --early-stopping-patience 0 trains on and keeps the last."""
+    losses = [5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8]
+    records = [{"step": 10 * index, "val_loss": loss} for index, loss in enumerate(losses)]
+    default = TrainOptions(output_dir="x").early_stopping_patience
+    assert not EarlyStopping(default, records[:-1]).should_stop  # 4 evaluations since the best
+    stopping = EarlyStopping(default, records + [{"step": 70, "val_loss": 3.9}])
+    assert stopping.should_stop and stopping.best_step == 20
+    assert not EarlyStopping(0, records * 3).should_stop
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ Output directory layout (the same for both engines)::
     OUTPUT/loss_plot.png|pdf      the book's loss plot
     OUTPUT/training_summary.json  what was trained on, and the final figures
     OUTPUT/checkpoints/           run.json (the options), checkpoint-<step>/ (the newest --save-total-limit),
-                                  best-model/ (with --early-stopping-patience)
+                                  best-model/ (unless --early-stopping-patience 0)
     OUTPUT/tensorboard/           with --report-to tensorboard
 """
 

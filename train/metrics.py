@@ -90,7 +90,8 @@ def throughput_postfix(figures: dict[str, float | None]) -> dict[str, str]:
 
 
 class EarlyStopping:
-    """Stops when the validation loss has not improved for `patience` evaluations; tracks the best one.
+    """Stops when the validation loss has not improved for `patience` evaluations (0 or None: never); tracks the
+    best one.
 
     Its state is a function of the metrics so far, so a resumed run picks it up from metrics.jsonl.
     """
@@ -113,4 +114,4 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return self.patience is not None and self.since_best >= self.patience
+        return bool(self.patience) and self.since_best >= self.patience

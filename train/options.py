@@ -26,6 +26,9 @@ ENGINES = ("accelerate", "trainer")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "wsd")
 FLOOR_SCHEDULERS = ("cosine", "wsd")  # the schedules that decay to --min-lr (linear decays to 0, constant never)
 MIN_LR_DIVISOR = 10  # --min-lr's default is --lr over this
+# A run that repeats a small corpus overfits within minutes; one that keeps learning never waits 5 evaluations for
+# a better validation loss (README, "Defaults that learn").
+DEFAULT_PATIENCE = 5
 DEFAULT_VOCAB_SIZE = 8192  # of a fitted tokenizer (--tokenizer train): the yardstick in README's "Defaults that learn"
 OPTIMIZERS = ("adamw", "muon")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -295,9 +298,10 @@ class TrainOptions:
                                group="evaluation and samples", check=positive, resume=MAY_CHANGE, type=int)
     max_new_tokens: int = option(50, "sample length", group="evaluation and samples", check=new_tokens,
                                  resume=MAY_CHANGE, type=int)
-    early_stopping_patience: int | None = option(
-        help="stop after N evaluations without a better validation loss; keep the best model",
-        group="evaluation and samples", check=positive, resume=MAY_CHANGE, type=int,
+    early_stopping_patience: int = option(
+        DEFAULT_PATIENCE, "stop after N evaluations without a better validation loss, and keep the best model (0: "
+        "never stop, keep the last)", group="evaluation and samples", check=not_negative, resume=MAY_CHANGE,
+        type=int,
     )
 
     # Checkpoints and logging

@@ -366,11 +366,11 @@ def finish_run(context: RunContext, result: TrainResult) -> None:
         return
     if state.is_main_process:
         model = context.model  # the trained model with all its weights (`full_model`), on the main process
-        if options.early_stopping_patience is not None and directory.best_model.is_dir():
+        if options.early_stopping_patience and directory.best_model.is_dir():
             load_weights(model, directory.best_model)
-            context.log(
-                f"early stopping: the model directory holds the best model (step {context.early_stopping.best_step})"
-            )
+            if context.early_stopping.best_step != result.steps:
+                context.log(f"early stopping: the model directory holds the best model (step "
+                            f"{context.early_stopping.best_step}, the lowest validation loss)")
         model.generation_config.max_new_tokens = options.max_new_tokens
         directory.write_model(model, context.data.tokenizer)
         result.summary = write_summary(context, result)
@@ -381,7 +381,7 @@ def write_summary(context: RunContext, result: TrainResult) -> dict[str, Any]:
     """training_summary.json: the source, tokenizer and final figures, for the model card."""
     records = context.metrics.records
     final = records[-1]
-    if context.options.early_stopping_patience is not None and context.early_stopping.best_step is not None:
+    if context.options.early_stopping_patience and context.early_stopping.best_step is not None:
         final = next(record for record in records if record["step"] == context.early_stopping.best_step)
     summary = {
         "source": context.data.source,
