@@ -12,7 +12,7 @@ TORCH_INSTALL = install --retries 1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDE
 BOOK_INSTALL = install --no-deps "llms-from-scratch==1.0.19"
 DEMO_DIR ?= runs/demo
 # The demo's training budget (seconds, or 90s, 10m, 2h): the loop, evaluations and checkpoints included.
-DEMO_TIME ?= 120
+DEMO_TIME ?= 240
 # The suite runs in this many worker processes (pytest-xdist); each test keeps to one thread (tests/conftest.py).
 TEST_WORKERS ?= 2
 PYTEST = -m pytest -q -n $(TEST_WORKERS)
