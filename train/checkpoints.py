@@ -200,15 +200,15 @@ def is_complete_checkpoint(path: Path) -> bool:
     return (path / LOOP_STATE_FILE).is_file() or (path / TRAINER_STATE_FILE).is_file()
 
 
-def saved_clock(path: Path) -> tuple[float, float | None]:
-    """The training time the checkpoint at `path` had used, and the --max-time budget it had spent (None when the
-    run was not stopped by its budget), from either engine's state file."""
+def budget_spent(path: Path) -> float | None:
+    """The --max-time budget the checkpoint at `path` had spent (None when its run was not stopped by its budget),
+    from either engine's state file."""
     if (path / LOOP_STATE_FILE).is_file():
         state = json.loads((path / LOOP_STATE_FILE).read_text(encoding="utf-8"))
     else:
         trainer_state = json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
         state = trainer_state.get("stateful_callbacks", {}).get("RunCallback", {}).get("attributes", {})
-    return state.get("time_used", 0.0), state.get("budget_spent")
+    return state.get("budget_spent")
 
 
 def checkpoint_step(path: Path) -> int:

@@ -29,7 +29,7 @@ from common.commands import UsageError
 from common.files import write_json_atomic
 from modeling_gptscratch import PRESETS, GPTScratchConfig, GPTScratchForCausalLM
 from train import loop, trainer
-from train.checkpoints import RUN_FILE, RunDirectory, checkpoint_step, saved_clock
+from train.checkpoints import RUN_FILE, RunDirectory, budget_spent, checkpoint_step
 from train.clock import TrainingClock
 from train.data import PreparedData, prepare_data
 from train.metrics import EarlyStopping, MetricsLog
@@ -219,9 +219,8 @@ def end_reason(options: TrainOptions, directory: RunDirectory, checkpoint: Path,
         return "early-stopped"
     if plan.total_steps is not None and step >= plan.total_steps:
         return "completed"
-    _, budget_spent = saved_clock(checkpoint)
-    budget = options.time_budget()
-    return "time-limit" if budget is not None and budget_spent is not None and budget <= budget_spent else None
+    spent, budget = budget_spent(checkpoint), options.time_budget()
+    return "time-limit" if budget is not None and spent is not None and budget <= spent else None
 
 
 def finish_ended_run(
