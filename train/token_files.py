@@ -146,8 +146,10 @@ class EntryBuilder:
             writer.close()
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
-        if isinstance(error, OSError) and self._usage_error(error) is not error:
-            raise self._usage_error(error) from error
+        if isinstance(error, OSError):
+            usage_error = self._usage_error(error)
+            if usage_error is not error:
+                raise usage_error from error
 
     def _usage_error(self, error: OSError) -> Exception:
         if storage_failure(error, writing=True) is None:
