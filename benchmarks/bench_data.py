@@ -75,13 +75,13 @@ def peak_memory_of(command: list[str], env: dict[str, str]) -> tuple[float, int,
     return time.perf_counter() - start, peak, output
 
 
-def prepare_sizes(sizes: list[int], tokenizer: str, work: Path) -> Path:
-    """The preparation table; returns the largest corpus's path."""
+def prepare_sizes(sizes: list[int], tokenizer: str, work: Path) -> tuple[Path, Path]:
+    """The preparation table; returns the largest corpus's path and its cache."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     print(f"tokenizer {tokenizer}; {os.cpu_count()} CPUs; each size's cache starts empty")
     print(f"{'corpus':>8}  {'prepare s':>9}  {'MB/s':>6}  {'tokens/s':>10}  {'peak RSS MB':>11}  "
           f"{'again s':>7}  {'token files':>11}", flush=True)
-    path = None
+    path = cache = None
     for size in sizes:
         path = work / f"corpus-{size}.txt"
         if not path.exists() or path.stat().st_size > size:
@@ -99,10 +99,10 @@ def prepare_sizes(sizes: list[int], tokenizer: str, work: Path) -> Path:
         print(f"{megabytes:>6.0f}MB  {seconds:>9.1f}  {megabytes / seconds:>6.2f}  "
               f"{token_bytes / dtype_size / seconds:>10,.0f}  {peak / 2**20:>11,.0f}  {again:>7.1f}  "
               f"{token_bytes / 1e6:>9.1f}MB", flush=True)
-    return path
+    return path, cache
 
 
-def loader_against_model(path: Path, tokenizer: str, work: Path, rounds: int) -> None:
+def loader_against_model(path: Path, cache: Path, tokenizer: str, rounds: int) -> None:
     """Tokens/s of the training loader and of the tiny preset's training step; of evaluation and of the step's
     forward pass."""
     import torch
@@ -114,9 +114,8 @@ def loader_against_model(path: Path, tokenizer: str, work: Path, rounds: int) ->
     from train.data import prepare_data
     from train.evaluate import score_token_stream
 
-    size = path.stat().st_size
-    data = prepare_data(context_length=256, data=[str(path)], tokenizer=tokenizer, cache_dir=work / f"cache-{size}",
-                        progress=False, log=lambda message: None)
+    data = prepare_data(context_length=256, data=[str(path)], tokenizer=tokenizer, cache_dir=cache, progress=False,
+                        log=lambda message: None)
     batch_size, context = 4, 256  # the tiny preset's defaults
     loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
@@ -214,8 +213,8 @@ def main() -> None:
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="gptscratch-bench-data-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        largest = prepare_sizes([parse_size(size) for size in args.sizes.split(",")], args.tokenizer, work)
-        loader_against_model(largest, args.tokenizer, work, args.rounds)
+        largest, cache = prepare_sizes([parse_size(size) for size in args.sizes.split(",")], args.tokenizer, work)
+        loader_against_model(largest, cache, args.tokenizer, args.rounds)
         if args.eval_sizes:
             evaluation_memory(work, [parse_size(size) for size in args.eval_sizes.split(",")])
     finally:

@@ -1,7 +1,7 @@
 """What gptscratch-train's defaults learn in a time budget: validation bits per byte after `--max-time`.
 
     python benchmarks/bench_defaults.py [--data ../shared/data/tinyshakespeare.txt] [--max-time 90]
-        [--settings old,new | --ladder] [--repeats 1]
+        [--settings old,new | --ladder] [--try='--lr 3e-3' ...] [--repeats 1]
 
 Each setting is one fresh run, as a new user makes it: `gptscratch-train [--data FILE] --max-time T` with a fresh
 cache (so the tokenizer is fitted and the text tokenised inside the timed command), then `gptscratch-eval` on the
@@ -12,7 +12,8 @@ The table gives the whole training command's wall time, the steps it made, and t
 
 `--settings` picks from SETTINGS: `old` is the defaults before they were tuned, spelled as flags; `new` is no flag
 at all. `--ladder` runs LADDER: from the old defaults, one change at a time, to the new ones, so each row says what
-its change bought. Run it on a quiet machine: the budget is wall-clock time, so other jobs cost steps.
+its change bought. `--try FLAGS` adds a row of the new defaults with FLAGS (what would this change buy?). Run it on a
+quiet machine: the budget is wall-clock time, so other jobs cost steps.
 """
 
 from __future__ import annotations
@@ -109,12 +110,15 @@ def main() -> None:
     parser.add_argument("--max-time", default="90")
     parser.add_argument("--settings", default="old,new", help=f"comma-separated, from: {', '.join(SETTINGS)}")
     parser.add_argument("--ladder", action="store_true", help="run LADDER (old defaults to new, one change a row)")
+    parser.add_argument("--try", dest="tries", action="append", default=[], metavar="FLAGS",
+                        help="also run the new defaults with these flags (repeatable), e.g. --try='--lr 3e-3'")
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting (the median is shown)")
     args = parser.parse_args()
-    names = list(LADDER) if args.ladder else args.settings.split(",")
+    names = list(LADDER) if args.ladder else args.settings.split(",") if args.settings else []
     unknown = [name for name in names if name not in SETTINGS]
     if unknown:
         parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
+    settings = {**{name: SETTINGS[name] for name in names}, **{flags: flags.split() for flags in args.tries}}
 
     print(f"data: {args.data or 'the embedded corpus'}; --max-time {args.max_time}; {os.cpu_count()} CPUs; fresh cache per run")
     print(f"{'setting':30} {'command s':>9} {'steps':>6} {'bits/byte':>9} {'vs first':>8}")
@@ -122,8 +126,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-defaults-") as scratch:
         (Path(scratch) / "held-out").mkdir()
         held_out = write_held_out(args.data, Path(scratch) / "held-out")
-        for name in names:
-            runs = sorted((run_setting(args.data, held_out, SETTINGS[name], args.max_time, Path(scratch) / "work")
+        for name, flags in settings.items():
+            runs = sorted((run_setting(args.data, held_out, flags, args.max_time, Path(scratch) / "work")
                            for _ in range(args.repeats)), key=lambda run: run["bits_per_byte"])
             result = runs[len(runs) // 2]
             first = first if first is not None else result["bits_per_byte"]
