@@ -1,7 +1,7 @@
 """Data preparation at scale: time, throughput and peak memory of preparing corpora of several sizes, and the
 training data loader and evaluation against the model's own speed.
 
-    python benchmarks/bench_data.py                      # 100MB, 1GB and 5GB (the last takes the better part of an hour)
+    python benchmarks/bench_data.py                      # 100MB, 1GB and 5GB (5GB: 44 minutes on 2 cores)
     python benchmarks/bench_data.py --sizes 20MB,100MB   # quicker
 
 For each size it writes a corpus by repeating ../shared/data/tinyshakespeare.txt (1.1 MB; whole copies, then the
