@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def main() -> None:
     unknown = [name for name in names if name not in SETTINGS]
     if unknown:
         parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
-    settings = {**{name: SETTINGS[name] for name in names}, **{flags: flags.split() for flags in args.tries}}
+    settings = {**{name: SETTINGS[name] for name in names}, **{flags: shlex.split(flags) for flags in args.tries}}
 
     print(f"data: {args.data or 'the embedded corpus'}; --max-time {args.max_time}; {os.cpu_count()} CPUs; fresh cache per run")
     print(f"{'setting':30} {'command s':>9} {'steps':>6} {'bits/byte':>9} {'vs first':>8}")

@@ -469,7 +469,7 @@ def test_preparing_a_corpus_far_larger_than_memory_allows_stays_within_a_few_meg
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     rng = np.random.default_rng(0)
     line = " ".join(rng.choice(words, 2000)) + "\n"  # 11 KB
-    for name, size in (("small.txt", 1 << 20), ("large.txt", 32 << 20)):
+    for name, size in (("small", 1 << 20), ("large", 32 << 20)):  # a file, or a directory of files
         if file_bytes is None:
             with open(tmp_path / name, "w", encoding="utf-8") as stream:
                 for _ in range(size // len(line)):
@@ -500,8 +500,8 @@ def test_preparing_a_corpus_far_larger_than_memory_allows_stays_within_a_few_meg
             watcher.join()
         return (peak[0] - baseline) / 2**20
 
-    growth("small.txt")  # the first call loads what every call uses (the tokenizer library's code, its threads)
-    small, large = growth("small.txt"), growth("large.txt")
+    growth("small")  # the first call loads what every call uses (the tokenizer library's code, its threads)
+    small, large = growth("small"), growth("large")
     files = 0 if file_bytes is None else (32 << 20) // file_bytes
     assert large < 8 + files * 1.5 / 1024, (small, large)
     assert large < small + 4 + files * 1.5 / 1024, (small, large)
