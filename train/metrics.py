@@ -113,5 +113,10 @@ class EarlyStopping:
         return False
 
     @property
+    def keeps_best(self) -> bool:
+        """Whether the run keeps its best model (any patience but 0 or None)."""
+        return bool(self.patience)
+
+    @property
     def should_stop(self) -> bool:
-        return bool(self.patience) and self.since_best >= self.patience
+        return self.keeps_best and self.since_best >= self.patience

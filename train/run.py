@@ -365,7 +365,7 @@ def finish_run(context: RunContext, result: TrainResult) -> None:
         return
     if state.is_main_process:
         model = context.model  # the trained model with all its weights (`full_model`), on the main process
-        if options.early_stopping_patience and directory.best_model.is_dir():
+        if context.early_stopping.keeps_best and directory.best_model.is_dir():
             load_weights(model, directory.best_model)
             if context.early_stopping.best_step != result.steps:
                 context.log(f"early stopping: the model directory holds the best model (step "
@@ -380,7 +380,7 @@ def write_summary(context: RunContext, result: TrainResult) -> dict[str, Any]:
     """training_summary.json: the source, tokenizer and final figures, for the model card."""
     records = context.metrics.records
     final = records[-1]
-    if context.options.early_stopping_patience and context.early_stopping.best_step is not None:
+    if context.early_stopping.keeps_best and context.early_stopping.best_step is not None:
         final = next(record for record in records if record["step"] == context.early_stopping.best_step)
     summary = {
         "source": context.data.source,

@@ -93,7 +93,7 @@ class RunContext:
         record = metrics_record(step, step / plan.steps_per_epoch, step * plan.tokens_per_step, train_loss, val_loss,
                                 self.clock.used(), **self.clock.take_throughput())
         self.metrics.append(record)
-        if self.early_stopping.update(record) and self.early_stopping.patience:
+        if self.early_stopping.update(record) and self.early_stopping.keeps_best:
             best = full_model(accelerator, model, self.config)
             if best is not None:
                 save_best_model(best, self.directory.best_model)
