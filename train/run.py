@@ -365,11 +365,12 @@ def finish_run(context: RunContext, result: TrainResult) -> None:
         return
     if state.is_main_process:
         model = context.model  # the trained model with all its weights (`full_model`), on the main process
-        if context.early_stopping.keeps_best and directory.best_model.is_dir():
+        best_step = context.early_stopping.best_step
+        # A best model from the last step holds the weights the run ended with: nothing to read.
+        if context.early_stopping.keeps_best and directory.best_model.is_dir() and best_step != result.steps:
             load_weights(model, directory.best_model)
-            if context.early_stopping.best_step != result.steps:
-                context.log(f"early stopping: the model directory holds the best model (step "
-                            f"{context.early_stopping.best_step}, the lowest validation loss)")
+            context.log(f"early stopping: the model directory holds the best model (step {best_step}, the lowest "
+                        "validation loss)")
         model.generation_config.max_new_tokens = options.max_new_tokens
         directory.write_model(model, context.data.tokenizer)
         result.summary = write_summary(context, result)
