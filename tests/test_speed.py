@@ -23,7 +23,8 @@ from train import clock as clock_module
 from train.book import lm_loss, window_logits
 from train.checkpoints import RunDirectory
 from train.metrics import EarlyStopping
-from train.optimization import MuonWithAdamW, build_optimizer, build_scheduler, muon_parameters
+import torch.optim._muon as torch_muon
+from train.optimization import MuonWithAdamW, build_optimizer, build_scheduler, muon_parameters, newton_schulz_float32
 from train.options import TrainOptions, parse_duration
 from train.plan import measure_matmul_flops, training_flops_per_token
 from train.processes import StopSignals
@@ -121,10 +122,11 @@ def test_the_time_budget_ends_the_run_with_the_schedule_at_its_floor_and_mfu_fro
     assert (summary["steps"], summary["stopped"], summary["time_s"]) == (10, "time-limit", 10.0)
     assert (output / "config.json").is_file()
 
-    # The decay follows the time used: half of it at 5 s, the floor when the budget is spent.
+    # The decay follows the time used: half of it at 5 s, the floor when the budget is spent, in every group
+    # (AdamW's with and without weight decay, Muon's).
     checkpoints = {path.name: path for path in RunDirectory(output).checkpoint_dirs()}
-    assert last_learning_rates(checkpoints["checkpoint-5"]) == pytest.approx([cosine_lr(0.5)] * 2)
-    assert last_learning_rates(checkpoints["checkpoint-10"]) == pytest.approx([MIN_LR] * 2)
+    assert last_learning_rates(checkpoints["checkpoint-5"]) == pytest.approx([cosine_lr(0.5)] * 3)
+    assert last_learning_rates(checkpoints["checkpoint-10"]) == pytest.approx([MIN_LR] * 3)
 
     # Throughput: 4 windows x 32 tokens per one-second step; MFU against the plan's model FLOPs per token, counted
     # here by hand: 6 per weight that multiplies (the tied head, and 12 emb^2 per block) plus the attention term.
@@ -152,7 +154,7 @@ def test_the_first_limit_reached_ends_the_run_and_the_expected_steps_are_logged(
     assert "time budget: 11.0 s for 11 steps; 12 steps expected in 12 s" in printed
     # With --max-steps 50 the schedule also spans the 12 s, which end first: the linear decay reaches 0.
     final = RunDirectory(tmp_path / "time").checkpoint_dirs()[-1]
-    assert last_learning_rates(final) == pytest.approx([0.0, 0.0])
+    assert last_learning_rates(final) == pytest.approx([0.0] * 3)  # AdamW's two groups and Muon's
 
 
 @pytest.mark.parametrize("engine", ["accelerate", "trainer"])
@@ -204,6 +206,7 @@ def test_muon_updates_the_blocks_matrices_and_adamw_the_rest():
         parameter.grad = torch.randn_like(parameter)
     gradients = {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
     optimizer.step()
+    assert torch_muon._zeropower_via_newtonschulz is not newton_schulz_float32  # swapped only inside the step
     for name, parameter in model.named_parameters():
         decay = 0.1 if parameter.dim() == 2 else 0.0
         shrunk = before[name] * (1 - 1e-2 * decay)  # decoupled weight decay, in both optimizers
@@ -216,11 +219,41 @@ def test_muon_updates_the_blocks_matrices_and_adamw_the_rest():
             assert 0.3 < singular_values.min() and singular_values.max() < 1.5, name
             u, _, vh = torch.linalg.svd(gradients[name], full_matrices=False)
             assert torch.nn.functional.cosine_similarity((u @ vh).flatten(), update.flatten(), dim=0) > 0.9, name
+            # On a CPU the orthogonalisation is float32 (bf16 differs by about 1%): Muon's first step with
+            # Nesterov momentum is a multiple of the gradient, which the normalised iteration does not see.
+            defaults = optimizer.muon.defaults
+            orthogonalised = newton_schulz_float32(gradients[name], defaults["ns_coefficients"],
+                                                   defaults["ns_steps"], defaults["eps"])
+            torch.testing.assert_close(update, orthogonalised, rtol=1e-4, atol=1e-5, msg=name)
         else:
             # AdamW's first step, by hand: m / (sqrt(v) + eps) = g / (|g| + eps).
             grad = gradients[name]
             torch.testing.assert_close(parameter.detach(), shrunk - 1e-2 * grad / (grad.abs() + 1e-8), rtol=1e-5,
                                        atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("flags, printed", [
+    ([], "Muon for the blocks' weight matrices (lr 0.003), AdamW for the embeddings, norms and biases; lr 0.003 "
+         "cosine to 0.0003"),
+    (["--optimizer", "adamw"], "optimizer   AdamW; lr 0.0015 cosine to 0.00015"),
+    (["--optimizer", "adamw", "--lr", "0.01"], "optimizer   AdamW; lr 0.01 cosine to 0.001"),
+])
+def test_the_default_learning_rate_is_the_one_tuned_for_the_optimizer(tmp_path, corpus, cache, capsys, flags,
+                                                                      printed):
+    """Muon by default, at 3e-3 for both optimizers; AdamW alone at 1.5e-3 (README, Defaults that learn)."""
+    assert train_cli([*common(corpus, cache), "--output-dir", str(tmp_path / "run"), "--dry-run", *flags]) == 0
+    assert printed in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shape", [(24, 80), (80, 24), (40, 40)])
+def test_newton_schulz_in_float32_is_torchs_iteration(shape):
+    """The float32 orthogonalisation Muon uses on CPUs is torch's own (bf16) iteration up to bf16's rounding."""
+    gradient = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    coefficients = torch.optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))]).defaults["ns_coefficients"]
+    torchs = torch_muon._zeropower_via_newtonschulz(gradient, coefficients, 5, 1e-7)
+    ours = newton_schulz_float32(gradient, coefficients, 5, 1e-7)
+    assert torchs.dtype == torch.bfloat16 and ours.dtype == torch.float32 and ours.shape == shape
+    assert (ours - torchs.float()).norm() / ours.norm() < 0.03
 
 
 @pytest.mark.slow
@@ -326,9 +359,9 @@ def test_training_attends_on_the_causal_path_without_mask_or_dropout_and_steps_f
     window_logits(model, torch.randint(0, VOCAB, (2, 32)), None)
     assert calls == [{"attn_mask": None, "is_causal": True, "dropout_p": 0.0}] * 2
 
-    assert build_optimizer(model, options).defaults["fused"] is True
-    muon = build_optimizer(model, TrainOptions(output_dir="unused", optimizer="muon"))
-    assert muon.adamw.defaults["fused"] is True
+    assert build_optimizer(model, options).adamw.defaults["fused"] is True  # Muon's companion, by default
+    adamw = build_optimizer(model, TrainOptions(output_dir="unused", optimizer="adamw"))
+    assert adamw.defaults["fused"] is True
 
     asked = build_config(TrainOptions(output_dir="unused", attention_dropout=0.1), vocab_size=VOCAB, eos_token_id=0)
     assert asked.attention_dropout_rate == 0.1

@@ -25,6 +25,8 @@ PROGRAM = "gptscratch-train"
 ENGINES = ("accelerate", "trainer")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "wsd")
 FLOOR_SCHEDULERS = ("cosine", "wsd")  # the schedules that decay to --min-lr (linear decays to 0, constant never)
+# Tuned by measurement (README, Defaults that learn): AdamW for every weight learns worse at Muon's rate.
+DEFAULT_LR = {"muon": 3e-3, "adamw": 1.5e-3}
 MIN_LR_DIVISOR = 10  # --min-lr's default is --lr over this
 # A run that repeats a small corpus overfits within minutes; one that keeps learning never waits 5 evaluations for
 # a better validation loss (README, "Defaults that learn").
@@ -252,12 +254,15 @@ class TrainOptions:
     )
     batch_size: int = option(4, "windows per batch and process", group="optimisation", check=positive, type=int)
     optimizer: str = option(
-        "adamw", "adamw: AdamW for every weight; muon: torch.optim.Muon for the blocks' weight matrices, AdamW for "
-        "the embeddings, norms and biases", group="optimisation", check=one_of(OPTIMIZERS, "optimizer"),
+        "muon", "muon: torch.optim.Muon for the blocks' weight matrices, AdamW for the embeddings, norms and biases; "
+        "adamw: AdamW for every weight", group="optimisation", check=one_of(OPTIMIZERS, "optimizer"),
         choices=OPTIMIZERS,
     )
-    lr: float = option(1.5e-3, "peak learning rate (AdamW's; Muon's too unless --muon-lr)", group="optimisation",
-                       check=greater_than_zero, type=float)
+    lr: float | None = option(
+        help=f"peak learning rate, AdamW's and Muon's unless --muon-lr (default: {DEFAULT_LR['muon']:g} with "
+        f"--optimizer muon, {DEFAULT_LR['adamw']:g} with adamw)", group="optimisation", check=greater_than_zero,
+        type=float,
+    )
     muon_lr: float | None = option(
         help="Muon's peak learning rate (default: --lr; Muon's update is scaled to AdamW's size)",
         group="optimisation", check=greater_than_zero_if_set, type=float,
@@ -316,6 +321,10 @@ class TrainOptions:
         "(default: this machine's matmul throughput, measured at start in the training precision)",
         group="checkpoints and logging", check=greater_than_zero_if_set, resume=MAY_CHANGE, type=float,
     )
+
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.optimizer)  # an unknown optimizer is refused by its own check
 
     def floor_lr(self) -> float:
         """Where the schedule ends: --min-lr, by default a MIN_LR_DIVISOR-th of --lr for cosine and wsd; 0 for the

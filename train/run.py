@@ -33,7 +33,6 @@ from train.checkpoints import RUN_FILE, RunDirectory, budget_spent, checkpoint_s
 from train.clock import TrainingClock
 from train.data import PreparedData, prepare_data
 from train.metrics import EarlyStopping, MetricsLog
-from train.optimization import check_optimizer_available
 from train.options import TrainOptions, check_options, flag_name, resume_differences
 from train.plan import PRECISION_DTYPES, Plan, make_plan, measure_matmul_flops
 from train.plot import plot_metrics_file
@@ -172,7 +171,6 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
         log = tqdm.write if state.is_main_process else (lambda message: None)
     check_options(options)
     options = check_model_options(options)
-    check_optimizer_available(options)
     directory = RunDirectory(options.output_dir)
     resume_from = directory.resolve_resume(options.resume) if options.resume else None
     if resume_from is None:
@@ -324,9 +322,6 @@ def start_run(
     source = "--peak-flops" if options.peak_flops else f"the matmul throughput measured in {str(dtype)[6:]}"
     log(f"MFU is against {peak_flops / 1e12:.3g} TFLOP/s: {source}"
         + (f", summed over {state.num_processes} processes" if state.num_processes > 1 else ""))
-    if options.optimizer == "muon" and state.device.type == "cpu":
-        log("note: torch.optim.Muon runs its Newton-Schulz steps in bf16, which CPUs without native bf16 (AVX-512 "
-            "BF16, AMX) emulate slowly; the progress bar's tok_s shows what that costs here")
 
     set_seed(options.seed)
     model = GPTScratchForCausalLM(config)  # the same initial weights in both engines for the same seed
