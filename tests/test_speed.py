@@ -13,6 +13,7 @@ import shutil
 
 import pytest
 import torch
+import torch.optim._muon as torch_muon
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from cli_helpers import file_listing
@@ -23,7 +24,6 @@ from train import clock as clock_module
 from train.book import lm_loss, window_logits
 from train.checkpoints import RunDirectory
 from train.metrics import EarlyStopping
-import torch.optim._muon as torch_muon
 from train.optimization import MuonWithAdamW, build_optimizer, build_scheduler, muon_parameters, newton_schulz_float32
 from train.options import TrainOptions, parse_duration
 from train.plan import measure_matmul_flops, training_flops_per_token

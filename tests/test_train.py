@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import shutil
@@ -197,8 +198,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, corpus, cache, cap
     assert f"{total:,}" in printed and f"{without_embeddings:,} without embeddings" in printed
     assert f"Chinchilla-optimal for {total / 1e6:.2f} M parameters (20 tokens/parameter) is {20 * total:,}" in printed
     assert "this run sees 896;" in printed  # 7 steps x 4 windows x 32 tokens
-    for expected in ("weights", "gradients", "AdamW states", "activations", "steps/epoch", "7 steps (max steps)"):
+    for expected in ("weights", "gradients", "activations", "steps/epoch", "7 steps (max steps)"):
         assert expected in printed
+    # Muon's one fp32 momentum for the blocks' matrices (12 x 32^2 each), AdamW's two moments for the rest.
+    matrices = 2 * 12 * 32 * 32
+    assert f"optimizer states {(8 * (total - matrices) + 4 * matrices) / 2**20:.1f} MiB" in printed
     assert not output.exists()
 
 
@@ -268,6 +272,21 @@ def test_gptscratch_prepare_makes_the_token_files_a_run_then_maps(tmp_path, corp
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "gptscratch-prepare: error: --train-ratio 2.0: must be between 0 and 1 (0.9 keeps 10% for validation)")
+
+
+def test_a_small_corpus_is_evaluated_every_epoch_unless_told(tmp_path, corpus, cache, capsys):
+    """--eval-freq defaults to 50 steps, or to an epoch where an epoch is shorter (early stopping then sees the
+    best model of a text that overfits in a few epochs); a given --eval-freq wins."""
+    small = tmp_path / "small.txt"
+    small.write_text(corpus.read_text(encoding="utf-8")[:2_000], encoding="utf-8")
+    args = [*common(small, cache), "--max-steps", "20", "--early-stopping-patience", "0"]
+    assert train_cli([*args, "--output-dir", str(tmp_path / "epochs")]) == 0
+    per_epoch = int(re.search(r"(\d+) steps/epoch", capsys.readouterr().out).group(1))
+    assert 1 < per_epoch < 20
+    steps = [record["step"] for record in read_metrics(tmp_path / "epochs")]
+    assert steps == sorted({*range(0, 20, per_epoch), 20})
+    assert train_cli([*args, "--output-dir", str(tmp_path / "given"), "--eval-freq", "5"]) == 0
+    assert [record["step"] for record in read_metrics(tmp_path / "given")] == [0, 5, 10, 15, 20]
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])

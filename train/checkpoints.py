@@ -151,7 +151,8 @@ class RunDirectory:
         state = PartialState()
         final = self.checkpoints / f"checkpoint-{step}"
         holder = self.checkpoints / f".tmp-checkpoint-{step}"
-        # The weights, and AdamW's two moments of the same size; the rest (RNG, scheduler, tokenizer) is small.
+        # The weights and at most two optimizer moments of their size (AdamW's; Muon keeps one for the matrices);
+        # the rest (RNG, scheduler, tokenizer) is small.
         with writing_output(final, "checkpoint", size=3 * weights_size(model), flag="--output-dir"):
             if state.is_main_process:
                 shutil.rmtree(holder, ignore_errors=True)

@@ -31,6 +31,8 @@ MIN_LR_DIVISOR = 10  # --min-lr's default is --lr over this
 # A run that repeats a small corpus overfits within minutes; one that keeps learning never waits 5 evaluations for
 # a better validation loss (README, "Defaults that learn").
 DEFAULT_PATIENCE = 5
+# A small corpus overfits within a few epochs: evaluating every epoch there lets early stopping keep the best model.
+DEFAULT_EVAL_FREQ = 50
 DEFAULT_VOCAB_SIZE = 8192  # of a fitted tokenizer (--tokenizer train): the yardstick in README's "Defaults that learn"
 OPTIMIZERS = ("adamw", "muon")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -291,8 +293,10 @@ class TrainOptions:
                            action="store_true")
 
     # Evaluation and samples
-    eval_freq: int = option(50, "evaluate every N steps", group="evaluation and samples", check=positive,
-                            resume=MAY_CHANGE, type=int)
+    eval_freq: int | None = option(
+        help=f"evaluate every N steps (default: {DEFAULT_EVAL_FREQ}, or every epoch where an epoch is shorter)",
+        group="evaluation and samples", check=positive, resume=MAY_CHANGE, type=int,
+    )
     eval_iter: int = option(5, "batches per evaluation", group="evaluation and samples", check=positive,
                             resume=MAY_CHANGE, type=int)
     start_context: str | None = option(help="prompt of the samples (default: one that suits the corpus)",

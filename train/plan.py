@@ -16,6 +16,7 @@ import torch
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from common.files import format_size
+from train.optimization import muon_parameters
 from train.options import DEFAULT_EPOCHS, FLOOR_SCHEDULERS, TrainOptions
 
 if TYPE_CHECKING:  # at run time the plan needs no datasets import (benchmarks/bench_model.py measures memory)
@@ -118,7 +119,8 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
 
     # Memory per process, fp32 master weights as Accelerate and the Trainer keep them under mixed precision.
     weights = gradients = 4 * total
-    adam = 8 * total  # two fp32 moments per parameter
+    muon_weights = sum(p.numel() for p in muon_parameters(model)) if options.optimizer == "muon" else 0
+    optimizer_states = 8 * total - 4 * muon_weights  # AdamW: two fp32 moments per parameter; Muon: one momentum
     activation_bytes = 2 if options.mixed_precision != "no" else 4
     # Per layer and token ~ (34 * emb_dim + 5 * heads * tokens) 16-bit values kept for backward (Korthikanti et
     # al. 2022, no recomputation; the second term is the attention matrix, which fused attention kernels avoid),
@@ -157,9 +159,10 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
         f"{config.emb_dim} dims, context {config.context_length}, vocab {config.vocab_size}, "
         f"dropout {config.drop_rate} (attention {config.attention_dropout_rate})",
         f"  parameters  {total:,} ({total / 1e6:.2f} M), {total - embeddings:,} without embeddings",
-        f"  memory      weights {_mb(weights)}, gradients {_mb(gradients)}, AdamW states {_mb(adam)}, "
-        f"activations ~{_mb(activations)} (batch {options.batch_size} x {window}, {precision}); "
-        f"~{_mb(weights + gradients + adam + activations)} per process",
+        f"  memory      weights {_mb(weights)}, gradients {_mb(gradients)}, "
+        f"optimizer states {_mb(optimizer_states)}, activations ~{_mb(activations)} "
+        f"(batch {options.batch_size} x {window}, {precision}); "
+        f"~{_mb(weights + gradients + optimizer_states + activations)} per process",
         f"  schedule    {options.engine} engine, {num_processes} process{'es' * (num_processes > 1)}: "
         f"{per_epoch} steps/epoch, {_length(options, total_steps, budget)}, {tokens_per_step:,} tokens/step",
         f"  optimizer   {_optimizer(options)}; lr {options.lr} {options.lr_scheduler}"

@@ -33,7 +33,7 @@ from train.checkpoints import RUN_FILE, RunDirectory, budget_spent, checkpoint_s
 from train.clock import TrainingClock
 from train.data import PreparedData, prepare_data
 from train.metrics import EarlyStopping, MetricsLog
-from train.options import TrainOptions, check_options, flag_name, resume_differences
+from train.options import DEFAULT_EVAL_FREQ, TrainOptions, check_options, flag_name, resume_differences
 from train.plan import PRECISION_DTYPES, Plan, make_plan, measure_matmul_flops
 from train.plot import plot_metrics_file
 from train.processes import StopSignals, sum_over_processes, use_cpu
@@ -183,6 +183,8 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
     config = build_config(options, len(data.tokenizer), data.tokenizer.eos_token_id)
     data.tokenizer.model_max_length = config.context_length
     plan = make_plan(options, config, data, state.num_processes)
+    if options.eval_freq is None:
+        options = dataclasses.replace(options, eval_freq=min(DEFAULT_EVAL_FREQ, plan.steps_per_epoch))
     ended = end_reason(options, directory, resume_from, plan) if resume_from is not None else None
     if ended is None or options.dry_run:  # a run with nothing left to train says so in one line instead
         for line in plan.lines:
