@@ -106,6 +106,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self.adamw.step()
+        # Asked at each step: the Accelerate loop builds the optimizer before `prepare` moves the weights.
         on_cpu = self.muon.param_groups[0]["params"][0].device.type == "cpu"
         with muon_in_float32() if on_cpu else nullcontext():
             self.muon.step()
