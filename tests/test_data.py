@@ -278,6 +278,19 @@ def test_trained_tokenizer_is_saved_for_autotokenizer(tmp_path, small_tokenizer)
     assert reloaded.decode(ids) == sample
 
 
+def test_the_fitted_tokenizer_merges_only_pairs_seen_min_frequency_times(tmp_path):
+    """At --min-frequency 2 a pair the text holds once stays unmerged, so a small text gets fewer tokens than
+    --vocab-size; at 1 every pair may merge. The cache keeps the two apart."""
+    text = "the cat the cat the cat zq"  # " cat": each of its pairs 3 times; " zq": each of its pairs once
+    fit = lambda min_frequency: D.fit_tokenizer(  # noqa: E731
+        lambda: ([text], len(text)), 400, min_frequency, {"corpus": "test"}, tmp_path, progress=False)
+    pairs_twice, every_pair = fit(2), fit(1)
+    assert len(pairs_twice.encode(" cat")) == len(every_pair.encode(" cat")) == 1
+    assert len(pairs_twice.encode(" zq")) == 3 and len(every_pair.encode(" zq")) == 1
+    assert len(pairs_twice) < len(every_pair) < 400
+    assert len(list((tmp_path / "gptscratch-tokenizers").iterdir())) == 2
+
+
 def test_the_tokenizer_of_a_large_corpus_is_fitted_on_an_even_sample():
     """Past the cap, every text gives the same leading share, so the sample spans the corpus and holds about the
     cap; below it, the texts go in whole."""

@@ -274,6 +274,18 @@ def test_gptscratch_prepare_makes_the_token_files_a_run_then_maps(tmp_path, corp
         "gptscratch-prepare: error: --train-ratio 2.0: must be between 0 and 1 (0.9 keeps 10% for validation)")
 
 
+def test_min_frequency_decides_how_many_tokens_a_small_corpus_gets(tmp_path, corpus, cache, capsys):
+    """On 36 KB of text, merging every pair (--min-frequency 1) gives more tokens than the default, pairs seen
+    twice; both stop short of --vocab-size."""
+    sizes = []
+    for flags in ([], ["--min-frequency", "1"]):
+        assert train_cli(["--data", str(corpus), "--cache-dir", str(cache), "--output-dir", str(tmp_path / "run"),
+                          "--vocab-size", "8192", "--dry-run", *flags]) == 0
+        printed = capsys.readouterr().out
+        sizes.append(int(re.search(r"BPE fitted on the training split \((\d+) tokens\)", printed).group(1)))
+    assert sizes[0] < sizes[1] < 8192
+
+
 def test_a_small_corpus_is_evaluated_every_epoch_unless_told(tmp_path, corpus, cache, capsys):
     """--eval-freq defaults to 50 steps, or to an epoch where an epoch is shorter (early stopping then sees the
     best model of a text that overfits in a few epochs); a given --eval-freq wins."""
@@ -634,6 +646,7 @@ def bad_files(tmp_path):
         ({"--resume": "nowhere"}, "--resume nowhere: no such checkpoint directory"),
         ({"--output-dir": "used"}, "--output-dir {tmp}/used exists and is not empty; pass --overwrite"),
         ({"--vocab-size": "100"}, "--vocab-size 100: a byte-level BPE needs at least 257"),
+        ({"--min-frequency": "0"}, "--min-frequency 0: must be a positive integer"),
         ({"--config": "colour=1"}, "--config colour: not a model field"),
         ({"--train-ratio": "1.5"}, "--train-ratio 1.5: must be between 0 and 1"),
         ({"--tokenizer": "no/such/dir"}, "--tokenizer no/such/dir could not be loaded"),

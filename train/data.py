@@ -49,7 +49,7 @@ from common.files import format_size
 from common.model_dir import load_tokenizer_or_refuse
 from common.tokenizer import load_tokenizer
 from modeling_gptscratch import GPT2Tokenizer
-from train.options import DEFAULT_VOCAB_SIZE
+from train.options import DEFAULT_MIN_FREQUENCY, DEFAULT_VOCAB_SIZE
 from train.token_files import EntryBuilder, TokenFiles, cache_key, open_entry
 from train.tokenizing import PieceTokenizer, safe_cut, safe_pieces, start_worker, token_dtype, tokenize_in_worker
 
@@ -473,8 +473,11 @@ def check_train_ratio(train_ratio: float) -> None:
 # Tokenizer
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
-    """A byte-level BPE of `vocab_size` tokens fitted on `texts` (GPT-2's pre-tokenisation, `<|endoftext|>`).
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int, min_frequency: int = DEFAULT_MIN_FREQUENCY
+) -> PreTrainedTokenizerBase:
+    """A byte-level BPE of at most `vocab_size` tokens fitted on `texts` (GPT-2's pre-tokenisation,
+    `<|endoftext|>`), merging only pairs that occur at least `min_frequency` times in them.
 
     Returned as transformers' GPT-2 tokenizer class, so `save_pretrained` writes files that `AutoTokenizer` loads.
     The trainer sees the texts in pieces cut at safe places (the same words: 8 MB of text in one piece would take
@@ -489,6 +492,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
+        min_frequency=min_frequency,
         special_tokens=[EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -507,23 +511,25 @@ def tokenizer_sample(texts: Iterable[str], characters: int, limit: int = TOKENIZ
 
 
 def fit_tokenizer(
-    sample: Callable[[], tuple[Iterable[str], int | None]], vocab_size: int, key: dict[str, Any], cache_root: Path,
-    progress: bool = True,
+    sample: Callable[[], tuple[Iterable[str], int | None]], vocab_size: int, min_frequency: int, key: dict[str, Any],
+    cache_root: Path, progress: bool = True,
 ) -> PreTrainedTokenizerBase:
     """`--tokenizer train`: a byte-level BPE fitted on the texts `sample()` gives (with their number of characters,
     when known), or the one fitted before for the same `key`.
 
-    Cached under `cache_root` by `key` and the vocabulary size: reruns and the other processes of a multi-process
-    run load the same tokenizer instead of fitting it again (and `sample` is not called).
+    Cached under `cache_root` by `key`, the vocabulary size and the minimum frequency: reruns and the other
+    processes of a multi-process run load the same tokenizer instead of fitting it again (and `sample` is not
+    called).
     """
     check_vocab_size(vocab_size)
-    name = cache_key({**key, "vocab_size": vocab_size, "sample": TOKENIZER_SAMPLE_CHARS})
+    name = cache_key({**key, "vocab_size": vocab_size, "min_frequency": min_frequency,
+                      "sample": TOKENIZER_SAMPLE_CHARS})
     cached = cache_root / "gptscratch-tokenizers" / f"bpe-{vocab_size}-{name}"
     if not (cached / "tokenizer.json").is_file():
         texts, characters = sample()
         with tqdm(total=characters, desc="Fitting the tokenizer", unit="char", unit_scale=True,
                   disable=None if progress else True) as bar:
-            tokenizer = train_bpe_tokenizer(_counted(texts, bar), vocab_size)
+            tokenizer = train_bpe_tokenizer(_counted(texts, bar), vocab_size, min_frequency)
         cached.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.tmp-", dir=cached.parent))
         try:
@@ -839,6 +845,7 @@ def prepare_tokens(
     dedup: bool = False,
     tokenizer: str = "train",
     vocab_size: int = DEFAULT_VOCAB_SIZE,
+    min_frequency: int = DEFAULT_MIN_FREQUENCY,
     train_ratio: float = 0.9,
     num_proc: int | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -863,8 +870,8 @@ def prepare_tokens(
 
     def fit() -> PreTrainedTokenizerBase:
         key = {"corpus": corpus.key, "train_ratio": train_ratio, "dedup": dedup}
-        return fit_tokenizer(lambda: training_sample(corpus, scan(), train_ratio), vocab_size, key, cache_root,
-                             progress)
+        return fit_tokenizer(lambda: training_sample(corpus, scan(), train_ratio), vocab_size, min_frequency, key,
+                             cache_root, progress)
 
     chosen, description = resolve_tokenizer(tokenizer, fit)
     files = prepare_token_files(corpus, chosen, train_ratio, dedup, cache_root, scan, num_proc, progress)

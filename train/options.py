@@ -34,6 +34,9 @@ DEFAULT_PATIENCE = 5
 # A small corpus overfits within a few epochs: evaluating every epoch there lets early stopping keep the best model.
 DEFAULT_EVAL_FREQ = 50
 DEFAULT_VOCAB_SIZE = 8192  # of a fitted tokenizer (--tokenizer train): the yardstick in README's "Defaults that learn"
+# A pair of tokens seen once in the text a tokenizer is fitted on is a memorised word, not a pattern: on a small
+# corpus, merging it makes tokens the model sees once and the validation text rarely (README, "Defaults that learn").
+DEFAULT_MIN_FREQUENCY = 2
 OPTIMIZERS = ("adamw", "muon")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 EMBEDDED_CORPORA = ("pydoc", "stdlib")
@@ -194,7 +197,13 @@ class TrainOptions:
         "train", "train: fit a byte-level BPE on the training split; gpt2: GPT-2's from the Hub; PATH: a directory "
         "with encoder.json + vocab.bpe or a saved tokenizer", group="data", metavar="gpt2|PATH|train",
     )
-    vocab_size: int = option(DEFAULT_VOCAB_SIZE, "vocabulary of --tokenizer train", group="data", check=positive, type=int)
+    vocab_size: int = option(DEFAULT_VOCAB_SIZE, "vocabulary of --tokenizer train (at most; see --min-frequency)",
+                             group="data", check=positive, type=int)
+    min_frequency: int = option(
+        DEFAULT_MIN_FREQUENCY, "--tokenizer train merges a pair of tokens only where it occurs at least this often in "
+        "the text it is fitted on, so a small corpus gets fewer than --vocab-size tokens (1: every pair)", group="data",
+        check=positive, type=int,
+    )
     train_ratio: float = option(0.9, "share of the text (in characters) for training; the rest validates",
                                 group="data", check=ratio, type=float)
     context_length: int | None = option(help="window length in tokens (default: the model's)", group="data",

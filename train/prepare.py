@@ -19,7 +19,7 @@ from train.options import DefaultsFormatter, add_option_flags, check_fields
 PROG = "gptscratch-prepare"
 # The data flags that decide the tokens; window sizes and streaming decide only how a run reads them.
 PREPARE_OPTIONS = ("data", "dataset", "dataset_config", "dataset_split", "text_column", "embedded", "dedup",
-                   "tokenizer", "vocab_size", "train_ratio", "num_proc", "cache_dir")
+                   "tokenizer", "vocab_size", "min_frequency", "train_ratio", "num_proc", "cache_dir")
 
 
 def build_parser() -> ArgumentParser:

@@ -270,6 +270,7 @@ def load_data(options: TrainOptions, resume_from: Path | None, log: Callable[[st
         text_column=options.text_column,
         tokenizer=str(resume_from) if resume_from else options.tokenizer,
         vocab_size=options.vocab_size,
+        min_frequency=options.min_frequency,
         cache_dir=options.cache_dir,
         progress=state.is_main_process,
     )

@@ -33,7 +33,7 @@ from train.data import (
     TOKENIZER_SAMPLE_CHARS, DataError, PreparedData, TokenWindows, default_cache_root, fit_tokenizer,
     load_hub_split, resolve_tokenizer,
 )
-from train.options import DEFAULT_VOCAB_SIZE
+from train.options import DEFAULT_MIN_FREQUENCY, DEFAULT_VOCAB_SIZE
 from train.tokenizing import PieceTokenizer, token_dtype
 
 
@@ -211,6 +211,7 @@ def prepare_streamed_data(
     text_column: str = "text",
     tokenizer: str = "train",
     vocab_size: int = DEFAULT_VOCAB_SIZE,
+    min_frequency: int = DEFAULT_MIN_FREQUENCY,
     shuffle_buffer: int = 1000,
     seed: int = 123,
     rank: int = 0,
@@ -243,7 +244,7 @@ def prepare_streamed_data(
     def fit() -> PreTrainedTokenizerBase:
         key = {"stream": dataset, "config": dataset_config, "split": dataset_split, "column": text_column}
         cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-        return fit_tokenizer(sample, vocab_size, key, cache_root, progress)
+        return fit_tokenizer(sample, vocab_size, min_frequency, key, cache_root, progress)
 
     chosen, tokenizer_description = resolve_tokenizer(tokenizer, fit, "the stream's first documents")
     validation_source = DocumentTokens(stream, text_column, chosen)
