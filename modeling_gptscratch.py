@@ -48,7 +48,7 @@ LEGACY_CACHE_NAME = "past_key_values"
 
 # Model sizes by name. The GPT-2 sizes are OpenAI's; "tiny" trains in minutes on a laptop CPU.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(context_length=256, emb_dim=192, n_heads=6, n_layers=4, qkv_bias=False),
+    "tiny": dict(context_length=256, emb_dim=128, n_heads=4, n_layers=4, qkv_bias=False),
     "gpt2-124m": dict(context_length=1024, emb_dim=768, n_heads=12, n_layers=12, qkv_bias=True),
     "gpt2-355m": dict(context_length=1024, emb_dim=1024, n_heads=16, n_layers=24, qkv_bias=True),
     "gpt2-774m": dict(context_length=1024, emb_dim=1280, n_heads=20, n_layers=36, qkv_bias=True),

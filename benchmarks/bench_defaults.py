@@ -35,10 +35,11 @@ sys.path.insert(0, str(REPO))
 # The defaults before they were tuned: the book's dropout 0.1 everywhere (attention weights included), AdamW for
 # every weight at a constant 4e-4 after 20 warmup steps, batch 4, a 4,096-token BPE that merges even pairs seen
 # once, a 6 x 192 tiny preset with 256-token windows, and no early stopping (the last model, however it validates).
+# --muon-momentum 0.95 (torch's) only counts from the row that turns Muon on.
 OLD = ["--optimizer", "adamw", "--dropout", "0.1", "--attention-dropout", "0.1", "--lr", "4e-4", "--lr-scheduler",
        "constant", "--warmup-steps", "20", "--batch-size", "4", "--vocab-size", "4096", "--min-frequency", "1",
        "--n-layers", "6", "--emb-dim", "192", "--n-heads", "6", "--context-length", "256", "--eval-freq", "50",
-       "--eval-iter", "5", "--early-stopping-patience", "0"]
+       "--eval-iter", "5", "--early-stopping-patience", "0", "--muon-momentum", "0.95"]
 
 
 def without(flags: list[str], names: list[str]) -> list[str]:
@@ -59,9 +60,10 @@ CHANGES = {
     "lr 1.5e-3, cosine to lr/10": ["--lr", "--lr-scheduler"],
     "vocabulary 8,192": ["--vocab-size"],
     "merge pairs seen twice": ["--min-frequency"],
-    "4 layers": ["--n-layers", "--emb-dim", "--n-heads", "--context-length", "--batch-size", "--warmup-steps",
-                 "--eval-freq", "--eval-iter"],
-    "Muon, lr 3e-3": ["--optimizer"],
+    "4 layers": ["--n-layers", "--context-length", "--batch-size", "--warmup-steps", "--eval-freq", "--eval-iter"],
+    "Muon, lr 4e-3": ["--optimizer"],
+    "Muon momentum 0.8": ["--muon-momentum"],
+    "width 128, 4 heads": ["--emb-dim", "--n-heads"],
     "keep the best model (= new)": ["--early-stopping-patience"],
 }
 LADDER = {}

@@ -40,8 +40,8 @@ SETTINGS = {  # name: (drop_rate, attention_dropout, optimizer); "muon-bf16": to
     "no dropout, muon in bf16": (0.0, 0.0, "muon-bf16"),
 }
 REFERENCE = "--dropout 0.1 (attention 0)"
-# The shape the README's figures were measured on: the tiny preset before the defaults were tuned (6 layers).
-BATCH, WINDOW, VOCAB, LAYERS = 4, 256, 4096, 6
+# The shape the README's figures were measured on: the tiny preset before the defaults were tuned (6 x 192).
+BATCH, WINDOW, VOCAB, LAYERS, WIDTH, HEADS = 4, 256, 4096, 6, 192, 6
 
 
 class Setting:
@@ -51,8 +51,8 @@ class Setting:
     def __init__(self, name: str):
         drop_rate, attention_dropout, self.optimizer_name = SETTINGS[name]
         torch.manual_seed(0)
-        config = GPTScratchConfig.from_preset("tiny", n_layers=LAYERS, vocab_size=VOCAB, drop_rate=drop_rate,
-                                              attention_dropout=attention_dropout)
+        config = GPTScratchConfig.from_preset("tiny", n_layers=LAYERS, emb_dim=WIDTH, n_heads=HEADS, vocab_size=VOCAB,
+                                              drop_rate=drop_rate, attention_dropout=attention_dropout)
         self.model = GPTScratchForCausalLM(config).train()
         self.optimizer = build_optimizer(self.model, TrainOptions(output_dir="unused",
                                                                  optimizer=self.optimizer_name.removesuffix("-bf16")))

@@ -79,7 +79,9 @@ def test_openai_preset_sizes_match_published_parameter_counts():
     assert counts["gpt2-355m"] == 354_823_168
     assert counts["gpt2-774m"] == 774_030_080
     assert counts["gpt2-1558m"] == 1_557_611_200
-    assert 9e6 < counts["tiny"] < 13e6
+    d, blocks = 128, 4  # tiny: GPT-2's vocabulary and tied head, 256 positions, no qkv bias
+    block = 2 * 2 * d + 3 * d * d + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
+    assert counts["tiny"] == 50257 * d + 256 * d + blocks * block + 2 * d == 7_257_472
 
 
 @pytest.mark.parametrize(

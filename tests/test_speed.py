@@ -232,15 +232,40 @@ def test_muon_updates_the_blocks_matrices_and_adamw_the_rest():
                                        atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("momentum", [0.8, 0.95])
+def test_muon_steps_with_the_momentum_of_muon_momentum(momentum):
+    """The second step orthogonalises the Nesterov momentum of both gradients, computed here by hand."""
+    torch.manual_seed(0)
+    model = GPTScratchForCausalLM(GPTScratchConfig(vocab_size=VOCAB, context_length=WINDOW, emb_dim=EMB, n_heads=2,
+                                                   n_layers=1, drop_rate=0.0))
+    optimizer = build_optimizer(model, TrainOptions(output_dir="unused", optimizer="muon", lr=1e-2, weight_decay=0.0,
+                                                    muon_momentum=momentum))
+    weight = model.model.trf_blocks[0].ff.layers[0].weight
+    gradients = [torch.randn_like(weight) for _ in range(2)]
+    for gradient in gradients:
+        before = weight.detach().clone()
+        for parameter in model.parameters():
+            parameter.grad = torch.zeros_like(parameter)
+        weight.grad = gradient.clone()
+        optimizer.step()
+    buffer = (1 - momentum) * gradients[0]  # the buffer starts at 0 and moves 1 - momentum of the way each step
+    buffer = momentum * buffer + (1 - momentum) * gradients[1]
+    nesterov = (1 - momentum) * gradients[1] + momentum * buffer
+    defaults = optimizer.muon.defaults
+    expected = newton_schulz_float32(nesterov, defaults["ns_coefficients"], defaults["ns_steps"], defaults["eps"])
+    step = 1e-2 * 0.2 * max(weight.shape) ** 0.5  # match_rms_adamw
+    torch.testing.assert_close(before - weight.detach(), step * expected, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("flags, printed", [
-    ([], "Muon for the blocks' weight matrices (lr 0.003), AdamW for the embeddings, norms and biases; lr 0.003 "
-         "cosine to 0.0003"),
+    ([], "Muon for the blocks' weight matrices (lr 0.004, momentum 0.8), AdamW for the embeddings, norms and "
+         "biases; lr 0.004 cosine to 0.0004"),
     (["--optimizer", "adamw"], "optimizer   AdamW; lr 0.0015 cosine to 0.00015"),
     (["--optimizer", "adamw", "--lr", "0.01"], "optimizer   AdamW; lr 0.01 cosine to 0.001"),
 ])
 def test_the_default_learning_rate_is_the_one_tuned_for_the_optimizer(tmp_path, corpus, cache, capsys, flags,
                                                                       printed):
-    """Muon by default, at 3e-3 for both optimizers; AdamW alone at 1.5e-3 (README, Defaults that learn)."""
+    """Muon by default, at 4e-3 for both optimizers; AdamW alone at 1.5e-3 (README, Defaults that learn)."""
     assert train_cli([*common(corpus, cache), "--output-dir", str(tmp_path / "run"), "--dry-run", *flags]) == 0
     assert printed in capsys.readouterr().out
 

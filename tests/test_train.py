@@ -662,9 +662,10 @@ def bad_files(tmp_path):
         ({"--max-time": "0s"}, "--max-time 0s: expected a positive duration"),
         ({"--min-lr": "1e-5", "--lr-scheduler": "constant"},
          "--min-lr 1e-05: --lr-scheduler constant has no floor; use cosine or wsd"),
-        ({"--min-lr": "4e-3", "--lr-scheduler": "wsd"}, "--min-lr 0.004 must be below --lr 0.003"),
+        ({"--min-lr": "5e-3", "--lr-scheduler": "wsd"}, "--min-lr 0.005 must be below --lr 0.004"),
         ({"--optimizer": "sgd"}, "argument --optimizer: invalid choice: 'sgd'"),
         ({"--attention-dropout": "1"}, "--attention-dropout 1.0: must be in [0, 1)"),
+        ({"--muon-momentum": "1"}, "--muon-momentum 1.0: must be in [0, 1)"),
         ({"--peak-flops": "0"}, "--peak-flops 0.0: must be greater than 0"),
     ],
 )

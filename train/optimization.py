@@ -32,7 +32,6 @@ from train.options import TrainOptions
 from train.processes import fused_adamw
 
 ADAMW_BETAS, ADAMW_EPS = (0.9, 0.999), 1e-8
-MUON_MOMENTUM = 0.95  # torch's default and modded-nanogpt's, with Nesterov momentum
 TIME_HORIZON = 1_000_000  # the "steps" a time-based schedule is built over: its progress in millionths
 
 
@@ -132,7 +131,7 @@ def build_optimizer(model: torch.nn.Module, options: TrainOptions) -> torch.opti
     if not matrices:
         return adamw
     muon = torch.optim.Muon(matrices, lr=options.muon_lr or options.lr, weight_decay=options.weight_decay,
-                            momentum=MUON_MOMENTUM, nesterov=True, adjust_lr_fn="match_rms_adamw")
+                            momentum=options.muon_momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
     return MuonWithAdamW(adamw, muon)
 
 

@@ -198,7 +198,8 @@ def _length(options: TrainOptions, total_steps: int | None, budget: float | None
 
 def _optimizer(options: TrainOptions) -> str:
     if options.optimizer == "muon":
-        return (f"Muon for the blocks' weight matrices (lr {options.muon_lr or options.lr}), AdamW for the "
+        return (f"Muon for the blocks' weight matrices (lr {options.muon_lr or options.lr}, momentum "
+                f"{options.muon_momentum:g}), AdamW for the "
                 "embeddings, norms and biases")
     return "AdamW"
 
