@@ -2,12 +2,15 @@
 
     python benchmarks/bench_model.py                  # CPU: fp32 and bf16 autocast; about 13 minutes on 2 cores
     python benchmarks/bench_model.py --compile        # add torch.compile (worth it on a GPU)
+    python benchmarks/bench_model.py --compile --precisions bf16 --tasks train --batch-size 16 --seq-len 1024
+                                                      # training at a size that fills a GPU
 
 Prints, for each case, both models' figures and their ratio (ours / GPT2LMHeadModel; above 1.0 means ours is
-faster, below 1.0 that ours needs less memory): training-step tokens/s and peak memory (124M shape at context 256,
-batch 2, and the tiny preset), greedy generation tokens/s (batch 1, 16-token prompt, 200 new tokens), time per new
-token near positions 50 and 900 inside each model's own `generate` (flat with the KV cache), and the model FLOPs
-utilisation against this machine's own measured matmul peak.
+faster, below 1.0 that ours needs less memory): training-step tokens/s and peak memory (124M shape and the old
+6 x 192 tiny preset, by default at batch 2 x 256 tokens: `--batch-size`, `--seq-len`), greedy generation tokens/s
+(batch 1, 16-token prompt, 200 new tokens), time per new token near positions 50 and 900 inside each model's own
+`generate` (flat with the KV cache), and the model FLOPs utilisation against this machine's own measured matmul peak.
+`--tasks` picks among train, generate and per-token.
 
 Each run is one model alone in a fresh process, as a user runs it (so peak memory is that model's own: peak RSS
 growth on CPU, torch.cuda.max_memory_allocated on a GPU). A round runs both models, ours first in one round and
@@ -36,7 +39,7 @@ SHAPES = {
     "tiny": dict(context_length=256, emb_dim=192, n_heads=6, n_layers=6, vocab_size=50257),
 }
 IMPLS = ("ours", "gpt2")
-TRAIN_SEQ, TRAIN_BATCH = 256, 2
+TASKS = ("train", "generate", "per-token")
 PROMPT_TOKENS, NEW_TOKENS = 16, 200
 TIMED_STEPS = 20  # decoding steps timed at each position
 
@@ -44,13 +47,18 @@ TIMED_STEPS = 20  # decoding steps timed at each position
 # --- worker: one measurement in a fresh process, JSON on stdout -----------------------------------------------------
 
 
-def build_model(impl: str, shape: str, drop_rate: float):
+def shape_config(shape: str, seq_len: int) -> dict:
+    """The shape's sizes, its context stretched to `seq_len` where that is longer."""
+    return {**SHAPES[shape], "context_length": max(SHAPES[shape]["context_length"], seq_len)}
+
+
+def build_model(impl: str, shape: str, drop_rate: float, seq_len: int):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 
-    s = SHAPES[shape]
+    s = shape_config(shape, seq_len)
     torch.manual_seed(0)
     if impl == "ours":
         config = GPTScratchConfig(**s, drop_rate=drop_rate, qkv_bias=True, bos_token_id=None, eos_token_id=None)
@@ -92,14 +100,14 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def training_step(model, device: str, autocast) -> Callable[[], None]:
-    """One AdamW step (dropout on) on a fixed random batch."""
+def training_step(model, device: str, autocast, batch_size: int, seq_len: int) -> Callable[[], None]:
+    """One AdamW step (dropout on) on a fixed random batch of `batch_size` x `seq_len` tokens."""
     import torch
 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (TRAIN_BATCH, TRAIN_SEQ), generator=torch.Generator().manual_seed(0)).to(device)
+    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
 
     def step() -> None:
         with autocast:
@@ -126,14 +134,14 @@ def worker(args: argparse.Namespace) -> dict:
     baseline = current_rss_bytes()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = build_model(args.impl, args.shape, drop_rate=0.1 if args.task == "train" else 0.0).to(device)
+    model = build_model(args.impl, args.shape, 0.1 if args.task == "train" else 0.0, args.seq_len).to(device)
     if args.compile:
         model.forward = torch.compile(model.forward)
     vocab = SHAPES[args.shape]["vocab_size"]
     generator = torch.Generator().manual_seed(0)
 
     if args.task == "train":
-        step = training_step(model, device, autocast)
+        step = training_step(model, device, autocast, args.batch_size, args.seq_len)
         for _ in range(args.warmup):
             step()
         # A tiny step is about 6x shorter than a 124M one: time 5x as many, so both runs last seconds.
@@ -144,7 +152,7 @@ def worker(args: argparse.Namespace) -> dict:
             step()
             synchronize(device)
             seconds.append(time.perf_counter() - start)
-        result = {"tokens_per_s": TRAIN_BATCH * TRAIN_SEQ / statistics.median(seconds)}
+        result = {"tokens_per_s": args.batch_size * args.seq_len / statistics.median(seconds)}
         if device == "cuda":
             result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
         else:
@@ -176,12 +184,12 @@ def worker(args: argparse.Namespace) -> dict:
     return result
 
 
-def training_flops_per_token(shape: str) -> float:
+def training_flops_per_token(shape: str, seq_len: int) -> float:
     """The training runs' count (train.plan): 6 FLOPs per weight that multiplies per token, plus attention."""
     from modeling_gptscratch import GPTScratchConfig
     from train.plan import training_flops_per_token as flops_per_token
 
-    return flops_per_token(GPTScratchConfig(**SHAPES[shape]), TRAIN_SEQ)
+    return flops_per_token(GPTScratchConfig(**shape_config(shape, seq_len)), seq_len)
 
 
 def matmul_peak_flops(precision: str) -> float:
@@ -204,7 +212,8 @@ def measure(args: argparse.Namespace, task: str, shape: str, precision: str) -> 
         results = {}
         for impl in IMPLS if index % 2 == 0 else IMPLS[::-1]:
             command = [sys.executable, __file__, "--worker", "--task", task, "--impl", impl, "--shape", shape,
-                       "--precision", precision, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                       "--precision", precision, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                       "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
             if args.compile:
                 command.append("--compile")
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -225,7 +234,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed training steps before timing")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated: {', '.join(TASKS)}")
+    parser.add_argument("--batch-size", type=int, default=2, help="training batch size")
+    parser.add_argument("--seq-len", type=int, default=256, help="training tokens per sequence")
     args = parser.parse_args()
+    tasks = args.tasks.split(",")
+    if not set(tasks) <= set(TASKS):
+        parser.error(f"--tasks {args.tasks}: choose from {', '.join(TASKS)}")
     if args.worker:
         print(json.dumps(worker(args)))
         return
@@ -234,7 +249,8 @@ def main() -> None:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {device}; torch {torch.__version__}; python {platform.python_version()}; "
-          f"compile: {args.compile}; median of {args.rounds} rounds, one fresh process per model per round\n")
+          f"compile: {args.compile}; training batch {args.batch_size} x {args.seq_len}; median of {args.rounds} "
+          "rounds, one fresh process per model per round\n")
     print(f"{'case':<40} {'ours':>12} {'GPT2LMHead':>12} {'ratio':>7}  {'rounds':>11}")
 
     def row(case: str, ours: float, theirs: float, digits: int = 1, spread: list[float] | None = None) -> None:
@@ -251,19 +267,21 @@ def main() -> None:
     for precision in args.precisions.split(","):
         peak = matmul_peak_flops(precision)
         print(f"-- {precision}: measured matmul peak {peak / 1e9:.1f} GFLOP/s")
-        for shape in ("124m", "tiny"):
+        for shape in ("124m", "tiny") if "train" in tasks else ():
             rounds = measure(args, "train", shape, precision)
             medians = speed_rows(f"train {shape} {precision} tokens/s", rounds, "tokens_per_s")
             memory = {impl: statistics.median(r[impl]["peak_memory_mb"] for r in rounds) for impl in IMPLS}
             row(f"train {shape} {precision} peak memory MB", memory["ours"], memory["gpt2"], 0)
-            mfu = [medians[impl] * training_flops_per_token(shape) / peak * 100 for impl in IMPLS]
+            mfu = [medians[impl] * training_flops_per_token(shape, args.seq_len) / peak * 100 for impl in IMPLS]
             row(f"train {shape} {precision} MFU %", mfu[0], mfu[1])
-        rounds = measure(args, "generate", "124m", precision)
-        speed_rows(f"generate 124m {precision} tokens/s", rounds, "tokens_per_s")
-        rounds = measure(args, "per-token", "124m", precision)
-        at = {p: speed_rows(f"124m {precision} ms/token at position {p}", rounds, f"ms_per_token_at_{p}", 2)
-              for p in (50, 900)}
-        print(f"   ours: time per token at 900 / at 50 = {at[900]['ours'] / at[50]['ours']:.2f} (1.0 = flat)")
+        if "generate" in tasks:
+            rounds = measure(args, "generate", "124m", precision)
+            speed_rows(f"generate 124m {precision} tokens/s", rounds, "tokens_per_s")
+        if "per-token" in tasks:
+            rounds = measure(args, "per-token", "124m", precision)
+            at = {p: speed_rows(f"124m {precision} ms/token at position {p}", rounds, f"ms_per_token_at_{p}", 2)
+                  for p in (50, 900)}
+            print(f"   ours: time per token at 900 / at 50 = {at[900]['ours'] / at[50]['ours']:.2f} (1.0 = flat)")
     print("\nratio = ours / GPT2LMHeadModel (for tokens/s and MFU higher is better; for memory and ms lower is);"
           "\nrounds = the lowest and highest per-round ratio")
 

@@ -7,9 +7,11 @@ takes any), so they are exact and wait for nothing.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train import clock as clock_module
 from train.book import lm_loss, window_logits
 from train.checkpoints import RunDirectory
-from train.metrics import EarlyStopping
+from train.metrics import EarlyStopping, format_mfu, throughput_postfix
 from train.optimization import MuonWithAdamW, build_optimizer, build_scheduler, muon_parameters, newton_schulz_float32
 from train.options import TrainOptions, parse_duration
 from train.plan import measure_matmul_flops, training_flops_per_token
@@ -103,6 +105,13 @@ def test_the_clock_reserves_the_final_work_and_its_progress_never_goes_back(monk
     # 5 steps of 10 tokens in 1 + 1 + 0.1 + 1 + 1 s; 1 FLOP per token against 100 FLOP/s.
     assert clock.take_throughput() == pytest.approx({"tokens_per_second": 50 / 4.1, "mfu": 50 / 4.1 / 100})
     assert clock.throughput() == {"tokens_per_second": None, "mfu": None}
+
+
+@pytest.mark.parametrize("mfu, shown", [(0.423, "42.3%"), (0.001, "0.1%"), (0.00075, "0.075%"), (4.6e-5, "0.0046%")])
+def test_mfu_is_shown_as_a_percentage_however_small(mfu, shown):
+    # A tiny model on a GPU runs far below 0.1% of its peak (measured on an H200: 0.075%): still a percentage.
+    assert format_mfu(mfu) == shown
+    assert throughput_postfix({"tokens_per_second": 1234.5, "mfu": mfu}) == {"tok_s": "1,234", "mfu": shown}
 
 
 @pytest.mark.parametrize("engine", ["accelerate", "trainer"])
@@ -390,3 +399,19 @@ def test_training_attends_on_the_causal_path_without_mask_or_dropout_and_steps_f
 
     asked = build_config(TrainOptions(output_dir="unused", attention_dropout=0.1), vocab_size=VOCAB, eos_token_id=0)
     assert asked.attention_dropout_rate == 0.1
+
+
+@pytest.mark.slow
+def test_a_runs_training_steps_call_the_fused_attention_and_adamw_kernels(corpus, cache, tmp_path):  # noqa: F811
+    """benchmarks/bench_kernels.py's record of gptscratch-train's own steps (the Accelerate loop, autocast and all):
+    per step one fused attention call per layer, forward and backward (CPU's flash kernel; a GPU's is in the README),
+    and one fused AdamW call per parameter group (with and without weight decay)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py"
+    spec = importlib.util.spec_from_file_location("bench_kernels", path)
+    bench_kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_kernels)
+    report = bench_kernels.kernel_report(bench_kernels.record_training_steps(common(corpus, cache), tmp_path / "run"))
+    layers = 2  # TINY_MODEL's
+    assert report["attention"] == {"_scaled_dot_product_flash_attention_for_cpu": layers,
+                                   "_scaled_dot_product_flash_attention_for_cpu_backward": layers}
+    assert report["optimizer"]["_fused_adamw_"] == 2

@@ -78,8 +78,8 @@ def format_evaluation(record: dict[str, Any]) -> str:
 
 
 def format_mfu(mfu: float) -> str:
-    """MFU as a percentage, with the digits a small one needs."""
-    return f"{mfu:.1%}" if mfu >= 0.001 else f"{mfu:.2g}"
+    """MFU as a percentage, with the digits a small one needs (a tiny model on a GPU runs at 0.075%)."""
+    return f"{mfu:.1%}" if mfu >= 0.001 else f"{100 * mfu:.2g}%"
 
 
 def throughput_postfix(figures: dict[str, float | None]) -> dict[str, str]:
