@@ -11,7 +11,9 @@ TORCH_INSTALL = install --retries 1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDE
 # The book's own code, as a reference in tests; --no-deps keeps out its notebook stack and numpy pin.
 BOOK_INSTALL = install --no-deps "llms-from-scratch==1.0.19"
 DEMO_DIR ?= runs/demo
-# The demo's training budget (seconds, or 90s, 10m, 2h): the loop, evaluations and checkpoints included.
+# The demo's length: 3 epochs of the embedded corpus, the learning rate decaying over them (its 466 KB overfit after
+# that), or the time budget (seconds, or 90s, 10m, 2h; the loop, evaluations and checkpoints included) if sooner.
+DEMO_EPOCHS ?= 3
 DEMO_TIME ?= 240
 # The suite runs in this many worker processes (pytest-xdist); each test keeps to one thread (tests/conftest.py).
 TEST_WORKERS ?= 2
@@ -48,7 +50,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(LOCK)
 	touch $@
 
 demo: setup
-	$(VENV)/bin/gptscratch-train --preset tiny --max-time $(DEMO_TIME) --output-dir $(DEMO_DIR) --overwrite
+	$(VENV)/bin/gptscratch-train --preset tiny --epochs $(DEMO_EPOCHS) --max-time $(DEMO_TIME) --output-dir $(DEMO_DIR) \
+		--overwrite
 
 test: setup
 	$(PYTHON) $(PYTEST)
