@@ -25,7 +25,8 @@ from train.options import parse_arguments  # noqa: E402
 from train.run import train as run_training  # noqa: E402
 
 FIRST_RECORDED, RECORDED = 6, 5  # micro-batches: the first one recorded (counting from 1) and how many
-DEFAULT_STEPS = FIRST_RECORDED + RECORDED + 1
+LAST_RECORDED = FIRST_RECORDED + RECORDED - 1
+DEFAULT_STEPS = LAST_RECORDED + 2  # a step after the record, then the final one (its evaluation and checkpoint)
 
 
 def record_training_steps(flags: list[str], output_dir: Path) -> profile:
@@ -44,7 +45,7 @@ def record_training_steps(flags: list[str], output_dir: Path) -> profile:
         if calls == FIRST_RECORDED:
             profiler.start()
         result = micro_batch(*args, **kwargs)
-        if calls == FIRST_RECORDED + RECORDED - 1:
+        if calls == LAST_RECORDED:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             profiler.stop()
@@ -55,18 +56,20 @@ def record_training_steps(flags: list[str], output_dir: Path) -> profile:
         run_training(options, log=lambda message: None)
     finally:
         train.loop.train_micro_batch = micro_batch
-    if calls < FIRST_RECORDED + RECORDED - 1:
+    if calls < LAST_RECORDED:
         raise SystemExit(f"the run made {calls} micro-batches; give --max-steps {DEFAULT_STEPS} or more")
     return profiler
 
 
 def kernel_report(profiler: profile) -> dict[str, dict[str, float]]:
-    """Per recorded micro-batch, the calls of each attention op (forward and backward) and of each AdamW step kind."""
+    """Per recorded micro-batch, the calls of each attention op (forward and backward), and of each optimizer's step
+    and torch's fused AdamW kernel."""
     calls = {event.key.removeprefix("aten::"): event.count / RECORDED for event in profiler.key_averages()}
     attention = {name: count for name, count in calls.items()
                  if "scaled_dot_product" in name and name != "scaled_dot_product_attention"}
-    adamw = {name: count for name, count in calls.items() if name == "_fused_adamw_" or name.startswith("Optimizer.step")}
-    return {"attention": attention, "optimizer": adamw}
+    optimizer = {name: count for name, count in calls.items()
+                 if name == "_fused_adamw_" or name.startswith("Optimizer.step")}
+    return {"attention": attention, "optimizer": optimizer}
 
 
 def main() -> None:
@@ -78,7 +81,7 @@ def main() -> None:
         profiler = record_training_steps(flags, Path(scratch) / "run")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"device: {device}; torch {torch.__version__}; flags: {' '.join(flags) or '(defaults)'}; "
-          f"micro-batches {FIRST_RECORDED} to {FIRST_RECORDED + RECORDED - 1}, calls per micro-batch:")
+          f"micro-batches {FIRST_RECORDED} to {LAST_RECORDED}, calls per micro-batch:")
     for kind, counts in kernel_report(profiler).items():
         for name, count in sorted(counts.items()):
             print(f"  {kind:<10} {name:<60} {count:g}")

@@ -402,7 +402,7 @@ def test_training_attends_on_the_causal_path_without_mask_or_dropout_and_steps_f
 
 
 @pytest.mark.slow
-def test_a_runs_training_steps_call_the_fused_attention_and_adamw_kernels(corpus, cache, tmp_path):  # noqa: F811
+def test_a_runs_training_steps_call_the_fused_attention_and_adamw_kernels(corpus, cache, tmp_path):
     """benchmarks/bench_kernels.py's record of gptscratch-train's own steps (the Accelerate loop, autocast and all):
     per step one fused attention call per layer, forward and backward (CPU's flash kernel; a GPU's is in the README),
     and one fused AdamW call per parameter group (with and without weight decay)."""
