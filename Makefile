@@ -38,7 +38,7 @@ LOCK_OMIT := ^(pip|gptscratch|torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|llm
 empty :=
 VERSIONS_SHOWN := ^(torch|$(subst $(empty) $(empty),|,$(subst -,[-_],$(LATEST_PACKAGES))))
 
-.PHONY: setup demo test test-fast bench clean lock test-latest test-oldest
+.PHONY: setup demo lint test test-fast bench clean lock test-latest test-oldest
 
 setup: $(VENV)/.installed
 
@@ -53,7 +53,12 @@ demo: setup
 	$(VENV)/bin/gptscratch-train --preset tiny --epochs $(DEMO_EPOCHS) --max-time $(DEMO_TIME) --output-dir $(DEMO_DIR) \
 		--overwrite
 
-test: setup
+# The lint and format gate (ruff.toml), then the suite.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PYTHON) $(PYTEST)
 
 test-fast: setup

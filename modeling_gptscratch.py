@@ -363,8 +363,10 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
             raise ValueError("input_ids must be a [batch, tokens] tensor of token IDs")
         for unsupported in ("output_attentions", "inputs_embeds"):
             if kwargs.get(unsupported) is not None and kwargs.get(unsupported) is not False:
-                raise ValueError(f"{unsupported} is not supported by GPTScratchModel (SDPA computes no weights to "
-                                 "return; embeddings come from input_ids)")
+                raise ValueError(
+                    f"{unsupported} is not supported by GPTScratchModel (SDPA computes no weights to "
+                    "return; embeddings come from input_ids)"
+                )
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         batch, tokens = input_ids.shape
@@ -415,7 +417,9 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{CACHE_NAME: cache if use_cache else None}
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states,
+            **{CACHE_NAME: cache if use_cache else None},
         )
 
 

@@ -79,8 +79,11 @@ def prepare_sizes(sizes: list[int], tokenizer: str, work: Path) -> tuple[Path, P
     """The preparation table; returns the largest corpus's path and its cache."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     print(f"tokenizer {tokenizer}; {os.cpu_count()} CPUs; each size's cache starts empty")
-    print(f"{'corpus':>8}  {'prepare s':>9}  {'MB/s':>6}  {'tokens/s':>10}  {'peak RSS MB':>11}  "
-          f"{'again s':>7}  {'token files':>11}", flush=True)
+    print(
+        f"{'corpus':>8}  {'prepare s':>9}  {'MB/s':>6}  {'tokens/s':>10}  {'peak RSS MB':>11}  "
+        f"{'again s':>7}  {'token files':>11}",
+        flush=True,
+    )
     path = cache = None
     for size in sizes:
         path = work / f"corpus-{size}.txt"
@@ -88,17 +91,34 @@ def prepare_sizes(sizes: list[int], tokenizer: str, work: Path) -> tuple[Path, P
             write_corpus(path, size)
         cache = work / f"cache-{size}"
         shutil.rmtree(cache, ignore_errors=True)
-        command = [sys.executable, "-m", "train", "--preset", "tiny", "--data", str(path), "--tokenizer", tokenizer,
-                   "--cache-dir", str(cache), "--dry-run", "--output-dir", str(work / "unused")]
+        command = [
+            sys.executable,
+            "-m",
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(path),
+            "--tokenizer",
+            tokenizer,
+            "--cache-dir",
+            str(cache),
+            "--dry-run",
+            "--output-dir",
+            str(work / "unused"),
+        ]
         seconds, peak, output = peak_memory_of(command, env)
         again, _, _ = peak_memory_of(command, env)
         entry = next((cache / "gptscratch-tokens").iterdir())
         token_bytes = sum(file.stat().st_size for file in entry.glob("*.bin"))
         dtype_size = 2 if "uint16" in (entry / "meta.json").read_text() else 4
         megabytes = path.stat().st_size / 1e6
-        print(f"{megabytes:>6.0f}MB  {seconds:>9.1f}  {megabytes / seconds:>6.2f}  "
-              f"{token_bytes / dtype_size / seconds:>10,.0f}  {peak / 2**20:>11,.0f}  {again:>7.1f}  "
-              f"{token_bytes / 1e6:>9.1f}MB", flush=True)
+        print(
+            f"{megabytes:>6.0f}MB  {seconds:>9.1f}  {megabytes / seconds:>6.2f}  "
+            f"{token_bytes / dtype_size / seconds:>10,.0f}  {peak / 2**20:>11,.0f}  {again:>7.1f}  "
+            f"{token_bytes / 1e6:>9.1f}MB",
+            flush=True,
+        )
     return path, cache
 
 
@@ -114,11 +134,18 @@ def loader_against_model(path: Path, cache: Path, tokenizer: str, rounds: int) -
     from train.data import prepare_data
     from train.evaluate import score_token_stream
 
-    data = prepare_data(context_length=256, data=[str(path)], tokenizer=tokenizer, cache_dir=cache, progress=False,
-                        log=lambda message: None)
+    data = prepare_data(
+        context_length=256,
+        data=[str(path)],
+        tokenizer=tokenizer,
+        cache_dir=cache,
+        progress=False,
+        log=lambda message: None,
+    )
     batch_size, context = 4, 256  # the tiny preset's defaults
-    loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        data.train, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0)
+    )
     torch.manual_seed(0)
     model = GPTScratchForCausalLM(GPTScratchConfig.from_preset("tiny", vocab_size=len(data.tokenizer)))
     optimizer = torch.optim.AdamW(model.parameters())
@@ -156,12 +183,18 @@ def loader_against_model(path: Path, cache: Path, tokenizer: str, rounds: int) -
     step_rate(2), forward_rate(2), evaluation_rate(1)  # warm-up
     rates: dict[str, list[float]] = {"loader": [], "step": [], "forward": [], "evaluation": []}
     for _ in range(rounds):
-        for name, measure in (("loader", loader_rate), ("step", step_rate), ("evaluation", evaluation_rate),
-                              ("forward", forward_rate)):
+        for name, measure in (
+            ("loader", loader_rate),
+            ("step", step_rate),
+            ("evaluation", evaluation_rate),
+            ("forward", forward_rate),
+        ):
             rates[name].append(measure())
     median = {name: statistics.median(values) for name, values in rates.items()}
-    print(f"\ntiny preset (vocab {len(data.tokenizer)}), batch {batch_size} x {context}, on {path.name}'s token "
-          f"files; median of {rounds} alternating rounds")
+    print(
+        f"\ntiny preset (vocab {len(data.tokenizer)}), batch {batch_size} x {context}, on {path.name}'s token "
+        f"files; median of {rounds} alternating rounds"
+    )
     print(f"training loader      {median['loader']:>12,.0f} tokens/s")
     print(f"training step        {median['step']:>12,.0f} tokens/s  (forward, backward, AdamW)")
     print(f"  loader / step      {median['loader'] / median['step']:>12,.0f}x")
@@ -182,8 +215,15 @@ def evaluation_memory(work: Path, sizes: list[int]) -> None:
     from train.data import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer([SOURCE.read_text(encoding="utf-8")], 512)
-    config = GPTScratchConfig(vocab_size=len(tokenizer), context_length=64, emb_dim=64, n_heads=4, n_layers=2,
-                              eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    config = GPTScratchConfig(
+        vocab_size=len(tokenizer),
+        context_length=64,
+        emb_dim=64,
+        n_heads=4,
+        n_layers=2,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
     model_dir = save_model_directory(GPTScratchForCausalLM(config), tokenizer, work / "eval-model", overwrite=True)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     print("\ngptscratch-eval --batch-size 16, a 2-layer 64-dimension model, 512-token vocabulary, context 64")
@@ -192,8 +232,20 @@ def evaluation_memory(work: Path, sizes: list[int]) -> None:
         path = work / f"eval-{size}.txt"
         write_corpus(path, size)
         seconds, peak, output = peak_memory_of(
-            [sys.executable, "-m", "train.evaluate", "--model", str(model_dir), "--data", str(path), "--batch-size",
-             "16", "--json"], env)
+            [
+                sys.executable,
+                "-m",
+                "train.evaluate",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(path),
+                "--batch-size",
+                "16",
+                "--json",
+            ],
+            env,
+        )
         tokens = json.loads(output.strip().splitlines()[-1])["tokens"]
         print(f"{size / 1e6:>6.0f}MB  {seconds:>7.1f}  {tokens / seconds:>9,.0f}  {peak / 2**20:>11,.0f}", flush=True)
 
@@ -203,10 +255,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="100MB,1GB,5GB", help="corpus sizes, comma-separated (e.g. 20MB,1GB)")
     default_tokenizer = str(SHARED_DATA / "gpt2-bpe") if (SHARED_DATA / "gpt2-bpe").is_dir() else "train"
     parser.add_argument("--tokenizer", default=default_tokenizer, help="as gptscratch-train's --tokenizer")
-    parser.add_argument("--work-dir", default=None, help="where corpora and caches go (default: a temporary "
-                        "directory, removed at the end)")
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="where corpora and caches go (default: a temporary directory, removed at the end)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the loader and evaluation measurements")
-    parser.add_argument("--eval-sizes", default="2MB,10MB", help="file sizes for gptscratch-eval's memory ('' for none)")
+    parser.add_argument(
+        "--eval-sizes", default="2MB,10MB", help="file sizes for gptscratch-eval's memory ('' for none)"
+    )
     args = parser.parse_args()
     if not SOURCE.is_file():
         raise SystemExit(f"{SOURCE} is absent: the corpora are made by repeating it")

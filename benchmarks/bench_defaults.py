@@ -36,10 +36,42 @@ sys.path.insert(0, str(REPO))
 # every weight at a constant 4e-4 after 20 warmup steps, batch 4, a 4,096-token BPE that merges even pairs seen
 # once, a 6 x 192 tiny preset with 256-token windows, and no early stopping (the last model, however it validates).
 # --muon-momentum 0.95 (torch's) only counts from the row that turns Muon on.
-OLD = ["--optimizer", "adamw", "--dropout", "0.1", "--attention-dropout", "0.1", "--lr", "4e-4", "--lr-scheduler",
-       "constant", "--warmup-steps", "20", "--batch-size", "4", "--vocab-size", "4096", "--min-frequency", "1",
-       "--n-layers", "6", "--emb-dim", "192", "--n-heads", "6", "--context-length", "256", "--eval-freq", "50",
-       "--eval-iter", "5", "--early-stopping-patience", "0", "--muon-momentum", "0.95"]
+OLD = [
+    "--optimizer",
+    "adamw",
+    "--dropout",
+    "0.1",
+    "--attention-dropout",
+    "0.1",
+    "--lr",
+    "4e-4",
+    "--lr-scheduler",
+    "constant",
+    "--warmup-steps",
+    "20",
+    "--batch-size",
+    "4",
+    "--vocab-size",
+    "4096",
+    "--min-frequency",
+    "1",
+    "--n-layers",
+    "6",
+    "--emb-dim",
+    "192",
+    "--n-heads",
+    "6",
+    "--context-length",
+    "256",
+    "--eval-freq",
+    "50",
+    "--eval-iter",
+    "5",
+    "--early-stopping-patience",
+    "0",
+    "--muon-momentum",
+    "0.95",
+]
 
 
 def without(flags: list[str], names: list[str]) -> list[str]:
@@ -47,7 +79,7 @@ def without(flags: list[str], names: list[str]) -> list[str]:
     kept = []
     for index in range(0, len(flags), 2):
         if flags[index] not in names:
-            kept += flags[index: index + 2]
+            kept += flags[index : index + 2]
     return kept
 
 
@@ -96,14 +128,28 @@ def run_setting(data: Path | None, held_out: list[Path], flags: list[str], max_t
     """One training run with a fresh cache, then gptscratch-eval on the held-out text."""
     shutil.rmtree(work, ignore_errors=True)
     output = work / "run"
-    command = [sys.executable, "-m", "train", *(["--data", str(data)] if data else []), "--max-time", max_time,
-               "--output-dir", str(output), "--cache-dir", str(work / "cache"), *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "train",
+        *(["--data", str(data)] if data else []),
+        "--max-time",
+        max_time,
+        "--output-dir",
+        str(output),
+        "--cache-dir",
+        str(work / "cache"),
+        *flags,
+    ]
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     evaluation = subprocess.run(
         [sys.executable, "-m", "train.evaluate", "--model", str(output), "--data", *map(str, held_out), "--json"],
-        cwd=REPO, check=True, capture_output=True, text=True,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     summary = json.loads((output / "training_summary.json").read_text())
     return {"wall_s": wall, "steps": summary["steps"], **json.loads(evaluation.stdout)}
@@ -115,8 +161,14 @@ def main() -> None:
     parser.add_argument("--max-time", default="90")
     parser.add_argument("--settings", default="old,new", help=f"comma-separated, from: {', '.join(SETTINGS)}")
     parser.add_argument("--ladder", action="store_true", help="run LADDER (old defaults to new, one change a row)")
-    parser.add_argument("--try", dest="tries", action="append", default=[], metavar="FLAGS",
-                        help="also run the new defaults with these flags (repeatable), e.g. --try='--lr 3e-3'")
+    parser.add_argument(
+        "--try",
+        dest="tries",
+        action="append",
+        default=[],
+        metavar="FLAGS",
+        help="also run the new defaults with these flags (repeatable), e.g. --try='--lr 3e-3'",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting (the median is shown)")
     args = parser.parse_args()
     names = list(LADDER) if args.ladder else args.settings.split(",") if args.settings else []
@@ -125,19 +177,28 @@ def main() -> None:
         parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
     settings = {**{name: SETTINGS[name] for name in names}, **{flags: shlex.split(flags) for flags in args.tries}}
 
-    print(f"data: {args.data or 'the embedded corpus'}; --max-time {args.max_time}; {os.cpu_count()} CPUs; fresh cache per run")
+    data = args.data or "the embedded corpus"
+    print(f"data: {data}; --max-time {args.max_time}; {os.cpu_count()} CPUs; fresh cache per run")
     print(f"{'setting':30} {'command s':>9} {'steps':>6} {'bits/byte':>9} {'vs first':>8}")
     first = None
     with tempfile.TemporaryDirectory(prefix="bench-defaults-") as scratch:
         (Path(scratch) / "held-out").mkdir()
         held_out = write_held_out(args.data, Path(scratch) / "held-out")
         for name, flags in settings.items():
-            runs = sorted((run_setting(args.data, held_out, flags, args.max_time, Path(scratch) / "work")
-                           for _ in range(args.repeats)), key=lambda run: run["bits_per_byte"])
+            runs = sorted(
+                (
+                    run_setting(args.data, held_out, flags, args.max_time, Path(scratch) / "work")
+                    for _ in range(args.repeats)
+                ),
+                key=lambda run: run["bits_per_byte"],
+            )
             result = runs[len(runs) // 2]
             first = first if first is not None else result["bits_per_byte"]
-            print(f"{name:30} {result['wall_s']:9.1f} {result['steps']:6d} {result['bits_per_byte']:9.3f} "
-                  f"{result['bits_per_byte'] - first:+8.3f}", flush=True)
+            print(
+                f"{name:30} {result['wall_s']:9.1f} {result['steps']:6d} {result['bits_per_byte']:9.3f} "
+                f"{result['bits_per_byte'] - first:+8.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -65,10 +65,14 @@ def kernel_report(profiler: profile) -> dict[str, dict[str, float]]:
     """Per recorded micro-batch, the calls of each attention op (forward and backward), and of each optimizer's step
     and torch's fused AdamW kernel."""
     calls = {event.key.removeprefix("aten::"): event.count / RECORDED for event in profiler.key_averages()}
-    attention = {name: count for name, count in calls.items()
-                 if "scaled_dot_product" in name and name != "scaled_dot_product_attention"}
-    optimizer = {name: count for name, count in calls.items()
-                 if name == "_fused_adamw_" or name.startswith("Optimizer.step")}
+    attention = {
+        name: count
+        for name, count in calls.items()
+        if "scaled_dot_product" in name and name != "scaled_dot_product_attention"
+    }
+    optimizer = {
+        name: count for name, count in calls.items() if name == "_fused_adamw_" or name.startswith("Optimizer.step")
+    }
     return {"attention": attention, "optimizer": optimizer}
 
 
@@ -80,14 +84,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-kernels-") as scratch:
         profiler = record_training_steps(flags, Path(scratch) / "run")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"device: {device}; torch {torch.__version__}; flags: {' '.join(flags) or '(defaults)'}; "
-          f"micro-batches {FIRST_RECORDED} to {LAST_RECORDED}, calls per micro-batch:")
+    print(
+        f"device: {device}; torch {torch.__version__}; flags: {' '.join(flags) or '(defaults)'}; "
+        f"micro-batches {FIRST_RECORDED} to {LAST_RECORDED}, calls per micro-batch:"
+    )
     for kind, counts in kernel_report(profiler).items():
         for name, count in sorted(counts.items()):
             print(f"  {kind:<10} {name:<60} {count:g}")
     if torch.cuda.is_available():
-        print(profiler.key_averages().table(sort_by="self_device_time_total", row_limit=15,
-                                            max_name_column_width=90))
+        print(profiler.key_averages().table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=90))
 
 
 if __name__ == "__main__":

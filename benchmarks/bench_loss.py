@@ -38,8 +38,10 @@ def main() -> None:
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, GPT2_VOCAB_SIZE, (BATCH, TOKENS), generator=generator)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; logits [{BATCH}, {TOKENS}, "
-          f"{GPT2_VOCAB_SIZE}]; median of {args.rounds} alternating runs, forward + backward\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; logits [{BATCH}, {TOKENS}, "
+        f"{GPT2_VOCAB_SIZE}]; median of {args.rounds} alternating runs, forward + backward\n"
+    )
     print(f"{'dtype':<8} {'ours ms':>9} {'ForCausalLMLoss ms':>19} {'ratio':>6} {'max grad diff':>14}")
     for dtype in (torch.float32, torch.bfloat16):
         logits = torch.randn(BATCH, TOKENS, GPT2_VOCAB_SIZE, generator=generator).to(dtype)
@@ -51,8 +53,10 @@ def main() -> None:
             times["theirs"].append(theirs)
         ours, theirs = (statistics.median(times[k][1:]) * 1000 for k in ("ours", "theirs"))
         difference = (our_grad.float() - their_grad.float()).abs().max().item()
-        print(f"{str(dtype).removeprefix('torch.'):<8} {ours:>9.1f} {theirs:>19.1f} {theirs / ours:>6.2f} "
-              f"{difference:>14.1e}")
+        print(
+            f"{str(dtype).removeprefix('torch.'):<8} {ours:>9.1f} {theirs:>19.1f} {theirs / ours:>6.2f} "
+            f"{difference:>14.1e}"
+        )
 
 
 if __name__ == "__main__":

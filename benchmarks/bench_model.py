@@ -64,9 +64,17 @@ def build_model(impl: str, shape: str, drop_rate: float, seq_len: int):
         config = GPTScratchConfig(**s, drop_rate=drop_rate, qkv_bias=True, bos_token_id=None, eos_token_id=None)
         return GPTScratchForCausalLM(config)
     config = GPT2Config(
-        vocab_size=s["vocab_size"], n_positions=s["context_length"], n_embd=s["emb_dim"], n_layer=s["n_layers"],
-        n_head=s["n_heads"], resid_pdrop=drop_rate, embd_pdrop=drop_rate, attn_pdrop=drop_rate,
-        bos_token_id=None, eos_token_id=None, attn_implementation="sdpa",
+        vocab_size=s["vocab_size"],
+        n_positions=s["context_length"],
+        n_embd=s["emb_dim"],
+        n_layer=s["n_layers"],
+        n_head=s["n_heads"],
+        resid_pdrop=drop_rate,
+        embd_pdrop=drop_rate,
+        attn_pdrop=drop_rate,
+        bos_token_id=None,
+        eos_token_id=None,
+        attn_implementation="sdpa",
     )
     return GPT2LMHeadModel(config)
 
@@ -211,9 +219,27 @@ def measure(args: argparse.Namespace, task: str, shape: str, precision: str) -> 
     for index in range(args.rounds):
         results = {}
         for impl in IMPLS if index % 2 == 0 else IMPLS[::-1]:
-            command = [sys.executable, __file__, "--worker", "--task", task, "--impl", impl, "--shape", shape,
-                       "--precision", precision, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                       "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--task",
+                task,
+                "--impl",
+                impl,
+                "--shape",
+                shape,
+                "--precision",
+                precision,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--batch-size",
+                str(args.batch_size),
+                "--seq-len",
+                str(args.seq_len),
+            ]
             if args.compile:
                 command.append("--compile")
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -248,9 +274,11 @@ def main() -> None:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    print(f"device: {device}; torch {torch.__version__}; python {platform.python_version()}; "
-          f"compile: {args.compile}; training batch {args.batch_size} x {args.seq_len}; median of {args.rounds} "
-          "rounds, one fresh process per model per round\n")
+    print(
+        f"device: {device}; torch {torch.__version__}; python {platform.python_version()}; "
+        f"compile: {args.compile}; training batch {args.batch_size} x {args.seq_len}; median of {args.rounds} "
+        "rounds, one fresh process per model per round\n"
+    )
     print(f"{'case':<40} {'ours':>12} {'GPT2LMHead':>12} {'ratio':>7}  {'rounds':>11}")
 
     def row(case: str, ours: float, theirs: float, digits: int = 1, spread: list[float] | None = None) -> None:
@@ -279,11 +307,15 @@ def main() -> None:
             speed_rows(f"generate 124m {precision} tokens/s", rounds, "tokens_per_s")
         if "per-token" in tasks:
             rounds = measure(args, "per-token", "124m", precision)
-            at = {p: speed_rows(f"124m {precision} ms/token at position {p}", rounds, f"ms_per_token_at_{p}", 2)
-                  for p in (50, 900)}
+            at = {
+                p: speed_rows(f"124m {precision} ms/token at position {p}", rounds, f"ms_per_token_at_{p}", 2)
+                for p in (50, 900)
+            }
             print(f"   ours: time per token at 900 / at 50 = {at[900]['ours'] / at[50]['ours']:.2f} (1.0 = flat)")
-    print("\nratio = ours / GPT2LMHeadModel (for tokens/s and MFU higher is better; for memory and ms lower is);"
-          "\nrounds = the lowest and highest per-round ratio")
+    print(
+        "\nratio = ours / GPT2LMHeadModel (for tokens/s and MFU higher is better; for memory and ms lower is);"
+        "\nrounds = the lowest and highest per-round ratio"
+    )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,10 @@ def run_command(name: str, main: Callable[[], int | None]) -> None:
             raise
         # A write that no writer of common.files wrapped (a library's cache, say): the errno's own file name.
         reason, fix = STORAGE_FAILURES[code]
-        print_error(f"{name}: error: cannot write {_failed_path(error) or 'an output'}: {reason}; "
-                    f"{fix.format(where='location')}")
+        print_error(
+            f"{name}: error: cannot write {_failed_path(error) or 'an output'}: {reason}; "
+            f"{fix.format(where='location')}"
+        )
         sys.exit(2)
     sys.exit(status or 0)
 

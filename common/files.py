@@ -69,6 +69,7 @@ def read_json_object(path: str | os.PathLike, what: str, fix: str) -> dict[str, 
     """
     return parse_json_object(read_utf8_file(path, what, fix), f"{what} {Path(path)}", fix)
 
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Full and read-only output locations
 
@@ -160,6 +161,7 @@ def format_size(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.1f} {unit}"
     return f"{size} bytes"
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Writing outputs atomically

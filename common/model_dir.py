@@ -87,7 +87,8 @@ def read_model_directory(directory: str | os.PathLike) -> tuple[GPTScratchConfig
             "beside it with tokenizer.save_pretrained"
         )
     tokenizer = load_tokenizer_or_refuse(
-        directory, f"{directory} holds no loadable tokenizer",
+        directory,
+        f"{directory} holds no loadable tokenizer",
         "save the model's tokenizer beside it with tokenizer.save_pretrained",
     )
     return config, tokenizer
@@ -156,12 +157,16 @@ def check_weights_match_config(directory: Path, config: GPTScratchConfig) -> Non
     # Tensors tied together (the head and the token embedding) are one tensor, stored under either name.
     saved = expected.state_dict()
     tied: dict[int, tuple[tuple[int, ...], list[str]]] = {}
-    for name, tensor in [*expected.named_parameters(remove_duplicate=False),
-                         *expected.named_buffers(remove_duplicate=False)]:
+    for name, tensor in [
+        *expected.named_parameters(remove_duplicate=False),
+        *expected.named_buffers(remove_duplicate=False),
+    ]:
         if name in saved:
             tied.setdefault(id(tensor), (tuple(tensor.shape), []))[1].append(name)
-    sizes = (f"vocab_size {config.vocab_size}, context_length {config.context_length}, emb_dim {config.emb_dim}, "
-             f"n_layers {config.n_layers}, tie_word_embeddings {str(config.tie_word_embeddings).lower()}")
+    sizes = (
+        f"vocab_size {config.vocab_size}, context_length {config.context_length}, emb_dim {config.emb_dim}, "
+        f"n_layers {config.n_layers}, tie_word_embeddings {str(config.tie_word_embeddings).lower()}"
+    )
     mismatch = f"does not match {directory / 'config.json'} ({sizes})"
     fix = "save or convert the model again, or put back the config.json that came with these weights"
     for want, names in tied.values():

@@ -13,8 +13,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from convert.book_checkpoint import convert_book_checkpoint
 from common.commands import ArgumentParser, UsageError, run_command
+from convert.book_checkpoint import convert_book_checkpoint
 from convert.openai_checkpoint import (
     DOWNLOAD_BASE_URLS,
     MODEL_SIZES,
@@ -44,36 +44,48 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint-dir", type=Path, metavar="DIR", help="a directory holding OpenAI's GPT-2 files")
     source.add_argument(
-        "--download", choices=MODEL_SIZES, metavar="SIZE",
+        "--download",
+        choices=MODEL_SIZES,
+        metavar="SIZE",
         help=f"download GPT-2 {'|'.join(MODEL_SIZES)} from OpenAI, then convert it",
     )
     source.add_argument(
         "--book-checkpoint", type=Path, metavar="FILE", help="the book's model.pth or model_and_optimizer.pth"
     )
     parser.add_argument(
-        "--output-dir", type=Path, metavar="OUT",
+        "--output-dir",
+        type=Path,
+        metavar="OUT",
         help="the model directory to write (with --download, by default MODELS_DIR/gpt2-SIZE)",
     )
     parser.add_argument(
         "--models-dir", type=Path, metavar="DIR", help="with --download: where the SIZE/ folder of OpenAI's files goes"
     )
     parser.add_argument(
-        "--base-url", action="append", metavar="URL",
+        "--base-url",
+        action="append",
+        metavar="URL",
         help="with --download: fetch URL/SIZE/FILE instead of from OpenAI and the book's mirror (repeatable)",
     )
     parser.add_argument(
-        "--book-config", metavar="JSON",
+        "--book-config",
+        metavar="JSON",
         help="with --book-checkpoint: the book's config dict as a JSON file or object (vocab_size, context_length, "
         "emb_dim, n_heads, n_layers, drop_rate, qkv_bias)",
     )
     parser.add_argument(
-        "--tokenizer", type=Path, metavar="DIR",
+        "--tokenizer",
+        type=Path,
+        metavar="DIR",
         help="with --book-checkpoint: a directory holding encoder.json and vocab.bpe",
     )
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights (float32)")
     parser.add_argument(
         # Checked while parsing, so a typo is refused before minutes of converting rather than after them.
-        "--max-shard-size", default="2GB", type=check_shard_size, metavar="SIZE",
+        "--max-shard-size",
+        default="2GB",
+        type=check_shard_size,
+        metavar="SIZE",
         help="split the weights into files of at most SIZE, e.g. 500MB (2GB)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
@@ -106,7 +118,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             output = convert_openai_checkpoint(args.checkpoint_dir, args.output_dir, **options)
         elif source == "download":
             output = download_and_convert_openai_checkpoint(
-                args.download, args.models_dir, args.output_dir, base_urls=args.base_url or DOWNLOAD_BASE_URLS,
+                args.download,
+                args.models_dir,
+                args.output_dir,
+                base_urls=args.base_url or DOWNLOAD_BASE_URLS,
                 **options,
             )
         else:

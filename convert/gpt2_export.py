@@ -77,20 +77,24 @@ def gpt2_state_dict(model: GPTScratchForCausalLM) -> dict[str, torch.Tensor]:
     for i, block in enumerate(base.trf_blocks):
         prefix = f"transformer.h.{i}"
         qkv = block.att.qkv
-        state.update({
-            f"{prefix}.ln_1.weight": block.norm1.weight,
-            f"{prefix}.ln_1.bias": block.norm1.bias,
-            f"{prefix}.attn.c_attn.weight": qkv.weight,  # [emb, 3 * emb]: q, k, v side by side
-            f"{prefix}.attn.c_attn.bias": qkv.bias if qkv.bias is not None else qkv.weight.new_zeros(qkv.weight.shape[1]),
-            f"{prefix}.attn.c_proj.weight": block.att.out_proj.weight,
-            f"{prefix}.attn.c_proj.bias": block.att.out_proj.bias,
-            f"{prefix}.ln_2.weight": block.norm2.weight,
-            f"{prefix}.ln_2.bias": block.norm2.bias,
-            f"{prefix}.mlp.c_fc.weight": block.ff.layers[0].weight,  # [emb, 4 * emb]
-            f"{prefix}.mlp.c_fc.bias": block.ff.layers[0].bias,
-            f"{prefix}.mlp.c_proj.weight": block.ff.layers[2].weight,  # [4 * emb, emb]
-            f"{prefix}.mlp.c_proj.bias": block.ff.layers[2].bias,
-        })
+        state.update(
+            {
+                f"{prefix}.ln_1.weight": block.norm1.weight,
+                f"{prefix}.ln_1.bias": block.norm1.bias,
+                f"{prefix}.attn.c_attn.weight": qkv.weight,  # [emb, 3 * emb]: q, k, v side by side
+                f"{prefix}.attn.c_attn.bias": qkv.bias
+                if qkv.bias is not None
+                else qkv.weight.new_zeros(qkv.weight.shape[1]),
+                f"{prefix}.attn.c_proj.weight": block.att.out_proj.weight,
+                f"{prefix}.attn.c_proj.bias": block.att.out_proj.bias,
+                f"{prefix}.ln_2.weight": block.norm2.weight,
+                f"{prefix}.ln_2.bias": block.norm2.bias,
+                f"{prefix}.mlp.c_fc.weight": block.ff.layers[0].weight,  # [emb, 4 * emb]
+                f"{prefix}.mlp.c_fc.bias": block.ff.layers[0].bias,
+                f"{prefix}.mlp.c_proj.weight": block.ff.layers[2].weight,  # [4 * emb, emb]
+                f"{prefix}.mlp.c_proj.bias": block.ff.layers[2].bias,
+            }
+        )
     return {name: tensor.detach() for name, tensor in state.items()}
 
 

@@ -299,8 +299,9 @@ def _download_file(urls: Sequence[str], destination: Path, timeout: float) -> No
                 ) from error
             with (
                 open(partial, "r+b" if start else "wb") as file,
-                tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name)
-                as bar,
+                tqdm(
+                    total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name
+                ) as bar,
             ):
                 file.seek(start)
                 file.truncate()  # whatever the .part held past `start` is what this answer sends again
@@ -327,10 +328,7 @@ def _download_file(urls: Sequence[str], destination: Path, timeout: float) -> No
 
 
 def download_openai_checkpoint(
-    size: str,
-    models_dir: str | os.PathLike,
-    base_urls: Sequence[str] = DOWNLOAD_BASE_URLS,
-    timeout: float = 30.0,
+    size: str, models_dir: str | os.PathLike, base_urls: Sequence[str] = DOWNLOAD_BASE_URLS, timeout: float = 30.0
 ) -> Path:
     """Downloads OpenAI's seven files for GPT-2 `size` (124M, 355M, 774M or 1558M) into `models_dir`/`size`.
 

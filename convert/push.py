@@ -146,7 +146,7 @@ def model_card(
         "",
         f"# {repo_id}",
         "",
-        "A GPT-2-style decoder-only language model built with gptscratch (\"Build a Large Language Model (From "
+        'A GPT-2-style decoder-only language model built with gptscratch ("Build a Large Language Model (From '
         "Scratch)\", chapters 4 and 5, behind Hugging Face's interfaces), published "
         + (
             "in its own format: loading it runs the `modeling_gptscratch.py` shipped here (`trust_remote_code=True`)."
@@ -174,7 +174,7 @@ def model_card(
         lines += [
             "No training record came with this model (the directory held no `training_summary.json`): it was "
             "converted from a checkpoint, such as OpenAI's GPT-2 weights, rather than trained by gptscratch. Its "
-            "training data, steps and losses are therefore not known here; the architecture and tokenizer above are.",
+            "training data, steps and losses are therefore not known here; the architecture and tokenizer above are."
         ]
     else:
         lines += [
@@ -250,9 +250,9 @@ def push_to_local_hub(
         raise UsageError("git is not installed; install it (the local hub keeps each push as a git commit)")
     # Imported only now: the checks above refuse a mistyped repo id or hub directory at once, not after the
     # seconds that torch and transformers take to load.
-    from convert.gpt2_export import gpt2_config, write_gpt2_directory
     from common.files import atomic_directory, recover_interrupted_writes
     from common.model_dir import load_model_weights, read_model_directory, weights_size
+    from convert.gpt2_export import gpt2_config, write_gpt2_directory
 
     model_dir = Path(model_dir)
     config, tokenizer = read_model_directory(model_dir)
@@ -291,8 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The flags of `gptscratch-push`: the model directory, where it goes (hub directory and repo id) and how
     (format, license, commit message)."""
     parser = ArgumentParser(
-        prog=PROG,
-        description="Publish a model directory to a local hub directory as a versioned model repository.",
+        prog=PROG, description="Publish a model directory to a local hub directory as a versioned model repository."
     )
     parser.add_argument("--model", required=True, help="model directory (trained or converted)")
     parser.add_argument(
@@ -300,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repo-id", required=True, help="NAMESPACE/NAME, e.g. alice/tiny-gpt")
     parser.add_argument(
-        "--format", choices=FORMATS, default="gptscratch",
+        "--format",
+        choices=FORMATS,
+        default="gptscratch",
         help="gptscratch (default: this project's model file, trust_remote_code=True) or gpt2 (plain GPT2LMHeadModel)",
     )
     parser.add_argument("--license", default="apache-2.0", help="license id for the model card (default apache-2.0)")

@@ -54,11 +54,7 @@ def check_shard_size(size: str | int) -> str | int:
 
 
 def check_shapes(
-    found: Mapping[str, Sequence[int]],
-    expected: Mapping[str, Sequence[int]],
-    source: str,
-    described_by: str,
-    fix: str,
+    found: Mapping[str, Sequence[int]], expected: Mapping[str, Sequence[int]], source: str, described_by: str, fix: str
 ) -> None:
     """Compares a checkpoint's tensor shapes with those its config implies; any difference is a UsageError.
 
@@ -112,9 +108,7 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, check_dtype(name))
 
 
-def assemble_model(
-    config: GPTScratchConfig, tensors: Iterable[tuple[str, torch.Tensor]]
-) -> GPTScratchForCausalLM:
+def assemble_model(config: GPTScratchConfig, tensors: Iterable[tuple[str, torch.Tensor]]) -> GPTScratchForCausalLM:
     """A GPTScratchForCausalLM in eval mode whose parameters are exactly `tensors`, given as (parameter name, tensor).
 
     The model is built on the meta device, so no random weights are allocated, and each tensor becomes its

@@ -21,7 +21,6 @@ torch.set_num_threads(1)
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM  # noqa: E402
 
-
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
@@ -32,8 +31,9 @@ def tiktoken_gpt2(bpe_dir: Path):
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
     ranks = data_gym_to_mergeable_bpe_ranks(str(bpe_dir / "vocab.bpe"), str(bpe_dir / "encoder.json"))
-    return tiktoken.Encoding("gpt2-offline", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": len(ranks)})
+    return tiktoken.Encoding(
+        "gpt2-offline", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)}
+    )
 
 
 def shared_file(relative: str) -> Path:
@@ -41,6 +41,22 @@ def shared_file(relative: str) -> Path:
     path = SHARED_DATA / relative
     if not path.exists():
         pytest.skip(f"{path} is absent (tests that need ../shared/data skip without it)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """Token files and fitted tokenizers, shared by a test module's runs and kept out of the user's cache."""
+    return tmp_path_factory.mktemp("datasets-cache")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """About 40 KB of English from the embedded corpus, as a local file: ~90 training steps per epoch below."""
+    from pydoc_data.topics import topics
+
+    path = tmp_path_factory.mktemp("corpus") / "topics.txt"
+    path.write_text("\n".join(topics[key] for key in sorted(topics)[:12])[:40_000], encoding="utf-8")
     return path
 
 
@@ -71,8 +87,15 @@ def assert_same_logits(ours: torch.Tensor, theirs: torch.Tensor) -> None:
 def tiny_config(**overrides) -> GPTScratchConfig:
     """A config small enough for many forward passes per test: 2 layers, 32 dims, vocab 97."""
     values = dict(
-        vocab_size=97, context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0,
-        qkv_bias=True, bos_token_id=None, eos_token_id=None,
+        vocab_size=97,
+        context_length=32,
+        emb_dim=32,
+        n_heads=4,
+        n_layers=2,
+        drop_rate=0.0,
+        qkv_bias=True,
+        bos_token_id=None,
+        eos_token_id=None,
     )
     values.update(overrides)
     return GPTScratchConfig(**values)
@@ -104,6 +127,5 @@ def run_without_project(code: str, cwd: Path, timeout: int = 300) -> subprocess.
         "        raise SystemExit(f'project module {name} is importable; the test would prove nothing')\n"
     )
     return subprocess.run(
-        [sys.executable, "-I", "-c", prelude + code], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=timeout,
+        [sys.executable, "-I", "-c", prelude + code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -49,7 +49,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
     def visit(module: str) -> list[str] | None:
         if module in on_path:
-            return on_path[on_path.index(module):] + [module]
+            return on_path[on_path.index(module) :] + [module]
         if module in done:
             return None
         on_path.append(module)
@@ -83,8 +83,12 @@ def test_imports_run_down_the_layers():
     graph = import_graph()
 
     def imports_of(prefix: str) -> set[str]:
-        return {imported for module, imported_set in graph.items() if module.split(".")[0] == prefix
-                for imported in imported_set}
+        return {
+            imported
+            for module, imported_set in graph.items()
+            if module.split(".")[0] == prefix
+            for imported in imported_set
+        }
 
     assert graph["modeling_gptscratch"] == set()  # the model is copied into model directories: it stands alone
     assert {module.split(".")[0] for module in imports_of("common")} <= {"common", "modeling_gptscratch"}
@@ -100,10 +104,14 @@ def test_tokenising_workers_import_only_what_tokenising_needs():
     """Spawned tokenising workers import train.tokenizing alone: it must not pull in torch, transformers or datasets
     (hundreds of megabytes and seconds per worker)."""
     tree = ast.parse((REPO_ROOT / "train" / "tokenizing.py").read_text(encoding="utf-8"))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+    }
     assert imported <= {"__future__", "os", "collections", "numpy", "tokenizers"}, imported
 
 

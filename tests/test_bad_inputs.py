@@ -41,8 +41,24 @@ PROGS = {
     "push": (convert.push.main, convert.push.PROG),
     "export": (convert.gpt2_export.main, convert.gpt2_export.PROG),
 }
-TINY_TRAIN = ["--n-layers", "2", "--emb-dim", "32", "--n-heads", "2", "--config", "context_length=32",
-              "--vocab-size", "300", "--dropout", "0", "--batch-size", "4", "--eval-iter", "1"]
+TINY_TRAIN = [
+    "--n-layers",
+    "2",
+    "--emb-dim",
+    "32",
+    "--n-heads",
+    "2",
+    "--config",
+    "context_length=32",
+    "--vocab-size",
+    "300",
+    "--dropout",
+    "0",
+    "--batch-size",
+    "4",
+    "--eval-iter",
+    "1",
+]
 
 
 def mount_tmpfs(directory: Path, options: str) -> None:
@@ -80,13 +96,25 @@ def w(tmp_path_factory) -> SimpleNamespace:
     corpus = root / "corpus.txt"  # 40 KB of English: enough text for the tiny model's windows
     corpus.write_text("\n".join(topics[key] for key in sorted(topics)[:12])[:40_000], encoding="utf-8")
     paths = dict(
-        root=root, corpus=corpus, model=model, untied=untied, foreign=export_gpt2(model, root / "gpt2-export"),
-        cache=tmp_path_factory.mktemp("cache"), hub=root / "hub", missing=root / "missing",
+        root=root,
+        corpus=corpus,
+        model=model,
+        untied=untied,
+        foreign=export_gpt2(model, root / "gpt2-export"),
+        cache=tmp_path_factory.mktemp("cache"),
+        hub=root / "hub",
+        missing=root / "missing",
     )
     for name, content in {
-        "text.txt": text.encode(), "empty.txt": b"", "png.bin": b"\x89PNG\r\n\x1a\n\x00\x00IHDR",
-        "latin1.txt": "café au lait".encode("latin-1"), "nul.txt": b"text\x00more text", "spaces.txt": b"  \n\n ",
-        "not-json.json": b"{vocab_size: 300", "array.json": b"[1, 2]", "garbage.pth": b"not a torch file at all",
+        "text.txt": text.encode(),
+        "empty.txt": b"",
+        "png.bin": b"\x89PNG\r\n\x1a\n\x00\x00IHDR",
+        "latin1.txt": "café au lait".encode("latin-1"),
+        "nul.txt": b"text\x00more text",
+        "spaces.txt": b"  \n\n ",
+        "not-json.json": b"{vocab_size: 300",
+        "array.json": b"[1, 2]",
+        "garbage.pth": b"not a torch file at all",
         "unknown-key.yaml": b"batch_size: 8\ncolour: red\n",
     }.items():
         (root / name).write_bytes(content)
@@ -107,8 +135,9 @@ def w(tmp_path_factory) -> SimpleNamespace:
         deeper=spoiled("deeper", lambda d: (d / "config.json").write_text(json.dumps(config | {"n_layers": 3}))),
         shallower=spoiled("shallower", lambda d: (d / "config.json").write_text(json.dumps(config | {"n_layers": 1}))),
         bad_config=spoiled("bad-config", lambda d: (d / "config.json").write_text("{not json")),
-        no_tokenizer=spoiled("no-tokenizer", lambda d: [(d / name).unlink() for name in
-                                                        ("tokenizer.json", "tokenizer_config.json")]),
+        no_tokenizer=spoiled(
+            "no-tokenizer", lambda d: [(d / name).unlink() for name in ("tokenizer.json", "tokenizer_config.json")]
+        ),
         no_weights=spoiled("no-weights", lambda d: (d / "model.safetensors").unlink()),
         truncated=spoiled("truncated", lambda d: os.truncate(d / "model.safetensors", 100)),
     )
@@ -119,8 +148,12 @@ def w(tmp_path_factory) -> SimpleNamespace:
     torch.save(GPTModel(book).state_dict(), root / "book.pth")
     (root / "book.json").write_text(json.dumps(book))
     (root / "book-wider.json").write_text(json.dumps(book | {"emb_dim": 32}))
-    paths.update(book=root / "book.pth", book_config=root / "book.json", book_wider=root / "book-wider.json",
-                 bpe=write_tiny_bpe(root / "bpe"))
+    paths.update(
+        book=root / "book.pth",
+        book_config=root / "book.json",
+        book_wider=root / "book-wider.json",
+        bpe=write_tiny_bpe(root / "bpe"),
+    )
     return SimpleNamespace(**paths)
 
 
@@ -149,198 +182,481 @@ def train_args(*argv: str) -> list[str]:
 
 CASES = {
     # gptscratch-train: data
-    "train: missing data file": ("train", train_args("--data", "{missing}", "--output-dir", "{root}/out"),
-                                 ["--data {missing}: no such file or directory"]),
-    "train: empty data file": ("train", train_args("--data", "{empty_txt}", "--output-dir", "{root}/out"),
-                               ["--data {empty_txt}: the file is empty"]),
-    "train: binary data file": ("train", train_args("--data", "{png_bin}", "--output-dir", "{root}/out"),
-                                ["{png_bin} is not UTF-8 text: byte 0x89 at byte offset 0"]),
-    "train: Latin-1 data file": ("train", train_args("--data", "{latin1_txt}", "--output-dir", "{root}/out"),
-                                 ["{latin1_txt} is not UTF-8 text: byte 0xe9 at byte offset 3"]),
-    "train: data file with a NUL byte": ("train", train_args("--data", "{nul_txt}", "--output-dir", "{root}/out"),
-                                         ["{nul_txt} is not text: a NUL byte at byte offset 4"]),
-    "train: data directory without files": ("train", train_args("--data", "{empty_dir}", "--output-dir", "{root}/out"),
-                                            ["--data {empty_dir}: the directory holds no text files"]),
-    "train: glob matching nothing": ("train", train_args("--data", "{root}/*.nothing", "--output-dir", "{root}/out"),
-                                     ["--data {root}/*.nothing: the pattern matches no file"]),
-    "train: too little text": ("train", train_args("--data", "{text_txt}", "--output-dir", "{root}/out"),
-                               ["the validation split has"]),
+    "train: missing data file": (
+        "train",
+        train_args("--data", "{missing}", "--output-dir", "{root}/out"),
+        ["--data {missing}: no such file or directory"],
+    ),
+    "train: empty data file": (
+        "train",
+        train_args("--data", "{empty_txt}", "--output-dir", "{root}/out"),
+        ["--data {empty_txt}: the file is empty"],
+    ),
+    "train: binary data file": (
+        "train",
+        train_args("--data", "{png_bin}", "--output-dir", "{root}/out"),
+        ["{png_bin} is not UTF-8 text: byte 0x89 at byte offset 0"],
+    ),
+    "train: Latin-1 data file": (
+        "train",
+        train_args("--data", "{latin1_txt}", "--output-dir", "{root}/out"),
+        ["{latin1_txt} is not UTF-8 text: byte 0xe9 at byte offset 3"],
+    ),
+    "train: data file with a NUL byte": (
+        "train",
+        train_args("--data", "{nul_txt}", "--output-dir", "{root}/out"),
+        ["{nul_txt} is not text: a NUL byte at byte offset 4"],
+    ),
+    "train: data directory without files": (
+        "train",
+        train_args("--data", "{empty_dir}", "--output-dir", "{root}/out"),
+        ["--data {empty_dir}: the directory holds no text files"],
+    ),
+    "train: glob matching nothing": (
+        "train",
+        train_args("--data", "{root}/*.nothing", "--output-dir", "{root}/out"),
+        ["--data {root}/*.nothing: the pattern matches no file"],
+    ),
+    "train: too little text": (
+        "train",
+        train_args("--data", "{text_txt}", "--output-dir", "{root}/out"),
+        ["the validation split has"],
+    ),
     # gptscratch-train: numbers
-    "train: batch size 0": ("train", train_args("--batch-size", "0", "--output-dir", "{root}/out"),
-                            ["--batch-size 0: must be a positive integer"]),
-    "train: batch size not a number": ("train", train_args("--batch-size", "four", "--output-dir", "{root}/out"),
-                                       ["argument --batch-size: invalid int value: 'four'"]),
-    "train: learning rate 0": ("train", train_args("--lr", "0", "--output-dir", "{root}/out"),
-                                      ["--lr 0.0: must be greater than 0"]),
-    "train: learning rate not a number": ("train", train_args("--lr", "fast", "--output-dir", "{root}/out"),
-                                          ["argument --lr: invalid float value: 'fast'"]),
-    "train: train ratio above 1": ("train", train_args("--train-ratio", "1.5", "--output-dir", "{root}/out"),
-                                   ["--train-ratio 1.5: must be between 0 and 1"]),
-    "train: dropout 1": ("train", train_args("--dropout", "1", "--output-dir", "{root}/out"), ["--dropout 1.0: must be in"]),
-    "train: max steps 0": ("train", train_args("--max-steps", "0", "--output-dir", "{root}/out"),
-                           ["--max-steps 0: must be a positive integer"]),
-    "train: negative warmup": ("train", train_args("--warmup-steps", "-1", "--output-dir", "{root}/out"),
-                               ["--warmup-steps -1: must not be negative"]),
-    "train: vocabulary below bytes": ("train", train_args("--data", "{text_txt}", "--vocab-size", "100", "--output-dir",
-                                                     "{root}/out"), ["--vocab-size 100: a byte-level BPE needs"]),
-    "train: sample of a trillion tokens": ("train", train_args("--max-new-tokens", "1000000000000", "--output-dir",
-                                                          "{root}/out"),
-                                           ["--max-new-tokens 1000000000000: must be between 0 and 100,000"]),
-    "train: window longer than the model's": ("train", train_args("--context-length", "64", "--output-dir", "{root}/out"),
-                                              ["--context-length 64 is longer than the model's context_length 32"]),
+    "train: batch size 0": (
+        "train",
+        train_args("--batch-size", "0", "--output-dir", "{root}/out"),
+        ["--batch-size 0: must be a positive integer"],
+    ),
+    "train: batch size not a number": (
+        "train",
+        train_args("--batch-size", "four", "--output-dir", "{root}/out"),
+        ["argument --batch-size: invalid int value: 'four'"],
+    ),
+    "train: learning rate 0": (
+        "train",
+        train_args("--lr", "0", "--output-dir", "{root}/out"),
+        ["--lr 0.0: must be greater than 0"],
+    ),
+    "train: learning rate not a number": (
+        "train",
+        train_args("--lr", "fast", "--output-dir", "{root}/out"),
+        ["argument --lr: invalid float value: 'fast'"],
+    ),
+    "train: train ratio above 1": (
+        "train",
+        train_args("--train-ratio", "1.5", "--output-dir", "{root}/out"),
+        ["--train-ratio 1.5: must be between 0 and 1"],
+    ),
+    "train: dropout 1": (
+        "train",
+        train_args("--dropout", "1", "--output-dir", "{root}/out"),
+        ["--dropout 1.0: must be in"],
+    ),
+    "train: max steps 0": (
+        "train",
+        train_args("--max-steps", "0", "--output-dir", "{root}/out"),
+        ["--max-steps 0: must be a positive integer"],
+    ),
+    "train: negative warmup": (
+        "train",
+        train_args("--warmup-steps", "-1", "--output-dir", "{root}/out"),
+        ["--warmup-steps -1: must not be negative"],
+    ),
+    "train: vocabulary below bytes": (
+        "train",
+        train_args("--data", "{text_txt}", "--vocab-size", "100", "--output-dir", "{root}/out"),
+        ["--vocab-size 100: a byte-level BPE needs"],
+    ),
+    "train: sample of a trillion tokens": (
+        "train",
+        train_args("--max-new-tokens", "1000000000000", "--output-dir", "{root}/out"),
+        ["--max-new-tokens 1000000000000: must be between 0 and 100,000"],
+    ),
+    "train: window longer than the model's": (
+        "train",
+        train_args("--context-length", "64", "--output-dir", "{root}/out"),
+        ["--context-length 64 is longer than the model's context_length 32"],
+    ),
     # gptscratch-train: names and --config
-    "train: unknown preset": ("train", train_args("--preset", "gpt5", "--output-dir", "{root}/out"),
-                              ["--preset gpt5: unknown preset"]),
-    "train: unknown engine": ("train", train_args("--engine", "deepspeed", "--output-dir", "{root}/out"),
-                              ["argument --engine: invalid choice: 'deepspeed'"]),
-    "train: unknown model field": ("train", train_args("--config", "colour=1", "--output-dir", "{root}/out"),
-                                   ["--config colour: not a model field"]),
-    "train: model field of the wrong type": ("train", train_args("--config", "context_length=abc", "--output-dir",
-                                                            "{root}/out"),
-                                             ["--config context_length=abc: context_length takes an integer"]),
-    "train: boolean field that is no boolean": ("train", train_args("--config", "tie_word_embeddings=maybe",
-                                                               "--output-dir", "{root}/out"),
-                                                ["--config tie_word_embeddings=maybe", "true or false"]),
-    "train: --config without =": ("train", train_args("--config", "context_length", "--output-dir", "{root}/out"),
-                                  ["--config context_length: expected KEY=VALUE"]),
-    "train: config file with an unknown option": ("train", ["--config-file", "{unknown_key_yaml}", "--output-dir",
-                                                            "{root}/out"],
-                                                  ["--config-file {unknown_key_yaml}: 'colour' is not an option"]),
-    "train: missing config file": ("train", ["--config-file", "{missing}", "--output-dir", "{root}/out"],
-                                   ["--config-file {missing} does not exist"]),
-    "train: missing tokenizer": ("train", train_args("--tokenizer", "{missing}", "--output-dir", "{root}/out"),
-                                 ["--tokenizer {missing} could not be loaded"]),
+    "train: unknown preset": (
+        "train",
+        train_args("--preset", "gpt5", "--output-dir", "{root}/out"),
+        ["--preset gpt5: unknown preset"],
+    ),
+    "train: unknown engine": (
+        "train",
+        train_args("--engine", "deepspeed", "--output-dir", "{root}/out"),
+        ["argument --engine: invalid choice: 'deepspeed'"],
+    ),
+    "train: unknown model field": (
+        "train",
+        train_args("--config", "colour=1", "--output-dir", "{root}/out"),
+        ["--config colour: not a model field"],
+    ),
+    "train: model field of the wrong type": (
+        "train",
+        train_args("--config", "context_length=abc", "--output-dir", "{root}/out"),
+        ["--config context_length=abc: context_length takes an integer"],
+    ),
+    "train: boolean field that is no boolean": (
+        "train",
+        train_args("--config", "tie_word_embeddings=maybe", "--output-dir", "{root}/out"),
+        ["--config tie_word_embeddings=maybe", "true or false"],
+    ),
+    "train: --config without =": (
+        "train",
+        train_args("--config", "context_length", "--output-dir", "{root}/out"),
+        ["--config context_length: expected KEY=VALUE"],
+    ),
+    "train: config file with an unknown option": (
+        "train",
+        ["--config-file", "{unknown_key_yaml}", "--output-dir", "{root}/out"],
+        ["--config-file {unknown_key_yaml}: 'colour' is not an option"],
+    ),
+    "train: missing config file": (
+        "train",
+        ["--config-file", "{missing}", "--output-dir", "{root}/out"],
+        ["--config-file {missing} does not exist"],
+    ),
+    "train: missing tokenizer": (
+        "train",
+        train_args("--tokenizer", "{missing}", "--output-dir", "{root}/out"),
+        ["--tokenizer {missing} could not be loaded"],
+    ),
     # gptscratch-train: output and checkpoints
-    "train: output directory in use": ("train", train_args("--output-dir", "{used}"),
-                                       ["--output-dir {used} exists and is not empty"]),
-    "train: output directory that is a file": ("train", train_args("--output-dir", "{text_txt}"),
-                                               ["--output-dir {text_txt} exists and is not a directory"]),
-    "train: resume without a checkpoint": ("train", train_args("--output-dir", "{empty_dir}", "--resume"),
-                                           ["--resume: {empty_dir}/checkpoints holds no complete checkpoint"]),
-    "train: resume from a missing checkpoint": ("train", train_args("--output-dir", "{root}/out", "--resume",
-                                                               "{missing}"),
-                                                ["--resume {missing}: no such checkpoint directory"]),
-    "train: resume from a folder that is no checkpoint": ("train", train_args("--output-dir", "{root}/out", "--resume",
-                                                                         "{not_a_checkpoint}"),
-                                                          ["--resume {not_a_checkpoint}: not a complete gptscratch "
-                                                           "checkpoint"]),
-    "train: read-only output location": ("train", train_args("--data", "{text_txt}", "--output-dir", "{read_only}/out"),
-                                         ["--output-dir {read_only}/out is not writable", "read-only file system"]),
-    "train: full output location": ("train", train_args("--output-dir", "{full}/out", "--max-steps", "2"),
-                                    ["cannot write output directory {full}/out: no space left on device",
-                                     "choose another --output-dir"]),
+    "train: output directory in use": (
+        "train",
+        train_args("--output-dir", "{used}"),
+        ["--output-dir {used} exists and is not empty"],
+    ),
+    "train: output directory that is a file": (
+        "train",
+        train_args("--output-dir", "{text_txt}"),
+        ["--output-dir {text_txt} exists and is not a directory"],
+    ),
+    "train: resume without a checkpoint": (
+        "train",
+        train_args("--output-dir", "{empty_dir}", "--resume"),
+        ["--resume: {empty_dir}/checkpoints holds no complete checkpoint"],
+    ),
+    "train: resume from a missing checkpoint": (
+        "train",
+        train_args("--output-dir", "{root}/out", "--resume", "{missing}"),
+        ["--resume {missing}: no such checkpoint directory"],
+    ),
+    "train: resume from a folder that is no checkpoint": (
+        "train",
+        train_args("--output-dir", "{root}/out", "--resume", "{not_a_checkpoint}"),
+        ["--resume {not_a_checkpoint}: not a complete gptscratch checkpoint"],
+    ),
+    "train: read-only output location": (
+        "train",
+        train_args("--data", "{text_txt}", "--output-dir", "{read_only}/out"),
+        ["--output-dir {read_only}/out is not writable", "read-only file system"],
+    ),
+    "train: full output location": (
+        "train",
+        train_args("--output-dir", "{full}/out", "--max-steps", "2"),
+        ["cannot write output directory {full}/out: no space left on device", "choose another --output-dir"],
+    ),
     # gptscratch-convert
-    "convert: missing OpenAI checkpoint": ("convert", ["--checkpoint-dir", "{missing}", "--output-dir", "{root}/out"],
-                                           ["{missing}"]),
-    "convert: unknown size": ("convert", ["--download", "7B", "--models-dir", "{root}/models"],
-                              ["argument --download: invalid choice: '7B'"]),
-    "convert: source without its flags": ("convert", ["--book-checkpoint", "{book}", "--output-dir", "{root}/out"],
-                                          ["--book-checkpoint needs --book-config"]),
+    "convert: missing OpenAI checkpoint": (
+        "convert",
+        ["--checkpoint-dir", "{missing}", "--output-dir", "{root}/out"],
+        ["{missing}"],
+    ),
+    "convert: unknown size": (
+        "convert",
+        ["--download", "7B", "--models-dir", "{root}/models"],
+        ["argument --download: invalid choice: '7B'"],
+    ),
+    "convert: source without its flags": (
+        "convert",
+        ["--book-checkpoint", "{book}", "--output-dir", "{root}/out"],
+        ["--book-checkpoint needs --book-config"],
+    ),
     "convert: book checkpoint that is no torch file": (
-        "convert", ["--book-checkpoint", "{garbage_pth}", "--book-config", "{book_config}", "--tokenizer", "{bpe}",
-                    "--output-dir", "{root}/out"], ["{garbage_pth}", "refused unread"]),
+        "convert",
+        [
+            "--book-checkpoint",
+            "{garbage_pth}",
+            "--book-config",
+            "{book_config}",
+            "--tokenizer",
+            "{bpe}",
+            "--output-dir",
+            "{root}/out",
+        ],
+        ["{garbage_pth}", "refused unread"],
+    ),
     "convert: book config that is not JSON": (
-        "convert", ["--book-checkpoint", "{book}", "--book-config", "{not_json_json}", "--tokenizer", "{bpe}",
-                    "--output-dir", "{root}/out"], ["{not_json_json} is not valid JSON"]),
+        "convert",
+        [
+            "--book-checkpoint",
+            "{book}",
+            "--book-config",
+            "{not_json_json}",
+            "--tokenizer",
+            "{bpe}",
+            "--output-dir",
+            "{root}/out",
+        ],
+        ["{not_json_json} is not valid JSON"],
+    ),
     "convert: book config that disagrees with the tensors": (
-        "convert", ["--book-checkpoint", "{book}", "--book-config", "{book_wider}", "--tokenizer", "{bpe}",
-                    "--output-dir", "{root}/out"], ["book checkpoint {book}", "implies [261, 32]"]),
-    "convert: shard size that is no size": ("convert", ["--checkpoint-dir", "{root}", "--output-dir", "{root}/out",
-                                                        "--max-shard-size", "big"], ["big"]),
-    "convert: unknown dtype": ("convert", ["--checkpoint-dir", "{root}", "--output-dir", "{root}/out", "--dtype",
-                                           "int8"], ["argument --dtype: invalid choice: 'int8'"]),
+        "convert",
+        [
+            "--book-checkpoint",
+            "{book}",
+            "--book-config",
+            "{book_wider}",
+            "--tokenizer",
+            "{bpe}",
+            "--output-dir",
+            "{root}/out",
+        ],
+        ["book checkpoint {book}", "implies [261, 32]"],
+    ),
+    "convert: shard size that is no size": (
+        "convert",
+        ["--checkpoint-dir", "{root}", "--output-dir", "{root}/out", "--max-shard-size", "big"],
+        ["big"],
+    ),
+    "convert: unknown dtype": (
+        "convert",
+        ["--checkpoint-dir", "{root}", "--output-dir", "{root}/out", "--dtype", "int8"],
+        ["argument --dtype: invalid choice: 'int8'"],
+    ),
     "convert: output directory in use": (
-        "convert", ["--book-checkpoint", "{book}", "--book-config", "{book_config}", "--tokenizer", "{bpe}",
-                    "--output-dir", "{used}"], ["{used} exists and is not empty"]),
+        "convert",
+        [
+            "--book-checkpoint",
+            "{book}",
+            "--book-config",
+            "{book_config}",
+            "--tokenizer",
+            "{bpe}",
+            "--output-dir",
+            "{used}",
+        ],
+        ["{used} exists and is not empty"],
+    ),
     "convert: read-only output location": (
-        "convert", ["--book-checkpoint", "{book}", "--book-config", "{book_config}", "--tokenizer", "{bpe}",
-                    "--output-dir", "{read_only}/out"], ["output directory {read_only}/out is not writable"]),
+        "convert",
+        [
+            "--book-checkpoint",
+            "{book}",
+            "--book-config",
+            "{book_config}",
+            "--tokenizer",
+            "{bpe}",
+            "--output-dir",
+            "{read_only}/out",
+        ],
+        ["output directory {read_only}/out is not writable"],
+    ),
     "convert: full output location": (
-        "convert", ["--book-checkpoint", "{book}", "--book-config", "{book_config}", "--tokenizer", "{bpe}",
-                    "--output-dir", "{full}/out"],
-        ["cannot write model directory {full}/out: no space left on device (it needs about"]),
+        "convert",
+        [
+            "--book-checkpoint",
+            "{book}",
+            "--book-config",
+            "{book_config}",
+            "--tokenizer",
+            "{bpe}",
+            "--output-dir",
+            "{full}/out",
+        ],
+        ["cannot write model directory {full}/out: no space left on device (it needs about"],
+    ),
     # gptscratch-generate
-    "generate: missing model directory": ("generate", ["--model", "{missing}", "--prompt", "Hi"],
-                                          ["model directory {missing} does not exist"]),
-    "generate: config.json that is not JSON": ("generate", ["--model", "{bad_config}", "--prompt", "Hi"],
-                                               ["{bad_config}/config.json is not valid JSON"]),
-    "generate: config wider than the weights": ("generate", ["--model", "{wider}", "--prompt", "Hi"],
-                                                ["{wider}/model.safetensors does not match {wider}/config.json",
-                                                 "model.tok_emb.weight is 281 x 32 there, the config makes it "
-                                                 "281 x 64"]),
-    "generate: config deeper than the weights": ("generate", ["--model", "{deeper}", "--prompt", "Hi"],
-                                                 ["{deeper}/model.safetensors does not match", "n_layers 3",
-                                                  "it has no tensor model.trf_blocks.2."]),
-    "generate: config shallower than the weights": ("generate", ["--model", "{shallower}", "--prompt", "Hi"],
-                                                    ["{shallower}/model.safetensors does not match", "n_layers 1",
-                                                     "the config has no place for its tensor model.trf_blocks.1."]),
-    "generate: no weights": ("generate", ["--model", "{no_weights}", "--prompt", "Hi"],
-                             ["cannot load the model in {no_weights}"]),
-    "generate: truncated weights": ("generate", ["--model", "{truncated}", "--prompt", "Hi"],
-                                    ["cannot load the model in {truncated}"]),
-    "generate: no tokenizer": ("generate", ["--model", "{no_tokenizer}", "--prompt", "Hi"],
-                               ["{no_tokenizer} holds no tokenizer"]),
-    "generate: another model type": ("generate", ["--model", "{foreign}", "--prompt", "Hi"],
-                                     ["{foreign} holds a 'gpt2' model"]),
-    "generate: a trillion new tokens": ("generate", ["--model", "{model}", "--prompt", "Hi", "--max-new-tokens",
-                                                     "1000000000000"],
-                                        ["--max-new-tokens 1000000000000: must be between 0 and 100,000"]),
-    "generate: negative new tokens": ("generate", ["--model", "{model}", "--prompt", "Hi", "--max-new-tokens", "-1"],
-                                      ["--max-new-tokens must be >= 0, got -1"]),
-    "generate: negative temperature": ("generate", ["--model", "{model}", "--prompt", "Hi", "--temperature", "-1"],
-                                       ["--temperature must be >= 0"]),
-    "generate: top-k 0": ("generate", ["--model", "{model}", "--prompt", "Hi", "--top-k", "0"],
-                          ["--top-k must be >= 1"]),
-    "generate: top-k not a number": ("generate", ["--model", "{model}", "--prompt", "Hi", "--top-k", "many"],
-                                     ["argument --top-k: invalid int value: 'many'"]),
+    "generate: missing model directory": (
+        "generate",
+        ["--model", "{missing}", "--prompt", "Hi"],
+        ["model directory {missing} does not exist"],
+    ),
+    "generate: config.json that is not JSON": (
+        "generate",
+        ["--model", "{bad_config}", "--prompt", "Hi"],
+        ["{bad_config}/config.json is not valid JSON"],
+    ),
+    "generate: config wider than the weights": (
+        "generate",
+        ["--model", "{wider}", "--prompt", "Hi"],
+        [
+            "{wider}/model.safetensors does not match {wider}/config.json",
+            "model.tok_emb.weight is 281 x 32 there, the config makes it 281 x 64",
+        ],
+    ),
+    "generate: config deeper than the weights": (
+        "generate",
+        ["--model", "{deeper}", "--prompt", "Hi"],
+        ["{deeper}/model.safetensors does not match", "n_layers 3", "it has no tensor model.trf_blocks.2."],
+    ),
+    "generate: config shallower than the weights": (
+        "generate",
+        ["--model", "{shallower}", "--prompt", "Hi"],
+        [
+            "{shallower}/model.safetensors does not match",
+            "n_layers 1",
+            "the config has no place for its tensor model.trf_blocks.1.",
+        ],
+    ),
+    "generate: no weights": (
+        "generate",
+        ["--model", "{no_weights}", "--prompt", "Hi"],
+        ["cannot load the model in {no_weights}"],
+    ),
+    "generate: truncated weights": (
+        "generate",
+        ["--model", "{truncated}", "--prompt", "Hi"],
+        ["cannot load the model in {truncated}"],
+    ),
+    "generate: no tokenizer": (
+        "generate",
+        ["--model", "{no_tokenizer}", "--prompt", "Hi"],
+        ["{no_tokenizer} holds no tokenizer"],
+    ),
+    "generate: another model type": (
+        "generate",
+        ["--model", "{foreign}", "--prompt", "Hi"],
+        ["{foreign} holds a 'gpt2' model"],
+    ),
+    "generate: a trillion new tokens": (
+        "generate",
+        ["--model", "{model}", "--prompt", "Hi", "--max-new-tokens", "1000000000000"],
+        ["--max-new-tokens 1000000000000: must be between 0 and 100,000"],
+    ),
+    "generate: negative new tokens": (
+        "generate",
+        ["--model", "{model}", "--prompt", "Hi", "--max-new-tokens", "-1"],
+        ["--max-new-tokens must be >= 0, got -1"],
+    ),
+    "generate: negative temperature": (
+        "generate",
+        ["--model", "{model}", "--prompt", "Hi", "--temperature", "-1"],
+        ["--temperature must be >= 0"],
+    ),
+    "generate: top-k 0": (
+        "generate",
+        ["--model", "{model}", "--prompt", "Hi", "--top-k", "0"],
+        ["--top-k must be >= 1"],
+    ),
+    "generate: top-k not a number": (
+        "generate",
+        ["--model", "{model}", "--prompt", "Hi", "--top-k", "many"],
+        ["argument --top-k: invalid int value: 'many'"],
+    ),
     "generate: empty prompt": ("generate", ["--model", "{model}", "--prompt", ""], ["encodes to no tokens"]),
     # gptscratch-eval
-    "eval: missing data file": ("eval", ["--model", "{model}", "--data", "{missing}"],
-                                ["data file {missing} does not exist"]),
-    "eval: binary data file": ("eval", ["--model", "{model}", "--data", "{png_bin}"],
-                               ["data file {png_bin} is not UTF-8 text"]),
-    "eval: blank data file": ("eval", ["--model", "{model}", "--data", "{spaces_txt}"],
-                              ["data file {spaces_txt} is empty"]),
-    "eval: stride 0": ("eval", ["--model", "{model}", "--data", "{text_txt}", "--stride", "0"],
-                       ["--stride must be between 1 and the context length 32, got 0"]),
-    "eval: batch size 0": ("eval", ["--model", "{model}", "--data", "{text_txt}", "--batch-size", "0"],
-                           ["--batch-size must be >= 1, got 0"]),
-    "eval: both modes": ("eval", ["--model", "{model}", "--data", "{text_txt}", "--tasks", "hellaswag"],
-                         ["pass exactly one of --data"]),
-    "eval: config wider than the weights": ("eval", ["--model", "{wider}", "--data", "{text_txt}"],
-                                            ["{wider}/model.safetensors does not match"]),
+    "eval: missing data file": (
+        "eval",
+        ["--model", "{model}", "--data", "{missing}"],
+        ["data file {missing} does not exist"],
+    ),
+    "eval: binary data file": (
+        "eval",
+        ["--model", "{model}", "--data", "{png_bin}"],
+        ["data file {png_bin} is not UTF-8 text"],
+    ),
+    "eval: blank data file": (
+        "eval",
+        ["--model", "{model}", "--data", "{spaces_txt}"],
+        ["data file {spaces_txt} is empty"],
+    ),
+    "eval: stride 0": (
+        "eval",
+        ["--model", "{model}", "--data", "{text_txt}", "--stride", "0"],
+        ["--stride must be between 1 and the context length 32, got 0"],
+    ),
+    "eval: batch size 0": (
+        "eval",
+        ["--model", "{model}", "--data", "{text_txt}", "--batch-size", "0"],
+        ["--batch-size must be >= 1, got 0"],
+    ),
+    "eval: both modes": (
+        "eval",
+        ["--model", "{model}", "--data", "{text_txt}", "--tasks", "hellaswag"],
+        ["pass exactly one of --data"],
+    ),
+    "eval: config wider than the weights": (
+        "eval",
+        ["--model", "{wider}", "--data", "{text_txt}"],
+        ["{wider}/model.safetensors does not match"],
+    ),
     # gptscratch-push
-    "push: repo id that climbs out": ("push", ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "../x"],
-                                      ["repo id '../x' is not NAMESPACE/NAME"]),
-    "push: absolute repo id": ("push", ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "/etc/x"],
-                               ["repo id '/etc/x' is not NAMESPACE/NAME"]),
-    "push: repo id with three parts": ("push", ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "a/b/c"],
-                                       ["repo id 'a/b/c' is not NAMESPACE/NAME"]),
-    "push: license that is no identifier": ("push", ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "a/b",
-                                                     "--license", "MIT License"],
-                                            ["license 'MIT License' is not a Hub license identifier"]),
-    "push: unknown format": ("push", ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "a/b", "--format",
-                                      "onnx"], ["argument --format: invalid choice: 'onnx'"]),
-    "push: hub directory that is a file": ("push", ["--model", "{model}", "--hub-dir", "{text_txt}", "--repo-id",
-                                                    "a/b"], ["hub directory {text_txt} cannot be used"]),
-    "push: missing model": ("push", ["--model", "{missing}", "--hub-dir", "{hub}", "--repo-id", "a/b"],
-                            ["model directory {missing} does not exist"]),
-    "push: read-only hub": ("push", ["--model", "{model}", "--hub-dir", "{read_only}/hub", "--repo-id", "a/b"],
-                            ["hub directory {read_only}/hub is not writable", "read-only file system"]),
+    "push: repo id that climbs out": (
+        "push",
+        ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "../x"],
+        ["repo id '../x' is not NAMESPACE/NAME"],
+    ),
+    "push: absolute repo id": (
+        "push",
+        ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "/etc/x"],
+        ["repo id '/etc/x' is not NAMESPACE/NAME"],
+    ),
+    "push: repo id with three parts": (
+        "push",
+        ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "a/b/c"],
+        ["repo id 'a/b/c' is not NAMESPACE/NAME"],
+    ),
+    "push: license that is no identifier": (
+        "push",
+        ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "a/b", "--license", "MIT License"],
+        ["license 'MIT License' is not a Hub license identifier"],
+    ),
+    "push: unknown format": (
+        "push",
+        ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "a/b", "--format", "onnx"],
+        ["argument --format: invalid choice: 'onnx'"],
+    ),
+    "push: hub directory that is a file": (
+        "push",
+        ["--model", "{model}", "--hub-dir", "{text_txt}", "--repo-id", "a/b"],
+        ["hub directory {text_txt} cannot be used"],
+    ),
+    "push: missing model": (
+        "push",
+        ["--model", "{missing}", "--hub-dir", "{hub}", "--repo-id", "a/b"],
+        ["model directory {missing} does not exist"],
+    ),
+    "push: read-only hub": (
+        "push",
+        ["--model", "{model}", "--hub-dir", "{read_only}/hub", "--repo-id", "a/b"],
+        ["hub directory {read_only}/hub is not writable", "read-only file system"],
+    ),
     "push: full hub, the previous version kept": (
-        "push", ["--model", "{model}", "--hub-dir", "{full_hub}", "--repo-id", "alice/tiny"],
-        ["cannot write repository {full_hub}/alice/tiny: no space left on device"]),
+        "push",
+        ["--model", "{model}", "--hub-dir", "{full_hub}", "--repo-id", "alice/tiny"],
+        ["cannot write repository {full_hub}/alice/tiny: no space left on device"],
+    ),
     # python -m convert.gpt2_export
-    "export: missing model": ("export", ["--model", "{missing}", "--output-dir", "{root}/out"],
-                              ["model directory {missing} does not exist"]),
-    "export: untied head": ("export", ["--model", "{untied}", "--output-dir", "{root}/out"],
-                            ["GPT-2 cannot express this model"]),
-    "export: output directory in use": ("export", ["--model", "{model}", "--output-dir", "{used}"],
-                                        ["{used} exists and is not empty"]),
-    "export: read-only output location": ("export", ["--model", "{model}", "--output-dir", "{read_only}/out"],
-                                          ["output directory {read_only}/out is not writable"]),
-    "export: full output location": ("export", ["--model", "{model}", "--output-dir", "{full}/out"],
-                                     ["cannot write GPT-2 directory {full}/out: no space left on device (it needs about"]),
+    "export: missing model": (
+        "export",
+        ["--model", "{missing}", "--output-dir", "{root}/out"],
+        ["model directory {missing} does not exist"],
+    ),
+    "export: untied head": (
+        "export",
+        ["--model", "{untied}", "--output-dir", "{root}/out"],
+        ["GPT-2 cannot express this model"],
+    ),
+    "export: output directory in use": (
+        "export",
+        ["--model", "{model}", "--output-dir", "{used}"],
+        ["{used} exists and is not empty"],
+    ),
+    "export: read-only output location": (
+        "export",
+        ["--model", "{model}", "--output-dir", "{read_only}/out"],
+        ["output directory {read_only}/out is not writable"],
+    ),
+    "export: full output location": (
+        "export",
+        ["--model", "{model}", "--output-dir", "{full}/out"],
+        ["cannot write GPT-2 directory {full}/out: no space left on device (it needs about"],
+    ),
 }
 
 
@@ -381,8 +697,11 @@ def test_a_full_disk_is_one_usage_error_whatever_the_writer(writer, disks, w):
         "safetensors": lambda: save_file({"tensor": tensor}, target),
         "save_pretrained": lambda: tiny_model_for(byte_level_bpe("abc", 260)).save_pretrained(target),
     }[writer]
-    with pytest.raises(OutputWriteError, match=f"cannot write weights {target}: no space left on device \\(it needs "
-                                                "about 1.0 MB; 0 bytes free before writing\\)"):
+    with pytest.raises(
+        OutputWriteError,
+        match=f"cannot write weights {target}: no space left on device \\(it needs "
+        "about 1.0 MB; 0 bytes free before writing\\)",
+    ):
         with writing_output(target, "weights", size=1 << 20):
             write()
     shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
@@ -394,8 +713,9 @@ def test_other_errors_pass_unchanged_and_read_only_is_named(disks):
     with pytest.raises(RuntimeError, match="unrelated"):  # not a storage failure: not swallowed
         with writing_output(disks.full / "x"):
             raise RuntimeError("unrelated")
-    with pytest.raises(OutputWriteError, match=f"cannot write {disks.read_only}/x: read-only file system; choose a "
-                                                "writable location"):
+    with pytest.raises(
+        OutputWriteError, match=f"cannot write {disks.read_only}/x: read-only file system; choose a writable location"
+    ):
         with writing_output(disks.read_only / "x"):
             (disks.read_only / "x").write_text("no")
 
@@ -431,8 +751,13 @@ def test_a_disk_filling_up_during_training_keeps_the_last_checkpoint(w, small_di
     monkeypatch.setattr(RunContext, "record_evaluation", fill_after_step_4)
     output = small_disk / "run"
     result = run_main(train.cli.main, [*argv, "--output-dir", output], capfd)
-    assert_one_line_error(result, "gptscratch-train", f"cannot write checkpoint {output}/checkpoints/checkpoint-4: "
-                          "no space left on device (it needs about", "free before writing)", "--output-dir")
+    assert_one_line_error(
+        result,
+        "gptscratch-train",
+        f"cannot write checkpoint {output}/checkpoints/checkpoint-4: no space left on device (it needs about",
+        "free before writing)",
+        "--output-dir",
+    )
     directory = RunDirectory(output)
     assert [path.name for path in directory.checkpoint_dirs()] == ["checkpoint-2"]
     assert not list(directory.checkpoints.glob(".tmp-*")) and not (output / "model.safetensors").exists()
@@ -455,7 +780,7 @@ def rendered_screen(output: str) -> list[str]:
     for line in output.replace("\r\n", "\n").split("\n"):
         shown = ""
         for piece in line.split("\r"):
-            shown = piece + shown[len(piece):]
+            shown = piece + shown[len(piece) :]
         lines.append(shown.rstrip())
     return [line for line in lines if line]
 
@@ -469,12 +794,17 @@ def test_on_a_terminal_the_bar_is_cleared_before_the_error(w, tmp_path):
     import struct
     import termios
 
-    argv = [arg.format(**vars(w)) for arg in train_args("--lr", "1e30", "--warmup-steps", "0", "--max-steps", "20",
-                                                   "--output-dir", str(tmp_path / "out"))]
+    argv = [
+        arg.format(**vars(w))
+        for arg in train_args(
+            "--lr", "1e30", "--warmup-steps", "0", "--max-steps", "20", "--output-dir", str(tmp_path / "out")
+        )
+    ]
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 x 100: tqdm sizes bars by it
-    process = subprocess.Popen([sys.executable, "-m", "train", *argv], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                               stderr=follower)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "train", *argv], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=follower
+    )
     os.close(follower)
     output = b""
     while True:

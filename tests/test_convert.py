@@ -28,10 +28,10 @@ from conftest import SHARED_DATA, assert_same_logits, tiktoken_gpt2
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+from common.commands import UsageError
 from convert.book_checkpoint import convert_book_checkpoint
 from convert.cli import PROG
 from convert.cli import main as cli_main
-from common.commands import UsageError
 from convert.openai_checkpoint import (
     CHECKPOINT_FILES,
     convert_openai_checkpoint,
@@ -68,12 +68,18 @@ def random_openai_arrays(hparams: dict[str, int], seed: int = 0, scale: float = 
     shapes = {"model/wte": (hparams["n_vocab"], e), "model/wpe": (hparams["n_ctx"], e)}
     for i in range(hparams["n_layer"]):
         shapes |= {
-            f"model/h{i}/ln_1/g": (e,), f"model/h{i}/ln_1/b": (e,),
-            f"model/h{i}/attn/c_attn/w": (1, e, 3 * e), f"model/h{i}/attn/c_attn/b": (3 * e,),
-            f"model/h{i}/attn/c_proj/w": (1, e, e), f"model/h{i}/attn/c_proj/b": (e,),
-            f"model/h{i}/ln_2/g": (e,), f"model/h{i}/ln_2/b": (e,),
-            f"model/h{i}/mlp/c_fc/w": (1, e, 4 * e), f"model/h{i}/mlp/c_fc/b": (4 * e,),
-            f"model/h{i}/mlp/c_proj/w": (1, 4 * e, e), f"model/h{i}/mlp/c_proj/b": (e,),
+            f"model/h{i}/ln_1/g": (e,),
+            f"model/h{i}/ln_1/b": (e,),
+            f"model/h{i}/attn/c_attn/w": (1, e, 3 * e),
+            f"model/h{i}/attn/c_attn/b": (3 * e,),
+            f"model/h{i}/attn/c_proj/w": (1, e, e),
+            f"model/h{i}/attn/c_proj/b": (e,),
+            f"model/h{i}/ln_2/g": (e,),
+            f"model/h{i}/ln_2/b": (e,),
+            f"model/h{i}/mlp/c_fc/w": (1, e, 4 * e),
+            f"model/h{i}/mlp/c_fc/b": (4 * e,),
+            f"model/h{i}/mlp/c_proj/w": (1, 4 * e, e),
+            f"model/h{i}/mlp/c_proj/b": (e,),
         }
     shapes |= {"model/ln_f/g": (e,), "model/ln_f/b": (e,)}
     rng = np.random.default_rng(seed)
@@ -84,8 +90,9 @@ def random_openai_arrays(hparams: dict[str, int], seed: int = 0, scale: float = 
     return arrays
 
 
-def write_openai_checkpoint(directory: Path, hparams: dict[str, int], arrays: dict[str, np.ndarray],
-                            bpe_dir: Path) -> Path:
+def write_openai_checkpoint(
+    directory: Path, hparams: dict[str, int], arrays: dict[str, np.ndarray], bpe_dir: Path
+) -> Path:
     """OpenAI's seven files, the checkpoint saved by TensorFlow 1's Saver as OpenAI's was."""
     import tensorflow as tf
 
@@ -107,8 +114,14 @@ def write_openai_checkpoint(directory: Path, hparams: dict[str, int], arrays: di
 def gpt2_reference(hparams: dict[str, int], arrays: dict[str, np.ndarray]) -> GPT2LMHeadModel:
     """transformers' GPT-2 holding `arrays`: names translated by rule, Conv1D weights in TensorFlow's [in, out]."""
     config = GPT2Config(
-        vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"], n_embd=hparams["n_embd"],
-        n_layer=hparams["n_layer"], n_head=hparams["n_head"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=hparams["n_vocab"],
+        n_positions=hparams["n_ctx"],
+        n_embd=hparams["n_embd"],
+        n_layer=hparams["n_layer"],
+        n_head=hparams["n_head"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     model = GPT2LMHeadModel(config)
     suffixes = {"g": "weight", "b": "bias", "w": "weight"}
@@ -143,8 +156,9 @@ def safetensors_tensors(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def run_cli(*args, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "convert", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "convert", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def entries(directory: Path) -> list[str]:
@@ -176,8 +190,9 @@ def small(tmp_path_factory, bpe_dir) -> Checkpoint:
     hparams = dict(n_vocab=n_vocab, n_ctx=32, n_embd=32, n_head=4, n_layer=2)
     # Scale 0.1 rather than GPT-2's 0.02: a mapping mistake then moves the logits far beyond the tolerance.
     arrays = random_openai_arrays(hparams, scale=0.1)
-    return Checkpoint(write_openai_checkpoint(tmp_path_factory.mktemp("small") / "124M", hparams, arrays, bpe_dir),
-                      hparams, arrays)
+    return Checkpoint(
+        write_openai_checkpoint(tmp_path_factory.mktemp("small") / "124M", hparams, arrays, bpe_dir), hparams, arrays
+    )
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +220,13 @@ def test_converted_directory_is_a_complete_model_directory(small, converted, bpe
     config = json.loads((converted / "config.json").read_text())
     assert config["model_type"] == "gptscratch" and "AutoModelForCausalLM" in config["auto_map"]
     hparams = small.hparams
-    assert (config["vocab_size"], config["context_length"], config["emb_dim"], config["n_heads"],
-            config["n_layers"]) == (hparams["n_vocab"], hparams["n_ctx"], hparams["n_embd"], hparams["n_head"],
-                                    hparams["n_layer"])
+    assert (
+        config["vocab_size"],
+        config["context_length"],
+        config["emb_dim"],
+        config["n_heads"],
+        config["n_layers"],
+    ) == (hparams["n_vocab"], hparams["n_ctx"], hparams["n_embd"], hparams["n_head"], hparams["n_layer"])
     assert config["drop_rate"] == 0.0 and config["qkv_bias"] is True and config["tie_word_embeddings"] is True
     assert config["dtype"] == "float32"
     end_of_text = json.loads((bpe_dir / "encoder.json").read_text(encoding="utf-8"))["<|endoftext|>"]
@@ -219,8 +238,12 @@ def test_converted_directory_is_a_complete_model_directory(small, converted, bpe
     tensors = safetensors_tensors(converted)
     # One tensor per OpenAI variable; the tied head is stored once, as the token embedding.
     assert len(tensors) == len(small.arrays) and "out_head.weight" not in tensors
-    torch.testing.assert_close(tensors["model.trf_blocks.1.att.qkv.weight"],
-                               torch.from_numpy(small.arrays["model/h1/attn/c_attn/w"][0]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        tensors["model.trf_blocks.1.att.qkv.weight"],
+        torch.from_numpy(small.arrays["model/h1/attn/c_attn/w"][0]),
+        rtol=0,
+        atol=0,
+    )
     assert entries(converted.parent) == [converted.name]  # no temporary sibling left behind
 
 
@@ -229,8 +252,13 @@ def test_converted_directory_loads_with_auto_classes_and_generates_like_gpt2(con
     model = load_converted(converted)
     prompt = tokenizer("Every effort moves you", return_tensors="pt").input_ids
     ours = model.generate(prompt, max_new_tokens=8, temperature=0)
-    theirs = reference.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=model.config.eos_token_id,
-                                pad_token_id=model.config.eos_token_id)
+    theirs = reference.generate(
+        prompt,
+        max_new_tokens=8,
+        do_sample=False,
+        eos_token_id=model.config.eos_token_id,
+        pad_token_id=model.config.eos_token_id,
+    )
     assert ours.shape[1] > prompt.shape[1]
     assert ours.tolist() == theirs.tolist()
     assert tokenizer.decode(ours[0]).startswith("Every effort moves you")
@@ -255,8 +283,9 @@ def test_weights_are_sharded_past_max_shard_size(small, converted, tmp_path):
     assert len(set(index["weight_map"].values())) > 1
     ids = random_ids(small.hparams["n_vocab"], 8)
     with torch.no_grad():
-        torch.testing.assert_close(load_converted(out)(ids).logits, load_converted(converted)(ids).logits,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            load_converted(out)(ids).logits, load_converted(converted)(ids).logits, rtol=0, atol=0
+        )
 
 
 def test_overwrite_replaces_a_non_empty_output(small, tmp_path):
@@ -325,8 +354,9 @@ def test_book_checkpoint_logits_match_the_books_model(bpe_dir, tmp_path, file_na
     from llms_from_scratch.ch04 import GPTModel
 
     vocab_size = len(json.loads((bpe_dir / "encoder.json").read_text(encoding="utf-8")))
-    book_config = dict(vocab_size=vocab_size, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.1,
-                       qkv_bias=qkv_bias)
+    book_config = dict(
+        vocab_size=vocab_size, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.1, qkv_bias=qkv_bias
+    )
     torch.manual_seed(0)
     book = GPTModel(book_config)
     optimizer = torch.optim.AdamW(book.parameters(), lr=4e-4, weight_decay=0.1)
@@ -341,15 +371,24 @@ def test_book_checkpoint_logits_match_the_books_model(bpe_dir, tmp_path, file_na
     if file_name == "model.pth":
         torch.save(book.state_dict(), checkpoint)
     else:
-        torch.save({"model_state_dict": book.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
-                   checkpoint)
+        torch.save({"model_state_dict": book.state_dict(), "optimizer_state_dict": optimizer.state_dict()}, checkpoint)
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(book_config))
     out = tmp_path / "out"
     # Through the command, in-process: the flags reach the Python API.
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["--book-checkpoint", str(checkpoint), "--book-config", str(config_file), "--tokenizer",
-                  str(bpe_dir), "--output-dir", str(out)])
+        cli_main(
+            [
+                "--book-checkpoint",
+                str(checkpoint),
+                "--book-config",
+                str(config_file),
+                "--tokenizer",
+                str(bpe_dir),
+                "--output-dir",
+                str(out),
+            ]
+        )
     assert exit_info.value.code == 0
 
     model = load_converted(out)
@@ -365,8 +404,9 @@ def test_book_checkpoint_logits_match_the_books_model(bpe_dir, tmp_path, file_na
 def test_book_config_may_be_given_inline(bpe_dir, tmp_path):
     from llms_from_scratch.ch04 import GPTModel
 
-    book_config = dict(vocab_size=300, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0,
-                       qkv_bias=False)
+    book_config = dict(
+        vocab_size=300, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False
+    )
     torch.manual_seed(0)
     torch.save(GPTModel(book_config).state_dict(), tmp_path / "model.pth")
     tokenizer = write_tiny_bpe(tmp_path / "bpe")  # 261 tokens: fits the 300-row embedding
@@ -411,7 +451,7 @@ def file_server(small) -> Iterator[FileServer]:
                 self.send_response(200)
             self.send_header("Content-Length", str(len(body) - start))
             self.end_headers()
-            self.wfile.write(body[start:state.cuts.pop(self.path, len(body))])
+            self.wfile.write(body[start : state.cuts.pop(self.path, len(body))])
 
         def log_message(self, *args) -> None:
             pass
@@ -469,10 +509,18 @@ def test_cli_downloads_then_converts(file_server, converted, tmp_path):
 
 
 def test_download_offline_fails_at_once_and_writes_nothing(tmp_path):
-    result = run_cli("--download", "124M", "--models-dir", tmp_path / "models", "--base-url",
-                     "http://gptscratch-offline-test.invalid", timeout=60)
-    assert_one_line_error(result, PROG, "cannot download checkpoint", "gptscratch-offline-test.invalid",
-                          "check the network connection")
+    result = run_cli(
+        "--download",
+        "124M",
+        "--models-dir",
+        tmp_path / "models",
+        "--base-url",
+        "http://gptscratch-offline-test.invalid",
+        timeout=60,
+    )
+    assert_one_line_error(
+        result, PROG, "cannot download checkpoint", "gptscratch-offline-test.invalid", "check the network connection"
+    )
     assert entries(tmp_path) == []
 
 
@@ -509,13 +557,13 @@ def _only_tokenizer_files(small: Checkpoint, tmp_path: Path) -> Path:
 OPENAI_BAD_INPUTS = {
     "missing directory": (lambda small, tmp: tmp / "nowhere", ["nowhere", "does not exist"]),
     "no checkpoint in the directory": (_only_tokenizer_files, ["ckpt", "holds no TensorFlow checkpoint"]),
-    "missing hparams.json": (lambda small, tmp: _copy_without(small, tmp, "hparams.json"),
-                             ["hparams.json is missing"]),
-    "missing encoder.json": (lambda small, tmp: _copy_without(small, tmp, "encoder.json"),
-                             ["encoder.json is missing"]),
+    "missing hparams.json": (lambda small, tmp: _copy_without(small, tmp, "hparams.json"), ["hparams.json is missing"]),
+    "missing encoder.json": (lambda small, tmp: _copy_without(small, tmp, "encoder.json"), ["encoder.json is missing"]),
     "truncated data file": (_truncated, [DATA_FILE, "is truncated", "download it again"]),
     "hparams disagree with the tensors": (
-        _wider_hparams, ["model/wte has shape [{n_vocab}, 32]", "implies [{n_vocab}, 64]", "n_embd=64"]),
+        _wider_hparams,
+        ["model/wte has shape [{n_vocab}, 32]", "implies [{n_vocab}, 64]", "n_embd=64"],
+    ),
 }
 
 
@@ -533,13 +581,31 @@ def test_cli_flag_mistakes_exit_2_with_one_line(small, tmp_path, capsys):
         ("--checkpoint-dir", str(small.directory)): "--checkpoint-dir needs --output-dir",
         ("--download", "124M"): "--download needs --models-dir",
         ("--download", "7B", "--models-dir", str(tmp_path)): "invalid choice: '7B'",
-        ("--checkpoint-dir", str(small.directory), "--output-dir", str(tmp_path / "out"), "--tokenizer",
-         str(tmp_path)): "--tokenizer does not go with --checkpoint-dir",
+        (
+            "--checkpoint-dir",
+            str(small.directory),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--tokenizer",
+            str(tmp_path),
+        ): "--tokenizer does not go with --checkpoint-dir",
         ("--checkpoint-dir", str(small.directory), "--book-checkpoint", "model.pth"): "not allowed with argument",
-        ("--checkpoint-dir", str(small.directory), "--output-dir", str(tmp_path / "out"), "--max-shard-size",
-         "lots"): "--max-shard-size 'lots' is not a size; pass e.g. 500MB",
-        ("--checkpoint-dir", str(small.directory), "--output-dir", str(tmp_path / "out"), "--max-shard-size",
-         "0MB"): "--max-shard-size '0MB' is not a size",
+        (
+            "--checkpoint-dir",
+            str(small.directory),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--max-shard-size",
+            "lots",
+        ): "--max-shard-size 'lots' is not a size; pass e.g. 500MB",
+        (
+            "--checkpoint-dir",
+            str(small.directory),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--max-shard-size",
+            "0MB",
+        ): "--max-shard-size '0MB' is not a size",
     }
     for argv, message in cases.items():
         with pytest.raises(SystemExit) as exit_info:
@@ -568,8 +634,9 @@ def test_the_python_api_checks_options_and_output_before_reading_checkpoints(sma
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
-    book_config = dict(vocab_size=300, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0,
-                       qkv_bias=False)
+    book_config = dict(
+        vocab_size=300, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False
+    )
     bpe = write_tiny_bpe(tmp_path / "bpe")
     refusals = {
         "--max-shard-size 'lots' is not a size": dict(max_shard_size="lots"),
@@ -589,8 +656,10 @@ def test_the_python_api_checks_options_and_output_before_reading_checkpoints(sma
 
 def test_missing_tensorflow_says_how_to_install_it(small, tmp_path):
     # None in sys.modules makes `import tensorflow` raise ImportError, as on a machine without it.
-    code = ("import sys; sys.modules['tensorflow'] = None; from convert.cli import main; "
-            f"main(['--checkpoint-dir', {str(small.directory)!r}, '--output-dir', {str(tmp_path / 'out')!r}])")
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; from convert.cli import main; "
+        f"main(['--checkpoint-dir', {str(small.directory)!r}, '--output-dir', {str(tmp_path / 'out')!r}])"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert_one_line_error(result, PROG, "needs TensorFlow", "pip install 'gptscratch[convert]'")
     assert entries(tmp_path) == []
@@ -610,12 +679,12 @@ def _book_files(tmp_path: Path) -> dict[str, Path]:
     """A valid book checkpoint, config and tokenizer, from which each bad-input case spoils one thing."""
     from llms_from_scratch.ch04 import GPTModel
 
-    config = dict(vocab_size=300, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0,
-                  qkv_bias=False)
+    config = dict(vocab_size=300, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False)
     torch.save(GPTModel(config).state_dict(), tmp_path / "model.pth")
     (tmp_path / "config.json").write_text(json.dumps(config))
-    return dict(checkpoint=tmp_path / "model.pth", config=tmp_path / "config.json",
-                tokenizer=write_tiny_bpe(tmp_path / "bpe"))
+    return dict(
+        checkpoint=tmp_path / "model.pth", config=tmp_path / "config.json", tokenizer=write_tiny_bpe(tmp_path / "bpe")
+    )
 
 
 def _pickled_program(files: dict[str, Path], tmp_path: Path) -> None:
@@ -639,17 +708,26 @@ def _non_empty_output(files: dict[str, Path], tmp_path: Path) -> None:
 BOOK_BAD_INPUTS = {
     "missing checkpoint": (lambda files, tmp: files["checkpoint"].unlink(), ["model.pth", "does not exist"]),
     "checkpoint that runs code when unpickled": (
-        _pickled_program, ["model.pth", "holds more than tensors and is refused unread", "posix.system"]),
+        _pickled_program,
+        ["model.pth", "holds more than tensors and is refused unread", "posix.system"],
+    ),
     "checkpoint that is not a torch file": (_not_a_torch_file, ["model.pth", "refused unread"]),
     "config that disagrees with the tensors": (
-        _wider_config, ["tok_emb.weight has shape [300, 16]", "implies [300, 32]", "--book-config"]),
-    "config that is not JSON": (lambda files, tmp: files["config"].write_text("{vocab_size: 300"),
-                                ["config.json is not valid JSON"]),
+        _wider_config,
+        ["tok_emb.weight has shape [300, 16]", "implies [300, 32]", "--book-config"],
+    ),
+    "config that is not JSON": (
+        lambda files, tmp: files["config"].write_text("{vocab_size: 300"),
+        ["config.json is not valid JSON"],
+    ),
     "config that is a binary file": (
         lambda files, tmp: files["config"].write_bytes(b"PK\x03\x04\xff\xfe"),
-        ["book config", "config.json is not UTF-8 text (byte offset 4)", "GPT_CONFIG_124M"]),
-    "missing tokenizer directory": (lambda files, tmp: shutil.rmtree(files["tokenizer"]),
-                                    ["bpe does not exist", "encoder.json and vocab.bpe"]),
+        ["book config", "config.json is not UTF-8 text (byte offset 4)", "GPT_CONFIG_124M"],
+    ),
+    "missing tokenizer directory": (
+        lambda files, tmp: shutil.rmtree(files["tokenizer"]),
+        ["bpe does not exist", "encoder.json and vocab.bpe"],
+    ),
     "output that exists and is not empty": (_non_empty_output, ["out exists and is not empty", "--overwrite"]),
 }
 
@@ -659,8 +737,16 @@ def test_bad_book_input_exits_2_and_writes_nothing(tmp_path, case):
     files = _book_files(tmp_path)
     spoil, names = BOOK_BAD_INPUTS[case]
     spoil(files, tmp_path)
-    result = run_cli("--book-checkpoint", files["checkpoint"], "--book-config", files["config"],
-                     "--tokenizer", files["tokenizer"], "--output-dir", tmp_path / "out")
+    result = run_cli(
+        "--book-checkpoint",
+        files["checkpoint"],
+        "--book-config",
+        files["config"],
+        "--tokenizer",
+        files["tokenizer"],
+        "--output-dir",
+        tmp_path / "out",
+    )
     assert_one_line_error(result, PROG, *names)
     assert entries(tmp_path / "out") == (["keep.txt"] if case == "output that exists and is not empty" else [])
     assert not (tmp_path / "pwned").exists() and not any(name.startswith(".out") for name in entries(tmp_path))
@@ -680,8 +766,10 @@ def _peak_rss_bytes(code: str) -> int:
         "file=sys.stderr)\n"
     )
     # The command ends in sys.exit: run it in a try block so the report still runs.
-    wrapped = "try:\n" + "".join(f"    {line}\n" for line in code.splitlines()) + "except SystemExit as e:\n" \
+    wrapped = (
+        "try:\n" + "".join(f"    {line}\n" for line in code.splitlines()) + "except SystemExit as e:\n"
         "    assert not e.code, e.code\n" + report
+    )
     result = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return int(result.stderr.strip().splitlines()[-1]) * 1024  # VmHWM is in kB
@@ -706,9 +794,11 @@ def test_gpt2_124m_shapes_convert_within_memory_and_match(bpe_dir, tmp_path, cap
         f"from convert.cli import main\nmain(['--checkpoint-dir', {str(checkpoint)!r}, '--output-dir', {str(out)!r}])"
     )
     with capsys.disabled():
-        print(f"\n124M conversion: model {model_bytes / 2**20:.0f} MiB, peak RSS {peak / 2**20:.0f} MiB, "
-              f"imports alone {baseline / 2**20:.0f} MiB, conversion's own {(peak - baseline) / 2**20:.0f} MiB "
-              f"({(peak - baseline) / model_bytes:.2f}x the model)")
+        print(
+            f"\n124M conversion: model {model_bytes / 2**20:.0f} MiB, peak RSS {peak / 2**20:.0f} MiB, "
+            f"imports alone {baseline / 2**20:.0f} MiB, conversion's own {(peak - baseline) / 2**20:.0f} MiB "
+            f"({(peak - baseline) / model_bytes:.2f}x the model)"
+        )
     assert peak - baseline < 1.5 * model_bytes
 
     ids = random_ids(hparams["n_vocab"], 24, batch=1)

@@ -91,8 +91,10 @@ def test_windows_follow_the_books_range_and_shift():
 def split_rows(pieces, ratio):
     cut = int(ratio * sum(len(text) for text, _ in pieces))
     rows = list(D.split_pieces(pieces, cut))
-    return ({split: [text for s, text, _ in rows if s == split] for split in ("train", "val")},
-            {split: [start for s, _, start in rows if s == split] for split in ("train", "val")})
+    return (
+        {split: [text for s, text, _ in rows if s == split] for split in ("train", "val")},
+        {split: [start for s, _, start in rows if s == split] for split in ("train", "val")},
+    )
 
 
 def tokens_of(pieces, ratio, tokenizer):
@@ -162,8 +164,13 @@ def test_token_files_hold_each_split_tokenised_whole(tmp_path, small_tokenizer, 
     texts = [topics[key] for key in keys] + ["", f"one{EOS}two\n", "\n".join(topics[key] for key in keys[:6])]
     documents = write_documents(tmp_path / "corpus", texts)
     small_tokenizer.save_pretrained(tmp_path / "tokenizer")
-    prepared = quiet_prepare(data=[str(tmp_path / "corpus")], tokenizer=str(tmp_path / "tokenizer"),
-                             train_ratio=0.7, num_proc=num_proc, cache_dir=tmp_path / "cache")
+    prepared = quiet_prepare(
+        data=[str(tmp_path / "corpus")],
+        tokenizer=str(tmp_path / "tokenizer"),
+        train_ratio=0.7,
+        num_proc=num_proc,
+        cache_dir=tmp_path / "cache",
+    )
     expected_train, expected_val = expected_streams(documents, 0.7, small_tokenizer)
     files = prepared.files
     assert files.tokens("train").dtype == np.uint16
@@ -183,8 +190,13 @@ def test_dedup_drops_exact_duplicate_documents_before_the_split(tmp_path, small_
 
     documents = write_documents(tmp_path / "corpus", ["one text.", "two texts.", "one text.", "three texts."])
     small_tokenizer.save_pretrained(tmp_path / "tokenizer")
-    prepared = quiet_prepare(data=[str(tmp_path / "corpus")], tokenizer=str(tmp_path / "tokenizer"), dedup=True,
-                             train_ratio=0.5, cache_dir=tmp_path / "cache")
+    prepared = quiet_prepare(
+        data=[str(tmp_path / "corpus")],
+        tokenizer=str(tmp_path / "tokenizer"),
+        dedup=True,
+        train_ratio=0.5,
+        cache_dir=tmp_path / "cache",
+    )
     expected_train, expected_val = expected_streams([documents[0], documents[1], documents[3]], 0.5, small_tokenizer)
     assert prepared.files.tokens("train").tolist() == expected_train
     assert prepared.files.tokens("val").tolist() == expected_val
@@ -225,8 +237,10 @@ def test_a_directory_walk_leaves_out_runs_model_directories_and_model_files(tmp_
     logged = []
     corpus_read = D.local_corpus([str(corpus)], log=logged.append)
     assert [text for text, _ in corpus_read.pieces()] == ["beta text\n", "alpha text\n"]
-    assert logged == [f"--data {corpus}: left out {model}, {corpus / 'optimizer.bin'}, {run} and 1 more (model "
-                      "files and run or model directories are not text)"]
+    assert logged == [
+        f"--data {corpus}: left out {model}, {corpus / 'optimizer.bin'}, {run} and 1 more (model "
+        "files and run or model directories are not text)"
+    ]
     with pytest.raises(D.DataError, match="optimizer.bin is not text: a NUL byte at byte offset 0"):
         D.scan_corpus(D.local_corpus([str(named)]), progress=False)
 
@@ -283,7 +297,8 @@ def test_the_fitted_tokenizer_merges_only_pairs_seen_min_frequency_times(tmp_pat
     --vocab-size; at 1 every pair may merge. The cache keeps the two apart."""
     text = "the cat the cat the cat zq"  # " cat": each of its pairs 3 times; " zq": each of its pairs once
     fit = lambda min_frequency: D.fit_tokenizer(  # noqa: E731
-        lambda: ([text], len(text)), 400, min_frequency, {"corpus": "test"}, tmp_path, progress=False)
+        lambda: ([text], len(text)), 400, min_frequency, {"corpus": "test"}, tmp_path, progress=False
+    )
     pairs_twice, every_pair = fit(2), fit(1)
     assert len(pairs_twice.encode(" cat")) == len(every_pair.encode(" cat")) == 1
     assert len(pairs_twice.encode(" zq")) == 3 and len(every_pair.encode(" zq")) == 1
@@ -330,7 +345,11 @@ def test_prepared_tokens_are_memory_mapped_token_files_reused_by_the_next_run(tm
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(topics[key] for key in sorted(topics)[:10]), encoding="utf-8")
     prepare = lambda: D.prepare_data(  # noqa: E731
-        context_length=32, data=[str(path)], vocab_size=300, cache_dir=cache_dir, progress=False,
+        context_length=32,
+        data=[str(path)],
+        vocab_size=300,
+        cache_dir=cache_dir,
+        progress=False,
         log=lambda message: None,
     )
     first = prepare()
@@ -371,8 +390,9 @@ def test_windows_travel_to_dataloader_workers_without_a_copy_of_the_stream(tmp_p
 def test_token_ids_are_stored_in_16_bits_while_the_vocabulary_fits():
     assert token_dtype(50257) == np.uint16 and token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32 and token_dtype(200_000) == np.uint32
-    encode = PieceTokenizer(PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer(70000)).backend_tokenizer
-                            .to_str(), 69999, "uint32")
+    encode = PieceTokenizer(
+        PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer(70000)).backend_tokenizer.to_str(), 69999, "uint32"
+    )
     assert encode([("w69998 w3", False), ("w5", True)]).tolist() == [69998, 3, 69999, 5]
     with pytest.raises(ValueError, match="does not fit uint16"):
         PieceTokenizer(encode.tokenizer.to_str(), 69999, "uint16")([("w69998", False)])
@@ -411,8 +431,9 @@ def test_a_damaged_or_unfinished_cache_entry_is_never_trusted(tmp_path):
     assert not abandoned.exists() and alive.exists()
 
 
-def test_a_disk_that_fills_while_writing_token_files_is_one_error_and_leaves_nothing(tmp_path, small_tokenizer,
-                                                                                     monkeypatch):
+def test_a_disk_that_fills_while_writing_token_files_is_one_error_and_leaves_nothing(
+    tmp_path, small_tokenizer, monkeypatch
+):
     from pydoc_data.topics import topics
 
     monkeypatch.setattr(D, "TASK_CHARS", 2000)
@@ -429,9 +450,13 @@ def test_a_disk_that_fills_while_writing_token_files_is_one_error_and_leaves_not
 
     monkeypatch.setattr(T.TokenFileWriter, "append", fill_up)
     prepare = lambda: quiet_prepare(  # noqa: E731
-        data=[str(tmp_path / "corpus.txt")], tokenizer=str(tmp_path / "tokenizer"), cache_dir=tmp_path / "cache")
-    with pytest.raises(UsageError, match=r"cannot write token files under .*gptscratch-tokens \(No space left on "
-                                         r"device, after [\d.]+ MB\); free space there or pass --cache-dir") as error:
+        data=[str(tmp_path / "corpus.txt")], tokenizer=str(tmp_path / "tokenizer"), cache_dir=tmp_path / "cache"
+    )
+    with pytest.raises(
+        UsageError,
+        match=r"cannot write token files under .*gptscratch-tokens \(No space left on "
+        r"device, after [\d.]+ MB\); free space there or pass --cache-dir",
+    ) as error:
         prepare()
     assert "\n" not in str(error.value)
     assert list((tmp_path / "cache" / "gptscratch-tokens").iterdir()) == []  # no entry, no temporary files
@@ -449,10 +474,12 @@ def test_a_file_that_stops_being_utf8_late_in_a_large_corpus_is_refused_before_a
     (tmp_path / "corpus" / "b.txt").write_bytes(good.encode() + b"caf\xe9\n" + good.encode())
     small_tokenizer.save_pretrained(tmp_path / "tokenizer")
     with pytest.raises(D.DataError, match=rf"b.txt is not UTF-8 text: byte 0xe9 at byte offset {len(good) + 3};"):
-        quiet_prepare(data=[str(tmp_path / "corpus")], tokenizer=str(tmp_path / "tokenizer"),
-                      cache_dir=tmp_path / "cache")
+        quiet_prepare(
+            data=[str(tmp_path / "corpus")], tokenizer=str(tmp_path / "tokenizer"), cache_dir=tmp_path / "cache"
+        )
     assert not (tmp_path / "cache" / "gptscratch-tokens").exists() or not list(
-        (tmp_path / "cache" / "gptscratch-tokens").iterdir())
+        (tmp_path / "cache" / "gptscratch-tokens").iterdir()
+    )
 
 
 def test_a_dataset_with_no_text_is_refused_in_one_line(tmp_path, cache_dir):
@@ -506,8 +533,12 @@ def test_preparing_a_corpus_far_larger_than_memory_allows_stays_within_a_few_meg
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            quiet_prepare(data=[str(tmp_path / name)], tokenizer=str(tmp_path / "tokenizer"), num_proc=1,
-                          cache_dir=tmp_path / f"cache-{len(runs)}")
+            quiet_prepare(
+                data=[str(tmp_path / name)],
+                tokenizer=str(tmp_path / "tokenizer"),
+                num_proc=1,
+                cache_dir=tmp_path / f"cache-{len(runs)}",
+            )
         finally:
             done.set()
             watcher.join()
@@ -552,8 +583,9 @@ def open_json_stream(path):
     return datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
 
 
-def test_a_stream_is_cut_into_the_windows_token_files_hold_and_resumes_where_it_stopped(stream_documents,
-                                                                                       small_tokenizer):
+def test_a_stream_is_cut_into_the_windows_token_files_hold_and_resumes_where_it_stopped(
+    stream_documents, small_tokenizer
+):
     from train.streaming import DocumentTokens, StreamedWindows
 
     path, texts = stream_documents
@@ -562,8 +594,9 @@ def test_a_stream_is_cut_into_the_windows_token_files_hold_and_resumes_where_it_
     whole = np.array(small_tokenizer.encode(EOS.join(texts), add_special_tokens=False))
     expected = D.TokenWindows(whole, context, stride)
     in_order = [stream.next_window() for _ in range(len(expected))]  # a buffer of 1 draws in order
-    assert [window.tolist() for window in in_order] == [torch.cat([expected[i][0], expected[i][1][-1:]]).tolist()
-                                                        for i in range(len(expected))]
+    assert [window.tolist() for window in in_order] == [
+        torch.cat([expected[i][0], expected[i][1][-1:]]).tolist() for i in range(len(expected))
+    ]
 
     def shuffled():
         return StreamedWindows(DocumentTokens(open_json_stream(path), "text", small_tokenizer), context, stride, 20, 7)

@@ -31,8 +31,8 @@ def loss_and_gradient(model: torch.nn.Module, **inputs) -> tuple[torch.Tensor, t
 
 
 @pytest.mark.parametrize(
-    "case", ["labels", "labels with -100", "labels and num_items_in_batch", "shift_labels and labels",
-             "shift_labels alone"],
+    "case",
+    ["labels", "labels with -100", "labels and num_items_in_batch", "shift_labels and labels", "shift_labels alone"],
 )
 def test_losses_equal_gpt2lmheadmodels(tiny_model, case):
     ids = random_ids(2, 9)
@@ -72,11 +72,15 @@ def test_lora_trains_saves_reloads_and_merges(tmp_path, target_modules):
     base.save_pretrained(tmp_path / "base")
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=target_modules, fan_in_fan_out=True)
     model = get_peft_model(base, config)
-    adapted = sorted(name.removesuffix(".base_layer") for name, module in model.named_modules()
-                     if name.endswith(".base_layer"))
+    adapted = sorted(
+        name.removesuffix(".base_layer") for name, module in model.named_modules() if name.endswith(".base_layer")
+    )
     # Every projection of every block, and nothing else (the output head stays whole, as PEFT does for GPT-2).
-    expected = sorted(f"base_model.model.model.trf_blocks.{i}.{suffix}" for i in range(2)
-                      for suffix in ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2"))
+    expected = sorted(
+        f"base_model.model.model.trf_blocks.{i}.{suffix}"
+        for i in range(2)
+        for suffix in ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")
+    )
     assert adapted == expected
     assert all("lora_" in name for name, parameter in model.named_parameters() if parameter.requires_grad)
 
@@ -95,8 +99,9 @@ def test_lora_trains_saves_reloads_and_merges(tmp_path, target_modules):
     with torch.no_grad():
         adapter_logits = model(input_ids=ids).logits
     model.save_pretrained(tmp_path / "adapter")
-    reloaded = PeftModel.from_pretrained(GPTScratchForCausalLM.from_pretrained(tmp_path / "base"),
-                                         tmp_path / "adapter").eval()
+    reloaded = PeftModel.from_pretrained(
+        GPTScratchForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter"
+    ).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, adapter_logits, rtol=0, atol=0)
         without_adapters = GPTScratchForCausalLM.from_pretrained(tmp_path / "base").eval()(ids).logits
@@ -112,8 +117,10 @@ def test_lora_trains_saves_reloads_and_merges(tmp_path, target_modules):
 
 def test_packed_sequences_get_the_logits_they_get_alone(tiny_model):
     lengths = [(5, 7, 4), (9, 3, 4)]  # two rows of 16 tokens, three sequences each
-    sequences = [[random_ids(1, n, seed=10 * row + k)[0] for k, n in enumerate(row_lengths)]
-                 for row, row_lengths in enumerate(lengths)]
+    sequences = [
+        [random_ids(1, n, seed=10 * row + k)[0] for k, n in enumerate(row_lengths)]
+        for row, row_lengths in enumerate(lengths)
+    ]
     packed = torch.stack([torch.cat(row) for row in sequences])
     position_ids = torch.stack([torch.cat([torch.arange(len(s)) for s in row]) for row in sequences])
     with torch.no_grad():
@@ -125,8 +132,9 @@ def test_packed_sequences_get_the_logits_they_get_alone(tiny_model):
                 torch.testing.assert_close(logits[row, start : start + len(sequence)], alone, rtol=1e-5, atol=1e-5)
                 start += len(sequence)
         # Positions that run on are one sequence: the plain causal result.
-        torch.testing.assert_close(tiny_model(packed, position_ids=torch.arange(16)[None]).logits,
-                                   tiny_model(packed).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            tiny_model(packed, position_ids=torch.arange(16)[None]).logits, tiny_model(packed).logits, rtol=0, atol=0
+        )
 
 
 def test_the_flattening_collators_batch_gives_each_sequences_own_loss(tiny_model):
@@ -135,11 +143,13 @@ def test_the_flattening_collators_batch_gives_each_sequences_own_loss(tiny_model
     sequences = [random_ids(1, n, seed=n)[0].tolist() for n in (6, 9, 5)]
     batch = DataCollatorWithFlattening()([{"input_ids": ids} for ids in sequences])
     with torch.no_grad():
-        packed_loss = tiny_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                 labels=batch["labels"]).loss
+        packed_loss = tiny_model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"]
+        ).loss
         # Each sequence alone: summed token losses over all predicted tokens.
-        total = sum(tiny_model(torch.tensor([ids]), labels=torch.tensor([ids])).loss * (len(ids) - 1)
-                    for ids in sequences)
+        total = sum(
+            tiny_model(torch.tensor([ids]), labels=torch.tensor([ids])).loss * (len(ids) - 1) for ids in sequences
+        )
     torch.testing.assert_close(packed_loss, total / sum(len(ids) - 1 for ids in sequences), rtol=1e-5, atol=1e-6)
 
 
@@ -152,8 +162,9 @@ def test_trl_sft_trainer_trains_with_packing(tmp_path):
     tokenizer = byte_level_tokenizer(vocab_size=300)
     tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(0)
-    model = GPTScratchForCausalLM(tiny_config(vocab_size=len(tokenizer), context_length=64,
-                                              eos_token_id=tokenizer.eos_token_id))
+    model = GPTScratchForCausalLM(
+        tiny_config(vocab_size=len(tokenizer), context_length=64, eos_token_id=tokenizer.eos_token_id)
+    )
     texts = ["the cat sat on the mat", "a mat", "the cat", "on the mat the cat sat", "sat"] * 8
     checked = []
 
@@ -170,17 +181,27 @@ def test_trl_sft_trainer_trains_with_packing(tmp_path):
         with torch.no_grad():
             for start, end in zip(starts, starts[1:]):
                 alone = module(kwargs["input_ids"][:1, start:end], use_cache=False).last_hidden_state[0]
-                torch.testing.assert_close(output.last_hidden_state[0, start:end].detach(), alone, rtol=1e-5,
-                                           atol=1e-5)
+                torch.testing.assert_close(output.last_hidden_state[0, start:end].detach(), alone, rtol=1e-5, atol=1e-5)
         checked[-1] = len(starts) - 1
 
     hook = model.model.register_forward_hook(each_packed_sequence_alone, with_kwargs=True)
     before = model.model.tok_emb.weight.detach().clone()
     trainer = SFTTrainer(
         model=model,
-        args=SFTConfig(output_dir=str(tmp_path), packing=True, max_length=64, per_device_train_batch_size=1,
-                       max_steps=3, learning_rate=1e-3, report_to="none", use_cpu=True, save_strategy="no",
-                       bf16=False, dataset_text_field="text", logging_steps=1),
+        args=SFTConfig(
+            output_dir=str(tmp_path),
+            packing=True,
+            max_length=64,
+            per_device_train_batch_size=1,
+            max_steps=3,
+            learning_rate=1e-3,
+            report_to="none",
+            use_cpu=True,
+            save_strategy="no",
+            bf16=False,
+            dataset_text_field="text",
+            logging_steps=1,
+        ),
         train_dataset=Dataset.from_dict({"text": texts}),
         processing_class=tokenizer,
     )
@@ -213,12 +234,18 @@ def compiled_cases(model: GPTScratchForCausalLM):
         ("forward", lambda: model(ids).logits),
         ("forward with padding", lambda: model(ids, attention_mask=mask).logits),
         ("training step", lambda: model(ids, labels=ids, use_cache=False).loss),
-        ("decode step, static cache", lambda: (
-            lambda cache: model(step, attention_mask=step_mask, cache=cache).logits
-        )(prefilled(StaticCache(config=model.config, max_cache_len=16)))),
-        ("decode step, dynamic cache", lambda: (
-            lambda cache: model(step, attention_mask=step_mask, cache=cache).logits
-        )(prefilled(DynamicCache(config=model.config)))),
+        (
+            "decode step, static cache",
+            lambda: (lambda cache: model(step, attention_mask=step_mask, cache=cache).logits)(
+                prefilled(StaticCache(config=model.config, max_cache_len=16))
+            ),
+        ),
+        (
+            "decode step, dynamic cache",
+            lambda: (lambda cache: model(step, attention_mask=step_mask, cache=cache).logits)(
+                prefilled(DynamicCache(config=model.config))
+            ),
+        ),
     ]
 
 

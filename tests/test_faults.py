@@ -25,9 +25,27 @@ def test_kill_9_at_any_write_then_resume_gives_the_uninterrupted_run(tmp_path, e
 
     corpus = tmp_path / "topics.txt"
     corpus.write_text("\n".join(topics[key] for key in sorted(topics)[:12])[:40_000], encoding="utf-8")
-    args = ["--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), *TINY_MODEL, "--batch-size", "4",
-            "--eval-iter", "1", "--max-steps", "12", "--save-steps", "1", "--eval-freq", "2", "--dropout", "0.1",
-            "--engine", engine]
+    args = [
+        "--data",
+        str(corpus),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *TINY_MODEL,
+        "--batch-size",
+        "4",
+        "--eval-iter",
+        "1",
+        "--max-steps",
+        "12",
+        "--save-steps",
+        "1",
+        "--eval-freq",
+        "2",
+        "--dropout",
+        "0.1",
+        "--engine",
+        engine,
+    ]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert train_cli([*args, "--output-dir", str(full)]) == 0
 
@@ -37,7 +55,11 @@ def test_kill_9_at_any_write_then_resume_gives_the_uninterrupted_run(tmp_path, e
         resume = ["--resume"] if attempt else []
         killed_run = subprocess.run(
             [sys.executable, KILL_AT, point, str(step), *args, "--output-dir", str(killed), *resume],
-            env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+            env=subprocess_env(),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert killed_run.returncode == -signal.SIGKILL, killed_run.stderr[-3000:]
     directory = RunDirectory(killed)

@@ -77,8 +77,9 @@ def test_repetition_penalty(tiny_model, padded):
 @padding
 def test_static_cache(tiny_model, padded):
     prompt, mask = prompt_and_mask(padded)
-    static = transformers_generate(tiny_model, prompt, mask, use_cache=True, do_sample=False,
-                                   cache_implementation="static")
+    static = transformers_generate(
+        tiny_model, prompt, mask, use_cache=True, do_sample=False, cache_implementation="static"
+    )
     assert static.tolist() == transformers_generate(tiny_model, prompt, mask, use_cache=False, do_sample=False).tolist()
 
 
@@ -105,13 +106,20 @@ def test_prompt_lookup_decoding(tiny_model, padded):
 @padding
 def test_continuing_from_the_returned_cache(tiny_model, padded):
     prompt, mask = prompt_and_mask(padded)
-    first = tiny_model.generate(prompt, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
-                                return_dict_in_generate=True)
+    first = tiny_model.generate(
+        prompt, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True
+    )
     cache = getattr(first, CACHE_NAME)
     assert cache is not None and cache.get_seq_length() == first.sequences.shape[1] - 1
     continued_mask = torch.cat([mask, torch.ones(2, 4, dtype=mask.dtype)], dim=1)
-    continued = tiny_model.generate(first.sequences, attention_mask=continued_mask, max_new_tokens=6, do_sample=False,
-                                    pad_token_id=0, **{CACHE_NAME: cache})
+    continued = tiny_model.generate(
+        first.sequences,
+        attention_mask=continued_mask,
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=0,
+        **{CACHE_NAME: cache},
+    )
     whole = transformers_generate(tiny_model, prompt, mask, use_cache=False, do_sample=False)
     assert continued.tolist() == whole.tolist()
 
@@ -121,8 +129,15 @@ def test_continuing_from_the_returned_cache(tiny_model, padded):
 def test_the_models_own_generate_equals_its_uncached_decoding(tiny_model, padded, sampling):
     prompt, mask = prompt_and_mask(padded)
     outputs = [
-        tiny_model.generate(prompt, attention_mask=mask, max_new_tokens=30, use_cache=use_cache, eos_token_id=[],
-                            generator=torch.Generator().manual_seed(5), **sampling)
+        tiny_model.generate(
+            prompt,
+            attention_mask=mask,
+            max_new_tokens=30,
+            use_cache=use_cache,
+            eos_token_id=[],
+            generator=torch.Generator().manual_seed(5),
+            **sampling,
+        )
         for use_cache in (True, False)
     ]
     assert outputs[0].shape[1] == prompt.shape[1] + 30  # past the 32-token window: the cache restarts there
@@ -139,8 +154,9 @@ def test_a_pipeline_with_beam_search_decodes_as_without_the_cache():
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
     text = generator("the cat", max_new_tokens=8, num_beams=3, do_sample=False)[0]["generated_text"]
     ids = torch.tensor([tokenizer.encode("the cat")])
-    uncached = GenerationMixin.generate(model, ids, max_new_tokens=8, num_beams=3, do_sample=False, use_cache=False,
-                                        pad_token_id=tokenizer.eos_token_id)
+    uncached = GenerationMixin.generate(
+        model, ids, max_new_tokens=8, num_beams=3, do_sample=False, use_cache=False, pad_token_id=tokenizer.eos_token_id
+    )
     assert text == tokenizer.decode(uncached[0])
 
 

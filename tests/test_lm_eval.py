@@ -84,7 +84,9 @@ def test_loglikelihood_is_the_models_log_probability_of_the_continuation(model, 
     ]
     for context, continuation in pairs:
         if context:  # lm-eval splits the joint encoding at the context's length; ours encodes each part
-            assert tokenizer.encode(context + continuation) == tokenizer.encode(context) + tokenizer.encode(continuation)
+            assert tokenizer.encode(context + continuation) == tokenizer.encode(context) + tokenizer.encode(
+                continuation
+            )
     requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
     results = lm_for(model, tokenizer, batch_size).loglikelihood(requests, disable_tqdm=True)
     expected = [manual_loglikelihood(model, tokenizer, *pair) for pair in pairs]
@@ -126,10 +128,9 @@ def test_generate_until_is_the_models_greedy_decoding(model, tokenizer, batch_si
     assert len(results[len(contexts)]) < len(greedy[contexts[0]])  # the stop string cut it
 
 
-
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_the_commands_lm_scores_requests_that_share_tokens_but_split_differently(model, tokenizer, batch_size):
-    """"the cat sat on" + " the mat" and "the cat sat on the" + " mat" are the same tokens, split at another place:
+    """ "the cat sat on" + " the mat" and "the cat sat on the" + " mat" are the same tokens, split at another place:
     lm-eval 0.4.13's logits cache scores them in one pass and gives the second the first's first position
     (see train.evaluate.lm_eval_model). The command's HFLM scores each as the model does."""
     pairs = [("the cat sat on", " the mat"), ("the cat sat on the", " mat"), ("the cat", " sat on the mat")]
@@ -140,6 +141,7 @@ def test_the_commands_lm_scores_requests_that_share_tokens_but_split_differently
         want_log_likelihood, want_greedy = manual_loglikelihood(model, tokenizer, *pair)
         assert log_likelihood == pytest.approx(want_log_likelihood, rel=1e-5, abs=1e-5), pair
         assert is_greedy == want_greedy, pair
+
 
 # --- gptscratch-eval --tasks ----------------------------------------------------------------------------------------
 
@@ -154,10 +156,17 @@ CHOICE_DOCS = [  # choices of unequal length in characters and in bytes, so that
     {"question": "the cat sat on the mat and", "choices": ["the cat sat", "déjà vu", "ran"], "label": 1},
     {"question": "sat on", "choices": ["the", "a mat", "the mat"], "label": 2},
 ]
-NEXT_WORD_DOCS = [{"text": text} for text in [
-    "the cat sat on the mat", "on the mat the cat sat", "the mat sat on the cat", "the cat sat on the cat",
-    "the cat ran", "a mat",
-]]
+NEXT_WORD_DOCS = [
+    {"text": text}
+    for text in [
+        "the cat sat on the mat",
+        "on the mat the cat sat",
+        "the mat sat on the cat",
+        "the cat sat on the cat",
+        "the cat ran",
+        "a mat",
+    ]
+]
 
 
 def task_yaml(name: str, data: Path, body: str) -> str:
@@ -175,7 +184,11 @@ def task_dir(tmp_path) -> Path:
     directory.mkdir()
     for name, docs in [("choice", CHOICE_DOCS), ("next_word", NEXT_WORD_DOCS)]:
         (directory / f"{name}.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs), encoding="utf-8")
-    (directory / "tiny_choice.yaml").write_text(task_yaml("tiny_choice", directory / "choice.jsonl", """\
+    (directory / "tiny_choice.yaml").write_text(
+        task_yaml(
+            "tiny_choice",
+            directory / "choice.jsonl",
+            """\
 output_type: multiple_choice
 doc_to_text: "{{question}}"
 doc_to_choice: "{{choices}}"
@@ -184,15 +197,25 @@ metric_list:
   - {metric: acc, aggregation: mean, higher_is_better: true}
   - {metric: acc_norm, aggregation: mean, higher_is_better: true}
   - {metric: acc_bytes, aggregation: mean, higher_is_better: true}
-"""), encoding="utf-8")
-    (directory / "tiny_next_word.yaml").write_text(task_yaml("tiny_next_word", directory / "next_word.jsonl", """\
+""",
+        ),
+        encoding="utf-8",
+    )
+    (directory / "tiny_next_word.yaml").write_text(
+        task_yaml(
+            "tiny_next_word",
+            directory / "next_word.jsonl",
+            """\
 output_type: loglikelihood
 doc_to_text: "{{text.split(' ')[:-1]|join(' ')}}"
 doc_to_target: "{{' ' + text.split(' ')[-1]}}"
 metric_list:
   - {metric: perplexity, aggregation: perplexity, higher_is_better: false}
   - {metric: acc, aggregation: mean, higher_is_better: true}
-"""), encoding="utf-8")
+""",
+        ),
+        encoding="utf-8",
+    )
     return directory
 
 
@@ -239,10 +262,21 @@ def expected_choice_scores(model, tokenizer, docs: list[dict]) -> dict[str, list
 
 
 def test_tasks_report_the_accuracy_computed_from_the_models_logits(model, tokenizer, model_dir, task_dir, capfd):
-    result = run_main(train.evaluate.main, [
-        "--model", model_dir, "--tasks", "tiny_choice,tiny_next_word", "--include-path", task_dir, "--json",
-        "--batch-size", "3",
-    ], capfd)
+    result = run_main(
+        train.evaluate.main,
+        [
+            "--model",
+            model_dir,
+            "--tasks",
+            "tiny_choice,tiny_next_word",
+            "--include-path",
+            task_dir,
+            "--json",
+            "--batch-size",
+            "3",
+        ],
+        capfd,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["samples"] == {"tiny_choice": len(CHOICE_DOCS), "tiny_next_word": len(NEXT_WORD_DOCS)}
@@ -268,9 +302,11 @@ def test_tasks_report_the_accuracy_computed_from_the_models_logits(model, tokeni
 
 
 def test_limit_and_the_table(model, tokenizer, model_dir, task_dir, capfd):
-    result = run_main(train.evaluate.main, [
-        "--model", model_dir, "--tasks", "tiny_choice", "--include-path", task_dir, "--limit", "4",
-    ], capfd)
+    result = run_main(
+        train.evaluate.main,
+        ["--model", model_dir, "--tasks", "tiny_choice", "--include-path", task_dir, "--limit", "4"],
+        capfd,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].split() == ["task", "metric", "value", "stderr"] and len(lines) == 4
@@ -282,9 +318,11 @@ def test_limit_and_the_table(model, tokenizer, model_dir, task_dir, capfd):
 
 
 def test_a_task_yaml_path_runs_without_include_path(model_dir, task_dir, capfd):
-    result = run_main(train.evaluate.main, [
-        "--model", model_dir, "--tasks", task_dir / "tiny_choice.yaml", "--limit", "2", "--json",
-    ], capfd)
+    result = run_main(
+        train.evaluate.main,
+        ["--model", model_dir, "--tasks", task_dir / "tiny_choice.yaml", "--limit", "2", "--json"],
+        capfd,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["samples"] == {"tiny_choice": 2}
 
@@ -303,30 +341,40 @@ def test_the_python_api_leaves_the_tokenizer_and_training_mode_as_they_were(mode
 
 
 def test_a_generation_task_that_fills_the_context_is_refused_before_the_model_loads(model_dir, task_dir, capfd):
-    (task_dir / "tiny_gen.yaml").write_text(task_yaml("tiny_gen", task_dir / "next_word.jsonl", """\
+    (task_dir / "tiny_gen.yaml").write_text(
+        task_yaml(
+            "tiny_gen",
+            task_dir / "next_word.jsonl",
+            """\
 output_type: generate_until
 doc_to_text: "{{text}}"
 doc_to_target: "{{text}}"
 metric_list:
   - {metric: exact_match, aggregation: mean, higher_is_better: true}
-"""), encoding="utf-8")  # no max_gen_toks: HFLM's 256, more than the model's 64 positions
-    result = run_main(train.evaluate.main, ["--model", model_dir, "--tasks", "tiny_gen", "--include-path", task_dir],
-                      capfd)
-    assert_one_line_error(result, PROG, "task tiny_gen generates up to 256 tokens", "64-token context",
-                          "max_gen_toks")
+""",
+        ),
+        encoding="utf-8",
+    )  # no max_gen_toks: HFLM's 256, more than the model's 64 positions
+    result = run_main(
+        train.evaluate.main, ["--model", model_dir, "--tasks", "tiny_gen", "--include-path", task_dir], capfd
+    )
+    assert_one_line_error(result, PROG, "task tiny_gen generates up to 256 tokens", "64-token context", "max_gen_toks")
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "pass exactly one of --data FILE... (loss, perplexity, bits per byte on text) and --tasks"),
-    (["--data", "x.txt", "--tasks", "hellaswag"], "pass exactly one of --data"),
-    (["--tasks", "hellaswag", "--stride", "8"], "--stride does not apply to --tasks"),
-    (["--tasks", "hellaswag", "--context-length", "8"], "--context-length does not apply to --tasks"),
-    (["--data", "x.txt", "--limit", "3"], "--limit does not apply to --data"),
-    (["--data", "x.txt", "--include-path", "."], "--include-path does not apply to --data"),
-    (["--tasks", "hellaswag", "--limit", "0"], "--limit must be >= 1, got 0"),
-    (["--tasks", "hellaswag", "--include-path", "absent-dir"], "--include-path absent-dir is not a directory"),
-    (["--tasks", " , "], "--tasks names no task"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "pass exactly one of --data FILE... (loss, perplexity, bits per byte on text) and --tasks"),
+        (["--data", "x.txt", "--tasks", "hellaswag"], "pass exactly one of --data"),
+        (["--tasks", "hellaswag", "--stride", "8"], "--stride does not apply to --tasks"),
+        (["--tasks", "hellaswag", "--context-length", "8"], "--context-length does not apply to --tasks"),
+        (["--data", "x.txt", "--limit", "3"], "--limit does not apply to --data"),
+        (["--data", "x.txt", "--include-path", "."], "--include-path does not apply to --data"),
+        (["--tasks", "hellaswag", "--limit", "0"], "--limit must be >= 1, got 0"),
+        (["--tasks", "hellaswag", "--include-path", "absent-dir"], "--include-path absent-dir is not a directory"),
+        (["--tasks", " , "], "--tasks names no task"),
+    ],
+)
 def test_mode_and_flag_refusals_are_one_line(model_dir, argv, message, capfd):
     result = run_main(train.evaluate.main, ["--model", model_dir, *argv], capfd)
     assert_one_line_error(result, PROG, message)
@@ -340,8 +388,9 @@ def test_without_lm_eval_the_task_mode_says_how_to_install_it(model_dir, monkeyp
 
 def test_a_missing_local_data_file_is_one_line_naming_the_task(model_dir, task_dir, capfd):
     (task_dir / "choice.jsonl").unlink()
-    result = run_main(train.evaluate.main, ["--model", model_dir, "--tasks", "tiny_choice", "--include-path",
-                                            task_dir], capfd)
+    result = run_main(
+        train.evaluate.main, ["--model", model_dir, "--tasks", "tiny_choice", "--include-path", task_dir], capfd
+    )
     assert_one_line_error(result, PROG, "task tiny_choice cannot find its data", "choice.jsonl")
 
 
@@ -350,22 +399,33 @@ def test_unknown_task_names_say_how_to_list_the_known_ones(model_dir, monkeypatc
     from lm_eval.tasks import TaskManager
 
     hellaswag = Path(sys.modules["lm_eval"].__file__).parent / "tasks" / "hellaswag"
-    monkeypatch.setattr(train.evaluate, "_builtin_task_manager",
-                        lambda: TaskManager(include_path=hellaswag, include_defaults=False))
+    monkeypatch.setattr(
+        train.evaluate, "_builtin_task_manager", lambda: TaskManager(include_path=hellaswag, include_defaults=False)
+    )
     result = run_main(train.evaluate.main, ["--model", model_dir, "--tasks", "hellaswagg,no_such_task"], capfd)
-    assert_one_line_error(result, PROG, "unknown lm-eval tasks hellaswagg, no_such_task", "did you mean hellaswag",
-                          "lm-eval ls tasks")
+    assert_one_line_error(
+        result, PROG, "unknown lm-eval tasks hellaswagg, no_such_task", "did you mean hellaswag", "lm-eval ls tasks"
+    )
 
 
 @pytest.mark.slow
 def test_a_hub_task_offline_is_one_line_naming_the_task_and_the_fix(model_dir, tmp_path):
     """Run as a user runs it, in a fresh interpreter, where any log line, warning or progress bar would reach stderr:
     the whole of stderr is the refusal."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"), "HF_HOME": str(tmp_path / "hf-home")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
+        "HF_HOME": str(tmp_path / "hf-home"),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "train.evaluate", "--model", str(model_dir), "--tasks", "hellaswag"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert_one_line_error(result, PROG, "task hellaswag", "Hugging Face Hub", "run it once online", "--include-path")
     assert result.stdout == ""

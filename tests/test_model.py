@@ -11,13 +11,7 @@ from conftest import REPO_ROOT, run_without_project, tiny_config
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedTokenizerFast
 from transformers.cache_utils import StaticCache
 
-from modeling_gptscratch import (
-    PRESETS,
-    GPTScratchConfig,
-    GPTScratchForCausalLM,
-    GPTScratchModel,
-    causal_lm_loss,
-)
+from modeling_gptscratch import PRESETS, GPTScratchConfig, GPTScratchForCausalLM, GPTScratchModel, causal_lm_loss
 
 
 def random_ids(batch: int, tokens: int, vocab: int = 97, seed: int = 1) -> torch.Tensor:
@@ -41,11 +35,22 @@ class LogitsOnly(torch.nn.Module):
 def test_book_config_dict_builds_a_model_with_hf_names():
     from llms_from_scratch.ch04 import GPTModel
 
-    book_cfg = {"vocab_size": 50257, "context_length": 256, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
-                "drop_rate": 0.1, "qkv_bias": False}
+    book_cfg = {
+        "vocab_size": 50257,
+        "context_length": 256,
+        "emb_dim": 768,
+        "n_heads": 12,
+        "n_layers": 12,
+        "drop_rate": 0.1,
+        "qkv_bias": False,
+    }
     config = GPTScratchConfig(**book_cfg)
-    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
-            config.max_position_embeddings) == (768, 12, 12, 256)
+    assert (
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        config.max_position_embeddings,
+    ) == (768, 12, 12, 256)
     assert config.tie_word_embeddings
     with torch.device("meta"):  # sizes only: no need to fill 160M parameters
         model = GPTScratchForCausalLM(config)
@@ -73,8 +78,7 @@ def test_presets_build_configs(name):
 
 def test_openai_preset_sizes_match_published_parameter_counts():
     with torch.device("meta"):
-        counts = {name: GPTScratchForCausalLM(GPTScratchConfig.from_preset(name)).num_parameters()
-                  for name in PRESETS}
+        counts = {name: GPTScratchForCausalLM(GPTScratchConfig.from_preset(name)).num_parameters() for name in PRESETS}
     assert counts["gpt2-124m"] == 124_439_808  # GPT-2 small, tied head: OpenAI's 124M
     assert counts["gpt2-355m"] == 354_823_168
     assert counts["gpt2-774m"] == 774_030_080
@@ -235,8 +239,9 @@ def test_cached_and_uncached_logits_are_equal(tiny_model):
     prefix = tiny_model(ids[:, :10], use_cache=True)
     chunk = tiny_model(ids[:, 10:17], past_key_values=prefix.past_key_values, use_cache=True)
     step = tiny_model(ids[:, 17:18], past_key_values=chunk.past_key_values, use_cache=True)
-    torch.testing.assert_close(torch.cat([prefix.logits, chunk.logits, step.logits], 1), full[:, :18],
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.cat([prefix.logits, chunk.logits, step.logits], 1), full[:, :18], rtol=1e-5, atol=1e-5
+    )
     assert type(step.past_key_values).__name__ == "DynamicCache"
     assert step.past_key_values.get_seq_length() == 18
 
@@ -340,15 +345,20 @@ def test_greedy_is_deterministic_and_is_argmax_at_each_step(tiny_model):
 def test_top_k_1_sampling_equals_greedy(tiny_model):
     prompt = random_ids(2, 6)
     greedy = tiny_model.generate(prompt, max_new_tokens=10, temperature=0)
-    sampled = tiny_model.generate(prompt, max_new_tokens=10, temperature=1.5, top_k=1,
-                                  generator=torch.Generator().manual_seed(7))
+    sampled = tiny_model.generate(
+        prompt, max_new_tokens=10, temperature=1.5, top_k=1, generator=torch.Generator().manual_seed(7)
+    )
     assert torch.equal(greedy, sampled)
 
 
 def test_seeded_sampling_is_reproducible_and_stays_in_the_top_k(tiny_model):
     prompt = random_ids(4, 5)
-    runs = [tiny_model.generate(prompt, max_new_tokens=15, temperature=1.0, top_k=3,
-                                generator=torch.Generator().manual_seed(11)) for _ in range(2)]
+    runs = [
+        tiny_model.generate(
+            prompt, max_new_tokens=15, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(11)
+        )
+        for _ in range(2)
+    ]
     assert torch.equal(runs[0], runs[1])
     torch.manual_seed(3)
     global_seeded = tiny_model.generate(prompt, max_new_tokens=15, temperature=1.0, top_k=3)
@@ -364,8 +374,9 @@ def test_higher_temperature_flattens_the_empirical_distribution(tiny_model):
     prompt = random_ids(1, 4).repeat(600, 1)
 
     def entropy_of_first_token(temperature: float) -> float:
-        tokens = tiny_model.generate(prompt, max_new_tokens=1, temperature=temperature,
-                                     generator=torch.Generator().manual_seed(0))[:, -1]
+        tokens = tiny_model.generate(
+            prompt, max_new_tokens=1, temperature=temperature, generator=torch.Generator().manual_seed(0)
+        )[:, -1]
         freq = torch.bincount(tokens, minlength=97).double() / len(tokens)
         return -(freq[freq > 0] * freq[freq > 0].log()).sum().item()
 
@@ -381,7 +392,7 @@ def test_eos_stops_its_row_and_pads_it_while_the_others_go_on(tiny_model):
     out = tiny_model.generate(prompt, max_new_tokens=10, temperature=0, eos_token_id=eos, pad_token_id=0)
     first_eos = free[0, 6:].tolist().index(eos) + 6
     assert torch.equal(out[0, : first_eos + 1], free[0, : first_eos + 1])
-    assert (out[0, first_eos + 1:] == 0).all()
+    assert (out[0, first_eos + 1 :] == 0).all()
     if assume_row1_differs:
         assert torch.equal(out[1], free[1])
 
@@ -412,8 +423,7 @@ def test_long_prompts_and_generation_past_the_window_match_the_books_generate(ti
     torch.manual_seed(5)
     ours = tiny_model.generate(prompt, max_new_tokens=25, temperature=0.8, top_k=5)
     torch.manual_seed(5)
-    book = book_generate(LogitsOnly(tiny_model), prompt, max_new_tokens=25, context_size=32, temperature=0.8,
-                         top_k=5)
+    book = book_generate(LogitsOnly(tiny_model), prompt, max_new_tokens=25, context_size=32, temperature=0.8, top_k=5)
     assert torch.equal(ours, book)
 
 
@@ -444,8 +454,7 @@ def test_options_the_override_does_not_implement_go_to_generation_mixin(tiny_mod
         reference = GenerationMixin.generate(tiny_model, prompt, max_new_tokens=8, do_sample=False, **options)
         assert torch.equal(ours, reference), options
     greedy = tiny_model.generate(prompt, max_new_tokens=8, temperature=0)
-    assert not torch.equal(greedy, tiny_model.generate(prompt, max_new_tokens=8, temperature=0,
-                                                       no_repeat_ngram_size=1))
+    assert not torch.equal(greedy, tiny_model.generate(prompt, max_new_tokens=8, temperature=0, no_repeat_ngram_size=1))
     with pytest.raises(ValueError, match="generator works with the built-in decoding only"):
         tiny_model.generate(prompt, max_new_tokens=2, top_p=0.9, temperature=1.0, generator=torch.Generator())
 
@@ -456,8 +465,14 @@ def test_transformers_greedy_search_agrees_with_the_override(tiny_model, cache_i
     mask = torch.ones_like(prompt)
     mask[1, :2] = 0  # left padding
     ours = tiny_model.generate(prompt, attention_mask=mask, max_new_tokens=12, temperature=0)
-    theirs = GenerationMixin.generate(tiny_model, prompt, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                                      cache_implementation=cache_implementation)
+    theirs = GenerationMixin.generate(
+        tiny_model,
+        prompt,
+        attention_mask=mask,
+        max_new_tokens=12,
+        do_sample=False,
+        cache_implementation=cache_implementation,
+    )
     assert torch.equal(ours, theirs)
 
 
@@ -524,8 +539,14 @@ def test_remote_code_loads_in_a_fresh_interpreter_without_the_project(tiny_model
     model_dir = tmp_path / "model"
     tiny_model.save_pretrained(model_dir)
     ids = random_ids(2, 12)
-    torch.save({"ids": ids, "logits": tiny_model(ids).logits.detach(),
-                "greedy": tiny_model.generate(ids, max_new_tokens=5, temperature=0)}, tmp_path / "expected.pt")
+    torch.save(
+        {
+            "ids": ids,
+            "logits": tiny_model(ids).logits.detach(),
+            "greedy": tiny_model.generate(ids, max_new_tokens=5, temperature=0),
+        },
+        tmp_path / "expected.pt",
+    )
     result = run_without_project(
         "import torch\n"
         "from transformers import AutoModelForCausalLM, AutoModel\n"
@@ -547,10 +568,14 @@ def test_model_file_imports_only_torch_transformers_and_the_standard_library():
     import sys
 
     tree = ast.parse((REPO_ROOT / "modeling_gptscratch.py").read_text())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for alias in node.names}
-    roots |= {node.module.split(".")[0] for node in ast.walk(tree)
-              if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+    roots = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    roots |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+    }
     assert roots - set(sys.stdlib_module_names) - {"torch", "transformers"} == set()
 
 
@@ -561,8 +586,9 @@ def byte_level_tokenizer(vocab_size: int = 97) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(["the cat sat on the mat"] * 20, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 

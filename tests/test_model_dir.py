@@ -76,7 +76,7 @@ def test_a_directory_without_a_tokenizer_is_refused_in_one_line_before_its_weigh
     [
         (b"[1, 2]", "holds an array, not a JSON object"),
         (b'"gptscratch"', "holds a string, not a JSON object"),
-        (b"{\"model_type\": ", "is not valid JSON (Expecting value: line 1"),
+        (b'{"model_type": ', "is not valid JSON (Expecting value: line 1"),
         (b"\x89PNG\r\n\x1a\n\x00\xff", "is not UTF-8 text (byte offset 0)"),
     ],
 )

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.optim._muon as torch_muon
+from cli_helpers import file_listing
+from test_train import common, read_metrics, train_cli, without_timing
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
-from cli_helpers import file_listing
-from test_train import cache, common, corpus, read_metrics, train_cli, without_timing  # noqa: F401 (fixtures)
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train import clock as clock_module
@@ -52,8 +52,11 @@ def steps_of_one_second(monkeypatch) -> dict:
         return step_ended(self, step, **kwargs)
 
     monkeypatch.setattr(clock_module.TrainingClock, "step_ended", one_second)
-    monkeypatch.setattr(StopSignals, "requested",
-                        property(lambda self: handle["stop_at"] is not None and handle["now"] >= handle["stop_at"]))
+    monkeypatch.setattr(
+        StopSignals,
+        "requested",
+        property(lambda self: handle["stop_at"] is not None and handle["now"] >= handle["stop_at"]),
+    )
     return handle
 
 
@@ -72,8 +75,10 @@ def cosine_lr(progress: float) -> float:
 # --max-time
 
 
-@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("1.5m", 90.0), ("10m", 600.0),
-                                           ("2h", 7200.0), ("2H", 7200.0), (45, 45.0)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("90", 90.0), ("90s", 90.0), ("1.5m", 90.0), ("10m", 600.0), ("2h", 7200.0), ("2H", 7200.0), (45, 45.0)],
+)
 def test_durations_are_seconds_or_have_a_unit(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -119,9 +124,31 @@ def test_the_time_budget_ends_the_run_with_the_schedule_at_its_floor_and_mfu_fro
     tmp_path, corpus, cache, steps_of_one_second, engine
 ):
     output = tmp_path / "run"
-    status = train_cli([*common(corpus, cache), "--output-dir", str(output), "--engine", engine, "--max-time", "10s",
-                        "--eval-freq", "5", "--save-steps", "5", "--lr", str(LR), "--warmup-steps", "0",
-                        "--lr-scheduler", "cosine", "--min-lr", str(MIN_LR), "--peak-flops", "1e9"])
+    status = train_cli(
+        [
+            *common(corpus, cache),
+            "--output-dir",
+            str(output),
+            "--engine",
+            engine,
+            "--max-time",
+            "10s",
+            "--eval-freq",
+            "5",
+            "--save-steps",
+            "5",
+            "--lr",
+            str(LR),
+            "--warmup-steps",
+            "0",
+            "--lr-scheduler",
+            "cosine",
+            "--min-lr",
+            str(MIN_LR),
+            "--peak-flops",
+            "1e9",
+        ]
+    )
     assert status == 0
     records = read_metrics(output)
     # 10 one-second steps fit in 10 s; evaluations and checkpoints take no time on this clock.
@@ -149,8 +176,17 @@ def test_the_time_budget_ends_the_run_with_the_schedule_at_its_floor_and_mfu_fro
 def test_the_first_limit_reached_ends_the_run_and_the_expected_steps_are_logged(
     tmp_path, corpus, cache, steps_of_one_second, capsys
 ):
-    args = [*common(corpus, cache), "--max-time", "12", "--eval-freq", "100", "--lr-scheduler", "linear",
-            "--warmup-steps", "0"]
+    args = [
+        *common(corpus, cache),
+        "--max-time",
+        "12",
+        "--eval-freq",
+        "100",
+        "--lr-scheduler",
+        "linear",
+        "--warmup-steps",
+        "0",
+    ]
     assert train_cli([*args, "--output-dir", str(tmp_path / "steps"), "--max-steps", "4"]) == 0
     assert read_metrics(tmp_path / "steps")[-1]["step"] == 4
     capsys.readouterr()
@@ -168,9 +204,29 @@ def test_the_first_limit_reached_ends_the_run_and_the_expected_steps_are_logged(
 
 @pytest.mark.parametrize("engine", ["accelerate", "trainer"])
 def test_a_resumed_run_continues_the_same_budget(tmp_path, corpus, cache, steps_of_one_second, engine):
-    args = [*common(corpus, cache), "--engine", engine, "--max-time", "10", "--eval-freq", "3", "--save-steps", "100",
-            "--lr", str(LR), "--lr-scheduler", "wsd", "--decay-ratio", "0.5", "--warmup-steps", "2",
-            "--min-lr", str(MIN_LR), "--peak-flops", "1e9"]
+    args = [
+        *common(corpus, cache),
+        "--engine",
+        engine,
+        "--max-time",
+        "10",
+        "--eval-freq",
+        "3",
+        "--save-steps",
+        "100",
+        "--lr",
+        str(LR),
+        "--lr-scheduler",
+        "wsd",
+        "--decay-ratio",
+        "0.5",
+        "--warmup-steps",
+        "2",
+        "--min-lr",
+        str(MIN_LR),
+        "--peak-flops",
+        "1e9",
+    ]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     assert train_cli([*args, "--output-dir", str(full)]) == 0
 
@@ -188,7 +244,7 @@ def test_a_resumed_run_continues_the_same_budget(tmp_path, corpus, cache, steps_
     before = file_listing(resumed)
     assert train_cli([*args, "--output-dir", str(resumed), "--resume"]) == 0
     assert file_listing(resumed) == before
-    longer = [*args[: args.index("--max-time")], "--max-time", "13", *args[args.index("--max-time") + 2:]]
+    longer = [*args[: args.index("--max-time")], "--max-time", "13", *args[args.index("--max-time") + 2 :]]
     assert train_cli([*longer, "--output-dir", str(resumed), "--resume"]) == 0
     assert read_metrics(resumed)[-1]["step"] > 10
 
@@ -199,14 +255,26 @@ def test_a_resumed_run_continues_the_same_budget(tmp_path, corpus, cache, steps_
 
 def test_muon_updates_the_blocks_matrices_and_adamw_the_rest():
     torch.manual_seed(0)
-    model = GPTScratchForCausalLM(GPTScratchConfig(vocab_size=VOCAB, context_length=WINDOW, emb_dim=EMB, n_heads=2,
-                                                   n_layers=LAYERS, drop_rate=0.0, qkv_bias=True))
+    model = GPTScratchForCausalLM(
+        GPTScratchConfig(
+            vocab_size=VOCAB,
+            context_length=WINDOW,
+            emb_dim=EMB,
+            n_heads=2,
+            n_layers=LAYERS,
+            drop_rate=0.0,
+            qkv_bias=True,
+        )
+    )
     options = TrainOptions(output_dir="unused", optimizer="muon", lr=1e-2, weight_decay=0.1)
     optimizer = build_optimizer(model, options)
     assert isinstance(optimizer, MuonWithAdamW)
     names = {id(parameter): name for name, parameter in model.named_parameters()}
-    expected = {f"model.trf_blocks.{i}.{name}.weight" for i in range(LAYERS)
-                for name in ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")}
+    expected = {
+        f"model.trf_blocks.{i}.{name}.weight"
+        for i in range(LAYERS)
+        for name in ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")
+    }
     assert {names[id(p)] for p in muon_parameters(model)} == expected
     assert {names[id(p)] for group in optimizer.muon.param_groups for p in group["params"]} == expected
 
@@ -231,24 +299,28 @@ def test_muon_updates_the_blocks_matrices_and_adamw_the_rest():
             # On a CPU the orthogonalisation is float32 (bf16 differs by about 1%): Muon's first step with
             # Nesterov momentum is a multiple of the gradient, which the normalised iteration does not see.
             defaults = optimizer.muon.defaults
-            orthogonalised = newton_schulz_float32(gradients[name], defaults["ns_coefficients"],
-                                                   defaults["ns_steps"], defaults["eps"])
+            orthogonalised = newton_schulz_float32(
+                gradients[name], defaults["ns_coefficients"], defaults["ns_steps"], defaults["eps"]
+            )
             torch.testing.assert_close(update, orthogonalised, rtol=1e-4, atol=1e-5, msg=name)
         else:
             # AdamW's first step, by hand: m / (sqrt(v) + eps) = g / (|g| + eps).
             grad = gradients[name]
-            torch.testing.assert_close(parameter.detach(), shrunk - 1e-2 * grad / (grad.abs() + 1e-8), rtol=1e-5,
-                                       atol=1e-7, msg=name)
+            torch.testing.assert_close(
+                parameter.detach(), shrunk - 1e-2 * grad / (grad.abs() + 1e-8), rtol=1e-5, atol=1e-7, msg=name
+            )
 
 
 @pytest.mark.parametrize("momentum", [0.8, 0.95])
 def test_muon_steps_with_the_momentum_of_muon_momentum(momentum):
     """The second step orthogonalises the Nesterov momentum of both gradients, computed here by hand."""
     torch.manual_seed(0)
-    model = GPTScratchForCausalLM(GPTScratchConfig(vocab_size=VOCAB, context_length=WINDOW, emb_dim=EMB, n_heads=2,
-                                                   n_layers=1, drop_rate=0.0))
-    optimizer = build_optimizer(model, TrainOptions(output_dir="unused", optimizer="muon", lr=1e-2, weight_decay=0.0,
-                                                    muon_momentum=momentum))
+    model = GPTScratchForCausalLM(
+        GPTScratchConfig(vocab_size=VOCAB, context_length=WINDOW, emb_dim=EMB, n_heads=2, n_layers=1, drop_rate=0.0)
+    )
+    optimizer = build_optimizer(
+        model, TrainOptions(output_dir="unused", optimizer="muon", lr=1e-2, weight_decay=0.0, muon_momentum=momentum)
+    )
     weight = model.model.trf_blocks[0].ff.layers[0].weight
     gradients = [torch.randn_like(weight) for _ in range(2)]
     for gradient in gradients:
@@ -266,14 +338,19 @@ def test_muon_steps_with_the_momentum_of_muon_momentum(momentum):
     torch.testing.assert_close(before - weight.detach(), step * expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("flags, printed", [
-    ([], "Muon for the blocks' weight matrices (lr 0.004, momentum 0.8), AdamW for the embeddings, norms and "
-         "biases; lr 0.004 cosine to 0.0004"),
-    (["--optimizer", "adamw"], "optimizer   AdamW; lr 0.0015 cosine to 0.00015"),
-    (["--optimizer", "adamw", "--lr", "0.01"], "optimizer   AdamW; lr 0.01 cosine to 0.001"),
-])
-def test_the_default_learning_rate_is_the_one_tuned_for_the_optimizer(tmp_path, corpus, cache, capsys, flags,
-                                                                      printed):
+@pytest.mark.parametrize(
+    "flags, printed",
+    [
+        (
+            [],
+            "Muon for the blocks' weight matrices (lr 0.004, momentum 0.8), AdamW for the embeddings, norms and "
+            "biases; lr 0.004 cosine to 0.0004",
+        ),
+        (["--optimizer", "adamw"], "optimizer   AdamW; lr 0.0015 cosine to 0.00015"),
+        (["--optimizer", "adamw", "--lr", "0.01"], "optimizer   AdamW; lr 0.01 cosine to 0.001"),
+    ],
+)
+def test_the_default_learning_rate_is_the_one_tuned_for_the_optimizer(tmp_path, corpus, cache, capsys, flags, printed):
     """Muon by default, at 4e-3 for both optimizers; AdamW alone at 1.5e-3 (README, Defaults that learn)."""
     assert train_cli([*common(corpus, cache), "--output-dir", str(tmp_path / "run"), "--dry-run", *flags]) == 0
     assert printed in capsys.readouterr().out
@@ -294,8 +371,25 @@ def test_newton_schulz_in_float32_is_torchs_iteration(shape):
 def test_muon_and_wsd_resume_exactly_and_both_engines_agree(tmp_path, corpus, cache):
     """A run resumed from its step-6 checkpoint reproduces the uninterrupted one, with Muon and warmup-stable-decay,
     in each engine; and the engines agree, as the AdamW engine-agreement test in test_train.py checks."""
-    args = [*common(corpus, cache), "--max-steps", "12", "--eval-freq", "3", "--save-steps", "6", "--lr", str(LR),
-            "--optimizer", "muon", "--lr-scheduler", "wsd", "--warmup-steps", "2", "--min-lr", str(MIN_LR)]
+    args = [
+        *common(corpus, cache),
+        "--max-steps",
+        "12",
+        "--eval-freq",
+        "3",
+        "--save-steps",
+        "6",
+        "--lr",
+        str(LR),
+        "--optimizer",
+        "muon",
+        "--lr-scheduler",
+        "wsd",
+        "--warmup-steps",
+        "2",
+        "--min-lr",
+        str(MIN_LR),
+    ]
     runs = {}
     for engine in ("accelerate", "trainer"):
         output = tmp_path / engine
@@ -317,8 +411,9 @@ def test_the_default_floor_is_a_tenth_of_the_peak_for_the_schedules_that_have_on
     assert TrainOptions(output_dir="x", lr=2e-3).floor_lr() == pytest.approx(2e-4)  # cosine, the default
     assert TrainOptions(output_dir="x", lr=2e-3, lr_scheduler="wsd", min_lr=1e-5).floor_lr() == 1e-5
     assert TrainOptions(output_dir="x", lr_scheduler="linear").floor_lr() == 0.0
-    model = GPTScratchForCausalLM(GPTScratchConfig(vocab_size=VOCAB, context_length=WINDOW, emb_dim=EMB, n_heads=2,
-                                                   n_layers=LAYERS))
+    model = GPTScratchForCausalLM(
+        GPTScratchConfig(vocab_size=VOCAB, context_length=WINDOW, emb_dim=EMB, n_heads=2, n_layers=LAYERS)
+    )
     options = TrainOptions(output_dir="x", lr=2e-3, warmup_steps=0)
     optimizer = build_optimizer(model, options)
     scheduler = build_scheduler(optimizer, options, 10, clock=None)
@@ -347,8 +442,9 @@ def test_early_stopping_by_default_and_patience_0_never_stops():
 def test_model_flops_per_token_are_what_torch_counts_in_a_training_step():
     """The MFU numerator against torch's FlopCounterMode over one forward and backward (SDPA's math kernel, whose
     matrix products the counter sees): the same count, so the formula leaves out no matrix product."""
-    config = GPTScratchConfig(vocab_size=VOCAB, context_length=WINDOW, emb_dim=EMB, n_heads=2, n_layers=LAYERS,
-                              drop_rate=0.0, qkv_bias=True)
+    config = GPTScratchConfig(
+        vocab_size=VOCAB, context_length=WINDOW, emb_dim=EMB, n_heads=2, n_layers=LAYERS, drop_rate=0.0, qkv_bias=True
+    )
     model = GPTScratchForCausalLM(config)
     ids = torch.randint(0, VOCAB, (BATCH, WINDOW + 1), generator=torch.Generator().manual_seed(0))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
@@ -377,8 +473,10 @@ def test_training_attends_on_the_causal_path_without_mask_or_dropout_and_steps_f
     options = TrainOptions(output_dir="unused", n_layers=2, emb_dim=32, n_heads=2, config={"context_length": 32})
     config = build_config(options, vocab_size=VOCAB, eos_token_id=0)
     assert (config.drop_rate, config.attention_dropout) == (0.0, 0.0)
-    for asked in (TrainOptions(output_dir="unused", dropout=0.1), TrainOptions(output_dir="unused",
-                                                                              config={"drop_rate": 0.1})):
+    for asked in (
+        TrainOptions(output_dir="unused", dropout=0.1),
+        TrainOptions(output_dir="unused", config={"drop_rate": 0.1}),
+    ):
         book = build_config(asked, vocab_size=VOCAB, eos_token_id=0)
         assert (book.drop_rate, book.attention_dropout) == (0.1, 0.0)
     calls = []
@@ -412,6 +510,8 @@ def test_a_runs_training_steps_call_the_fused_attention_and_adamw_kernels(corpus
     spec.loader.exec_module(bench_kernels)
     report = bench_kernels.kernel_report(bench_kernels.record_training_steps(common(corpus, cache), tmp_path / "run"))
     layers = 2  # TINY_MODEL's
-    assert report["attention"] == {"_scaled_dot_product_flash_attention_for_cpu": layers,
-                                   "_scaled_dot_product_flash_attention_for_cpu_backward": layers}
+    assert report["attention"] == {
+        "_scaled_dot_product_flash_attention_for_cpu": layers,
+        "_scaled_dot_product_flash_attention_for_cpu_backward": layers,
+    }
     assert report["optimizer"]["_fused_adamw_"] == 2

@@ -1,4 +1,5 @@
-"""GPT-2's tokenizer: exact GPT-2 IDs from OpenAI's files, saved directories, the offline hub error, the book's helpers."""
+"""GPT-2's tokenizer: exact GPT-2 IDs from OpenAI's files, saved directories, the offline hub error, the book's
+helpers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from transformers import AutoTokenizer
 
 from common.tokenizer import load_tokenizer
 from modeling_gptscratch import GPT2_EOS_TOKEN_ID, text_to_token_ids, token_ids_to_text
-
 
 EDGE_CASES = [
     "Hello, world!",

@@ -26,25 +26,19 @@ from train.metrics import TIMING_FIELDS
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # A 2-layer, 32-dimension model with a 300-token tokenizer: hundreds of steps per second on a CPU.
 TINY_MODEL = [
-    "--n-layers", "2", "--emb-dim", "32", "--n-heads", "2", "--config", "context_length=32", "--vocab-size", "300",
-    "--dropout", "0",
+    "--n-layers",
+    "2",
+    "--emb-dim",
+    "32",
+    "--n-heads",
+    "2",
+    "--config",
+    "context_length=32",
+    "--vocab-size",
+    "300",
+    "--dropout",
+    "0",
 ]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """Token files and fitted tokenizers, shared by this module's runs and kept out of the user's cache."""
-    return tmp_path_factory.mktemp("datasets-cache")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """About 40 KB of English from the embedded corpus, as a local file: ~90 training steps per epoch below."""
-    from pydoc_data.topics import topics
-
-    path = tmp_path_factory.mktemp("corpus") / "topics.txt"
-    path.write_text("\n".join(topics[key] for key in sorted(topics)[:12])[:40_000], encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +99,15 @@ def test_train_model_simple_matches_the_books_on_the_same_weights(corpus, cache,
     text = corpus.read_text(encoding="utf-8")[:12_000]
     local = D.local_corpus([str(corpus)])
     tokenizer = D.train_bpe_tokenizer(D.training_text(local, D.scan_corpus(local, progress=False), 0.9), 300)
-    cfg = {"vocab_size": 300, "context_length": 32, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0,
-           "qkv_bias": True}
+    cfg = {
+        "vocab_size": 300,
+        "context_length": 32,
+        "emb_dim": 32,
+        "n_heads": 4,
+        "n_layers": 2,
+        "drop_rate": 0.0,
+        "qkv_bias": True,
+    }
     torch.manual_seed(123)
     book_model = ch04.GPTModel(cfg)
     our_model = GPTScratchForCausalLM(GPTScratchConfig(**cfg, tie_word_embeddings=False))
@@ -116,11 +117,22 @@ def test_train_model_simple_matches_the_books_on_the_same_weights(corpus, cache,
     def run(model, train_function):
         torch.manual_seed(123)
         train_loader = D.create_dataloader(text[:split_idx], tokenizer, batch_size=2, max_length=32, stride=32)
-        val_loader = D.create_dataloader(text[split_idx:], tokenizer, batch_size=2, max_length=32, stride=32,
-                                         shuffle=False, drop_last=False)
+        val_loader = D.create_dataloader(
+            text[split_idx:], tokenizer, batch_size=2, max_length=32, stride=32, shuffle=False, drop_last=False
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
-        return train_function(model, train_loader, val_loader, optimizer, "cpu", num_epochs=2, eval_freq=10,
-                              eval_iter=2, start_context="The", tokenizer=tokenizer), val_loader
+        return train_function(
+            model,
+            train_loader,
+            val_loader,
+            optimizer,
+            "cpu",
+            num_epochs=2,
+            eval_freq=10,
+            eval_iter=2,
+            start_context="The",
+            tokenizer=tokenizer,
+        ), val_loader
 
     # The book prints samples through tiktoken's encode signature; the losses are what is compared.
     monkeypatch.setattr(ch05, "generate_and_print_sample", lambda *args: None)
@@ -147,12 +159,32 @@ def test_train_writes_metrics_plot_summary_checkpoints_and_a_loadable_model(tmp_
     from common.model_dir import load_model_directory
 
     output = tmp_path / "run"
-    status = train_cli([*common(corpus, cache), "--output-dir", str(output), "--max-steps", "30", "--eval-freq", "10",
-                        "--save-steps", "10", "--lr", "3e-3", "--report-to", "tensorboard"])
+    status = train_cli(
+        [
+            *common(corpus, cache),
+            "--output-dir",
+            str(output),
+            "--max-steps",
+            "30",
+            "--eval-freq",
+            "10",
+            "--save-steps",
+            "10",
+            "--lr",
+            "3e-3",
+            "--report-to",
+            "tensorboard",
+        ]
+    )
     printed = capsys.readouterr().out
     assert status == 0
-    for expected in ("Plan", "Val perplexity", "Sample: 'Every effort moves you", "done (completed): 30 steps",
-                     "reloaded with AutoModelForCausalLM"):
+    for expected in (
+        "Plan",
+        "Val perplexity",
+        "Sample: 'Every effort moves you",
+        "done (completed): 30 steps",
+        "reloaded with AutoModelForCausalLM",
+    ):
         assert expected in printed
 
     records = read_metrics(output)
@@ -191,8 +223,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, corpus, cache, cap
     output = tmp_path / "run"
     assert train_cli([*common(corpus, cache), "--output-dir", str(output), "--dry-run", "--max-steps", "7"]) == 0
     printed = capsys.readouterr().out
-    config = GPTScratchConfig.from_preset("tiny", n_layers=2, emb_dim=32, n_heads=2, context_length=32,
-                                          vocab_size=300)
+    config = GPTScratchConfig.from_preset("tiny", n_layers=2, emb_dim=32, n_heads=2, context_length=32, vocab_size=300)
     total = sum(p.numel() for p in GPTScratchForCausalLM(config).parameters())
     without_embeddings = total - 300 * 32 - 32 * 32
     assert f"{total:,}" in printed and f"{without_embeddings:,} without embeddings" in printed
@@ -210,8 +241,21 @@ def test_an_output_directory_inside_the_data_directory_is_left_out_of_the_data(t
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(corpus, data / "topics.txt")
-    args = ["--data", str(data), "--cache-dir", str(cache), *TINY_MODEL, "--batch-size", "4", "--eval-iter", "1",
-            "--max-steps", "2", "--eval-freq", "2"]
+    args = [
+        "--data",
+        str(data),
+        "--cache-dir",
+        str(cache),
+        *TINY_MODEL,
+        "--batch-size",
+        "4",
+        "--eval-iter",
+        "1",
+        "--max-steps",
+        "2",
+        "--eval-freq",
+        "2",
+    ]
     assert train_cli([*args, "--output-dir", str(data / "run")]) == 0
     first = capsys.readouterr().out
     # The run's weights, checkpoints, metrics and plots now lie inside the data directory: the next run on that
@@ -230,8 +274,22 @@ def test_config_values_take_the_model_fields_types(tmp_path, corpus, cache):
     from train.run import check_model_options
 
     output = tmp_path / "run"
-    assert train_cli([*common(corpus, cache), "--output-dir", str(output), "--max-steps", "1", "--config",
-                      "tie_word_embeddings=False", "--config", "layer_norm_eps=1e-6"]) == 0
+    assert (
+        train_cli(
+            [
+                *common(corpus, cache),
+                "--output-dir",
+                str(output),
+                "--max-steps",
+                "1",
+                "--config",
+                "tie_word_embeddings=False",
+                "--config",
+                "layer_norm_eps=1e-6",
+            ]
+        )
+        == 0
+    )
     config = json.loads((output / "config.json").read_text())
     assert config["tie_word_embeddings"] is False and config["layer_norm_eps"] == 1e-6
     weights = load_file(output / "model.safetensors")
@@ -245,9 +303,7 @@ def test_config_values_take_the_model_fields_types(tmp_path, corpus, cache):
     for text, value in spelled.items():
         options = check_model_options(TrainOptions(output_dir="x", config={"use_cache": text}))
         assert options.config["use_cache"] is value
-    assert check_model_options(TrainOptions(output_dir="x", config={"drop_rate": "0.25"})).config == {
-        "drop_rate": 0.25
-    }
+    assert check_model_options(TrainOptions(output_dir="x", config={"drop_rate": "0.25"})).config == {"drop_rate": 0.25}
 
 
 def test_gptscratch_prepare_makes_the_token_files_a_run_then_maps(tmp_path, corpus, capsys, monkeypatch):
@@ -271,7 +327,8 @@ def test_gptscratch_prepare_makes_the_token_files_a_run_then_maps(tmp_path, corp
         prepare.main([*data_flags, "--train-ratio", "2"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "gptscratch-prepare: error: --train-ratio 2.0: must be between 0 and 1 (0.9 keeps 10% for validation)")
+        "gptscratch-prepare: error: --train-ratio 2.0: must be between 0 and 1 (0.9 keeps 10% for validation)"
+    )
 
 
 def test_min_frequency_decides_how_many_tokens_a_small_corpus_gets(tmp_path, corpus, cache, capsys):
@@ -279,8 +336,23 @@ def test_min_frequency_decides_how_many_tokens_a_small_corpus_gets(tmp_path, cor
     twice; both stop short of --vocab-size."""
     sizes = []
     for flags in ([], ["--min-frequency", "1"]):
-        assert train_cli(["--data", str(corpus), "--cache-dir", str(cache), "--output-dir", str(tmp_path / "run"),
-                          "--vocab-size", "8192", "--dry-run", *flags]) == 0
+        assert (
+            train_cli(
+                [
+                    "--data",
+                    str(corpus),
+                    "--cache-dir",
+                    str(cache),
+                    "--output-dir",
+                    str(tmp_path / "run"),
+                    "--vocab-size",
+                    "8192",
+                    "--dry-run",
+                    *flags,
+                ]
+            )
+            == 0
+        )
         printed = capsys.readouterr().out
         sizes.append(int(re.search(r"BPE fitted on the training split \((\d+) tokens\)", printed).group(1)))
     assert sizes[0] < sizes[1] < 8192
@@ -303,9 +375,21 @@ def test_a_small_corpus_is_evaluated_every_epoch_unless_told(tmp_path, corpus, c
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_a_config_file_sets_the_options_and_flags_win(tmp_path, corpus, cache, capsys, suffix):
-    values = {"data": [str(corpus)], "cache_dir": str(cache), "n_layers": 2, "emb_dim": 32, "n_heads": 2,
-              "config": {"context_length": 32}, "vocab_size": 300, "dropout": 0.0, "batch_size": 4,
-              "max_steps": 7, "lr_scheduler": "cosine", "optimizer": "adamw", "dry_run": True}
+    values = {
+        "data": [str(corpus)],
+        "cache_dir": str(cache),
+        "n_layers": 2,
+        "emb_dim": 32,
+        "n_heads": 2,
+        "config": {"context_length": 32},
+        "vocab_size": 300,
+        "dropout": 0.0,
+        "batch_size": 4,
+        "max_steps": 7,
+        "lr_scheduler": "cosine",
+        "optimizer": "adamw",
+        "dry_run": True,
+    }
     config_file = tmp_path / f"run{suffix}"
     if suffix == ".json":
         config_file.write_text(json.dumps(values), encoding="utf-8")
@@ -318,7 +402,9 @@ def test_a_config_file_sets_the_options_and_flags_win(tmp_path, corpus, cache, c
     printed = capsys.readouterr().out
     assert "5 steps (max steps)" in printed  # the flag wins over the file's 7
     # The file's AdamW sets the rate tuned for it; Muon's default is twice as high (test_speed).
-    assert "lr 0.0015 cosine to 0.00015" in printed and "context_length=32, n_layers=2, n_heads=2, emb_dim=32" in printed
+    assert (
+        "lr 0.0015 cosine to 0.00015" in printed and "context_length=32, n_layers=2, n_heads=2, emb_dim=32" in printed
+    )
     assert "this run sees 640;" in printed  # 5 steps x 4 windows x 32 tokens: the file's batch and context
     assert not output.exists()
 
@@ -343,14 +429,30 @@ def test_a_bad_config_file_is_one_line_naming_it(tmp_path, capsys, content, expe
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, cache):
     """Interrupted at a step decided by the clock, then resumed: the same metrics and weights, bit for bit."""
-    args = [*common(corpus, cache), "--max-steps", "80", "--eval-freq", "1", "--eval-iter", "1", "--save-steps", "40",
-            "--dropout", "0.1"]
+    args = [
+        *common(corpus, cache),
+        "--max-steps",
+        "80",
+        "--eval-freq",
+        "1",
+        "--eval-iter",
+        "1",
+        "--save-steps",
+        "40",
+        "--dropout",
+        "0.1",
+    ]
     command = [sys.executable, "-m", "train", *args]
     full, interrupted = tmp_path / "full", tmp_path / "interrupted"
     subprocess.run([*command, "--output-dir", str(full)], env=subprocess_env(), check=True, capture_output=True)
 
-    process = subprocess.Popen([*command, "--output-dir", str(interrupted)], env=subprocess_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*command, "--output-dir", str(interrupted)],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = interrupted / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and '"step": 20,' in metrics.read_text()):
@@ -366,8 +468,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_reproduces_the_uninterrupted_run(
 
     # A resume must use the options that shape the numbers.
     assert train_cli([*args, "--batch-size", "8", "--output-dir", str(interrupted), "--resume"]) == 2
-    resumed = subprocess.run([*command, "--output-dir", str(interrupted), "--resume"], env=subprocess_env(),
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        [*command, "--output-dir", str(interrupted), "--resume"], env=subprocess_env(), capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {interrupted / 'checkpoints' / f'checkpoint-{stopped_at}'}" in resumed.stdout
     # Identical but for what the wall clock measures (time, tokens/s, MFU).
@@ -381,8 +484,17 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_and_nothing_ha
     from accelerate import Accelerator
 
     output = tmp_path / "run"
-    args = [*common(corpus, cache), "--output-dir", str(output), "--max-steps", "6", "--save-steps", "3",
-            "--eval-freq", "3"]
+    args = [
+        *common(corpus, cache),
+        "--output-dir",
+        str(output),
+        "--max-steps",
+        "6",
+        "--save-steps",
+        "3",
+        "--eval-freq",
+        "3",
+    ]
     save_state = Accelerator.save_state
     calls = []
 
@@ -410,8 +522,21 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_and_nothing_ha
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus, cache, capsys):
     output = tmp_path / "run"
-    status = train_cli([*common(corpus, cache), "--output-dir", str(output), "--max-steps", "10", "--lr", "1e30",
-                        "--warmup-steps", "0", "--save-steps", "1"])
+    status = train_cli(
+        [
+            *common(corpus, cache),
+            "--output-dir",
+            str(output),
+            "--max-steps",
+            "10",
+            "--lr",
+            "1e30",
+            "--warmup-steps",
+            "0",
+            "--save-steps",
+            "1",
+        ]
+    )
     stderr = capsys.readouterr().err
     assert status == 1
     assert "the training loss became nan at step 2" in stderr and "checkpoint-1" in stderr
@@ -422,9 +547,25 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
 def test_early_stopping_keeps_the_best_model(tmp_path, corpus, cache):
     output = tmp_path / "run"
     # A learning rate this high overfits and then degrades within a few dozen steps.
-    status = train_cli([*common(corpus, cache), "--output-dir", str(output), "--max-steps", "300", "--eval-freq", "2",
-                        "--lr", "3e-2", "--warmup-steps", "0", "--early-stopping-patience", "2",
-                        "--lr-scheduler", "constant"])
+    status = train_cli(
+        [
+            *common(corpus, cache),
+            "--output-dir",
+            str(output),
+            "--max-steps",
+            "300",
+            "--eval-freq",
+            "2",
+            "--lr",
+            "3e-2",
+            "--warmup-steps",
+            "0",
+            "--early-stopping-patience",
+            "2",
+            "--lr-scheduler",
+            "constant",
+        ]
+    )
     assert status == 0
     summary = json.loads((output / "training_summary.json").read_text())
     records = read_metrics(output)
@@ -442,8 +583,21 @@ def test_a_resume_of_a_run_that_ended_trains_nothing_unless_its_end_moves(tmp_pa
     from cli_helpers import file_listing
 
     output = tmp_path / "run"
-    args = [*common(corpus, cache), "--output-dir", str(output), "--max-steps", "300", "--eval-freq", "2",
-            "--lr", "3e-2", "--warmup-steps", "0", "--early-stopping-patience", "2"]
+    args = [
+        *common(corpus, cache),
+        "--output-dir",
+        str(output),
+        "--max-steps",
+        "300",
+        "--eval-freq",
+        "2",
+        "--lr",
+        "3e-2",
+        "--warmup-steps",
+        "0",
+        "--early-stopping-patience",
+        "2",
+    ]
     assert train_cli(args) == 0
     stopped = json.loads((output / "training_summary.json").read_text())["steps"]
     records = read_metrics(output)
@@ -487,8 +641,21 @@ def test_trainer_engine_agrees_with_the_accelerate_loop_and_resumes(tmp_path, co
     A real difference (data order, decay groups, schedule, loss definition) moves the losses by more than 1e-2
     within a few steps, so 1e-4 tells the two apart with room to spare.
     """
-    args = [*common(corpus, cache), "--max-steps", "24", "--eval-freq", "4", "--save-steps", "12", "--lr", "3e-3",
-            "--warmup-steps", "4", "--grad-accum", "2"]
+    args = [
+        *common(corpus, cache),
+        "--max-steps",
+        "24",
+        "--eval-freq",
+        "4",
+        "--save-steps",
+        "12",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "4",
+        "--grad-accum",
+        "2",
+    ]
     loop_dir, trainer_dir = tmp_path / "loop", tmp_path / "trainer"
     assert train_cli([*args, "--output-dir", str(loop_dir)]) == 0
     assert train_cli([*args, "--output-dir", str(trainer_dir), "--engine", "trainer"]) == 0
@@ -523,14 +690,38 @@ def test_trainer_engine_agrees_with_the_accelerate_loop_and_resumes(tmp_path, co
 
 
 @pytest.mark.slow
-def test_a_streamed_run_resumed_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path, stream_dataset, cache,
-                                                                                  capsys):
+def test_a_streamed_run_resumed_from_a_checkpoint_reproduces_the_uninterrupted_run(
+    tmp_path, stream_dataset, cache, capsys
+):
     """--streaming tokenises as it trains; a checkpoint keeps the stream's position (the dataset's, the tokens in
     hand, the shuffle buffer and its generator), so resuming from it gives the same metrics and weights, bit for
     bit (but for what the wall clock measures), as the run that went on."""
-    args = ["--dataset", str(stream_dataset), "--streaming", "--cache-dir", str(cache), *TINY_MODEL,
-            "--batch-size", "4", "--eval-iter", "2", "--max-steps", "12", "--eval-freq", "3", "--save-steps", "6",
-            "--shuffle-buffer", "64", "--dropout", "0.1", "--lr", "3e-3", "--output-dir", str(tmp_path / "run")]
+    args = [
+        "--dataset",
+        str(stream_dataset),
+        "--streaming",
+        "--cache-dir",
+        str(cache),
+        *TINY_MODEL,
+        "--batch-size",
+        "4",
+        "--eval-iter",
+        "2",
+        "--max-steps",
+        "12",
+        "--eval-freq",
+        "3",
+        "--save-steps",
+        "6",
+        "--shuffle-buffer",
+        "64",
+        "--dropout",
+        "0.1",
+        "--lr",
+        "3e-3",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
     assert train_cli(args) == 0
     printed = capsys.readouterr().out
     assert "(streamed)" in printed and "shuffle buffer of 64" in printed
@@ -559,13 +750,15 @@ def test_document_positions_restart_at_each_separator_and_keep_attention_inside_
     window = torch.tensor([[5, 6, eos, 8, 9, 3, eos, 4], [eos, 1, 2, 3, 4, 5, 6, 8]])
     assert D.document_position_ids(window, eos).tolist() == [[0, 1, 0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]]
     torch.manual_seed(0)
-    model = GPTScratchForCausalLM(GPTScratchConfig(vocab_size=10, context_length=8, emb_dim=16, n_heads=2,
-                                                   n_layers=2, drop_rate=0.0)).eval()
+    model = GPTScratchForCausalLM(
+        GPTScratchConfig(vocab_size=10, context_length=8, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0)
+    ).eval()
     with torch.no_grad():
         logits = window_logits(model, window, eos)
         for start, end in ((0, 2), (2, 6), (6, 8)):  # each document alone, its positions counted from 0
-            torch.testing.assert_close(logits[0, start:end], model(window[:1, start:end]).logits[0],
-                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                logits[0, start:end], model(window[:1, start:end]).logits[0], rtol=1e-5, atol=1e-6
+            )
         torch.testing.assert_close(logits[1], model(window[1:]).logits[0], rtol=1e-5, atol=1e-6)  # one document
         assert not torch.allclose(window_logits(model, window, None)[0, 2:6], logits[0, 2:6], atol=1e-3)
 
@@ -578,8 +771,23 @@ def test_document_mask_trains_alike_in_both_engines(tmp_path, cache):
     documents.mkdir()
     for key in sorted(topics)[:40]:  # short documents: several per 32-token window
         (documents / f"{key}.txt").write_text(topics[key][:200], encoding="utf-8")
-    args = ["--data", str(documents), "--cache-dir", str(cache), *TINY_MODEL, "--batch-size", "4", "--eval-iter", "2",
-            "--max-steps", "8", "--eval-freq", "4", "--lr", "3e-3"]
+    args = [
+        "--data",
+        str(documents),
+        "--cache-dir",
+        str(cache),
+        *TINY_MODEL,
+        "--batch-size",
+        "4",
+        "--eval-iter",
+        "2",
+        "--max-steps",
+        "8",
+        "--eval-freq",
+        "4",
+        "--lr",
+        "3e-3",
+    ]
     runs = {name: tmp_path / name for name in ("loop", "trainer", "unmasked")}
     assert train_cli([*args, "--document-mask", "--output-dir", str(runs["loop"])]) == 0
     assert train_cli([*args, "--document-mask", "--output-dir", str(runs["trainer"]), "--engine", "trainer"]) == 0
@@ -603,9 +811,25 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus, ca
     single, double = tmp_path / "one", tmp_path / "two"
     assert train_cli([*args, "--batch-size", "4", "--output-dir", str(single)]) == 0
     launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "train", *args, "--batch-size", "2", "--output-dir", str(double)],
-        env=dict(subprocess_env(), OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "train",
+            *args,
+            "--batch-size",
+            "2",
+            "--output-dir",
+            str(double),
+        ],
+        env=dict(subprocess_env(), OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "2 processes" in launched.stdout
@@ -654,14 +878,20 @@ def bad_files(tmp_path):
         ({"--max-steps": "0"}, "--max-steps 0: must be a positive integer"),
         ({"--streaming": None}, "--streaming streams a --dataset NAME; local files (--data) are tokenised once"),
         ({"--dataset": "someone/data", "--streaming": None}, "--streaming needs --max-steps N"),
-        ({"--dataset": "someone/data", "--streaming": None, "--max-steps": "5", "--engine": "trainer"},
-         "--engine trainer does not take --streaming: the Trainer resumes a stream by reading it again"),
-        ({"--dataset": "someone/no-such-dataset", "--streaming": None, "--max-steps": "5"},
-         "--dataset someone/no-such-dataset --streaming: could not load it from the Hugging Face Hub"),
+        (
+            {"--dataset": "someone/data", "--streaming": None, "--max-steps": "5", "--engine": "trainer"},
+            "--engine trainer does not take --streaming: the Trainer resumes a stream by reading it again",
+        ),
+        (
+            {"--dataset": "someone/no-such-dataset", "--streaming": None, "--max-steps": "5"},
+            "--dataset someone/no-such-dataset --streaming: could not load it from the Hugging Face Hub",
+        ),
         ({"--max-time": "10x"}, "--max-time 10x: expected a positive duration in seconds (90) or with a unit"),
         ({"--max-time": "0s"}, "--max-time 0s: expected a positive duration"),
-        ({"--min-lr": "1e-5", "--lr-scheduler": "constant"},
-         "--min-lr 1e-05: --lr-scheduler constant has no floor; use cosine or wsd"),
+        (
+            {"--min-lr": "1e-5", "--lr-scheduler": "constant"},
+            "--min-lr 1e-05: --lr-scheduler constant has no floor; use cosine or wsd",
+        ),
         ({"--min-lr": "5e-3", "--lr-scheduler": "wsd"}, "--min-lr 0.005 must be below --lr 0.004"),
         ({"--optimizer": "sgd"}, "argument --optimizer: invalid choice: 'sgd'"),
         ({"--attention-dropout": "1"}, "--attention-dropout 1.0: must be in [0, 1)"),

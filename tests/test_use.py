@@ -27,10 +27,10 @@ import convert.push
 import train.evaluate
 import train.generate
 from common.commands import UsageError
-from convert.gpt2_export import export_gpt2, to_gpt2
 from common.model_dir import inference_device, load_model_directory, save_model_directory
-from convert.push import push_to_local_hub, repo_path
 from common.tokenizer import load_tokenizer
+from convert.gpt2_export import export_gpt2, to_gpt2
+from convert.push import push_to_local_hub, repo_path
 from modeling_gptscratch import GPTScratchForCausalLM
 from train.evaluate import check_text_file, evaluate_text, score_token_ids, sliding_windows, text_token_ids
 from train.generate import EndOfTextStreamer, encode_prompt, generate_text
@@ -107,8 +107,15 @@ def trained_dir(tmp_path_factory, tokenizer) -> Path:
         tiny_model_for(tokenizer, seed=1), tokenizer, tmp_path_factory.mktemp("models") / "trained"
     )
     summary = {
-        "source": "the-verdict.txt", "tokenizer": "gpt2", "steps": 1234, "epochs": 3, "tokens_seen": 567890,
-        "train_loss": 3.21012, "val_loss": 4.56034, "train_perplexity": 24.7812, "val_perplexity": 95.6243,
+        "source": "the-verdict.txt",
+        "tokenizer": "gpt2",
+        "steps": 1234,
+        "epochs": 3,
+        "tokens_seen": 567890,
+        "train_loss": 3.21012,
+        "val_loss": 4.56034,
+        "train_perplexity": 24.7812,
+        "val_perplexity": 95.6243,
     }
     (directory / "training_summary.json").write_text(json.dumps(summary), encoding="utf-8")
     (directory / "metrics.jsonl").write_text('{"step": 1234, "val_loss": 4.56034}\n', encoding="utf-8")
@@ -141,8 +148,9 @@ def test_streamed_tokens_are_the_generated_ones(tiny_model, prompt_tokens, new_t
     prompt = torch.randint(0, 97, (1, prompt_tokens), generator=torch.Generator().manual_seed(prompt_tokens))
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     streamer = TokenRecorder()
-    streamed = tiny_model.generate(prompt, max_new_tokens=new_tokens, temperature=temperature, top_k=top_k,
-                                   generator=generator, streamer=streamer)
+    streamed = tiny_model.generate(
+        prompt, max_new_tokens=new_tokens, temperature=temperature, top_k=top_k, generator=generator, streamer=streamer
+    )
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     expected = tiny_model.generate(
         prompt, max_new_tokens=new_tokens, temperature=temperature, top_k=top_k, generator=generator
@@ -156,7 +164,7 @@ def test_generate_text_stops_at_eos_unless_told(model_dir, tokenizer):
     model, _ = load_model_directory(model_dir)
     prompt_ids = encode_prompt(tokenizer, PROMPT, model.config.vocab_size)
     greedy = model.generate(torch.tensor([prompt_ids]), max_new_tokens=6, temperature=0, eos_token_id=[])
-    greedy = greedy[0, len(prompt_ids):].tolist()
+    greedy = greedy[0, len(prompt_ids) :].tolist()
     model.generation_config.eos_token_id = greedy[2]  # make the third greedy token the end of text
     stop = greedy.index(greedy[2])  # (or an earlier repeat of it)
     stopped = generate_text(model, PROMPT, max_new_tokens=6, tokenizer=tokenizer)
@@ -196,10 +204,14 @@ def eos_dir(model_dir, tmp_path_factory) -> tuple[Path, str, int]:
     model, tokenizer = load_model_directory(model_dir, device=inference_device())
     prompt_ids = encode_prompt(tokenizer, prompt, len(tokenizer))
     sampled = model.generate(
-        torch.tensor([prompt_ids], device=model.device), max_new_tokens=12, temperature=1.0, top_k=20,
-        eos_token_id=[], generator=torch.Generator(device=model.device).manual_seed(42),
+        torch.tensor([prompt_ids], device=model.device),
+        max_new_tokens=12,
+        temperature=1.0,
+        top_k=20,
+        eos_token_id=[],
+        generator=torch.Generator(device=model.device).manual_seed(42),
     )
-    new_ids = sampled[0, len(prompt_ids):].tolist()
+    new_ids = sampled[0, len(prompt_ids) :].tolist()
     model.generation_config.eos_token_id = [new_ids[3], tokenizer.eos_token_id]
     directory = save_model_directory(model, tokenizer, tmp_path_factory.mktemp("models") / "eos")
     return directory, prompt, min(i for i, token in enumerate(new_ids) if token in (new_ids[3], tokenizer.eos_token_id))
@@ -230,8 +242,20 @@ def test_generate_cli_streams_what_the_api_returns(eos_dir, tokenizer, monkeypat
     the prompt shows, the end-of-text token that stops generation does not; with --no-stop-at-eos it shows too."""
     directory, prompt, stop = eos_dir
     recorder = PrintRecorder(monkeypatch)
-    argv = ["--model", directory, "--prompt", prompt, "--max-new-tokens", "12", "--temperature", "1.0",
-            "--top-k", "20", "--seed", "42"] + ([] if stop_at_eos else ["--no-stop-at-eos"])
+    argv = [
+        "--model",
+        directory,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "1.0",
+        "--top-k",
+        "20",
+        "--seed",
+        "42",
+    ] + ([] if stop_at_eos else ["--no-stop-at-eos"])
     result = run_main(train.generate.main, argv, capsys)
     expected = generate_text(directory, prompt, 12, temperature=1.0, top_k=20, seed=42, stop_at_eos=stop_at_eos)
     assert result.returncode == 0, result.stderr
@@ -378,7 +402,16 @@ def test_eval_cli_prints_one_json_object(model_dir, tmp_path):
     data = tmp_path / "text.txt"
     data.write_text(TEXT, encoding="utf-8")
     result = run_cli(
-        "-m", "train.evaluate", "--model", str(model_dir), "--data", str(data), "--stride", "8", "--batch-size", "2",
+        "-m",
+        "train.evaluate",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--stride",
+        "8",
+        "--batch-size",
+        "2",
         "--json",
     )
     assert result.returncode == 0, result.stderr
@@ -443,9 +476,20 @@ def test_push_writes_a_complete_repository_with_the_training_record(trained_dir,
     repo = push_to_local_hub(trained_dir, tmp_path / "hub", "alice/tiny-gpt")
     assert repo == tmp_path / "hub" / "alice" / "tiny-gpt"
     files = {p.name for p in repo.iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "modeling_gptscratch.py",
-            "tokenizer.json", "tokenizer_config.json", "README.md", "training_summary.json", "metrics.jsonl",
-            "loss_plot.png", "loss_plot.pdf", ".git"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "modeling_gptscratch.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "training_summary.json",
+        "metrics.jsonl",
+        "loss_plot.png",
+        "loss_plot.pdf",
+        ".git",
+    } <= files
     assert "checkpoints" not in files
     umask = os.umask(0)
     os.umask(umask)
@@ -458,10 +502,19 @@ def test_push_writes_a_complete_repository_with_the_training_record(trained_dir,
     metadata = card.split("---\n")[1]
     for line in ("library_name: transformers", "pipeline_tag: text-generation", "license: apache-2.0", "- gptscratch"):
         assert line in metadata.splitlines()
-    for fact in ("the-verdict.txt", "| Steps | 1,234 |", "| Epochs | 3 |", "| Tokens seen | 567,890 |",
-                 "| Final training loss | 3.2101 |", "| Final validation loss | 4.5603 |",
-                 "| Final training perplexity | 24.78 |", "| Final validation perplexity | 95.62 |",
-                 "](loss_plot.png)", "trust_remote_code=True", "`git show <commit>:config.json`"):
+    for fact in (
+        "the-verdict.txt",
+        "| Steps | 1,234 |",
+        "| Epochs | 3 |",
+        "| Tokens seen | 567,890 |",
+        "| Final training loss | 3.2101 |",
+        "| Final validation loss | 4.5603 |",
+        "| Final training perplexity | 24.78 |",
+        "| Final validation perplexity | 95.62 |",
+        "](loss_plot.png)",
+        "trust_remote_code=True",
+        "`git show <commit>:config.json`",
+    ):
         assert fact in card
     assert "worktree" not in card  # a worktree would put a second checkout inside the hub
     assert git(repo, "rev-list", "--count", "HEAD") == "1"
@@ -528,8 +581,11 @@ def test_pushed_repositories_load_without_the_project(model_dir, tokenizer, tmp_
     hub = tmp_path / "hub"
     repo = push_to_local_hub(model_dir, hub, "alice/tiny-gpt")
     # The plain GPT-2 one through the command: --format reaches the Python API.
-    pushed = run_main(convert.push.main, ["--model", model_dir, "--hub-dir", hub, "--repo-id", "alice/tiny-gpt2",
-                                          "--format", "gpt2"], capsys)
+    pushed = run_main(
+        convert.push.main,
+        ["--model", model_dir, "--hub-dir", hub, "--repo-id", "alice/tiny-gpt2", "--format", "gpt2"],
+        capsys,
+    )
     gpt2_repo = hub / "alice" / "tiny-gpt2"
     assert pushed.returncode == 0 and f"pushed alice/tiny-gpt2 to {gpt2_repo}" in pushed.stdout, pushed.stderr
     code = f"""
@@ -553,8 +609,11 @@ print(json.dumps({{
     result = run_without_project(code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert (loaded["config"], loaded["model"], loaded["gpt2"]) == ("GPTScratchConfig", "GPTScratchForCausalLM",
-                                                                   "GPT2LMHeadModel")
+    assert (loaded["config"], loaded["model"], loaded["gpt2"]) == (
+        "GPTScratchConfig",
+        "GPTScratchForCausalLM",
+        "GPT2LMHeadModel",
+    )
     model, _ = load_model_directory(model_dir)
     ids = torch.tensor([loaded["ids"]])
     assert loaded["ids"] == tokenizer(PROMPT)["input_ids"]
@@ -638,27 +697,52 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(model_dir, tokenizer
         "repo id ../x": (convert.push.main, push + ["--repo-id", "../x"], "'../x' is not NAMESPACE/NAME"),
         "absolute repo id": (convert.push.main, push + ["--repo-id", tmp_path / "x"], "is not NAMESPACE/NAME"),
         "empty part": (convert.push.main, push + ["--repo-id", "alice//x"], "'alice//x' is not NAMESPACE/NAME"),
-        "hub is a file": (convert.push.main, push[:-1] + [tmp_path / "a-file", "--repo-id", "a/b"],
-                          "is not a directory"),
-        "hub under a file": (convert.push.main, push[:-1] + [tmp_path / "a-file" / "hub", "--repo-id", "a/b"],
-                             "is not a directory"),
-        "push missing model": (convert.push.main, ["--model", tmp_path / "absent", "--hub-dir", hub, "--repo-id",
-                                                   "a/b"], "does not exist"),
-        "generate foreign model": (train.generate.main, ["--model", foreign, "--prompt", PROMPT],
-                                   "holds a 'gpt2' model"),
+        "hub is a file": (
+            convert.push.main,
+            push[:-1] + [tmp_path / "a-file", "--repo-id", "a/b"],
+            "is not a directory",
+        ),
+        "hub under a file": (
+            convert.push.main,
+            push[:-1] + [tmp_path / "a-file" / "hub", "--repo-id", "a/b"],
+            "is not a directory",
+        ),
+        "push missing model": (
+            convert.push.main,
+            ["--model", tmp_path / "absent", "--hub-dir", hub, "--repo-id", "a/b"],
+            "does not exist",
+        ),
+        "generate foreign model": (
+            train.generate.main,
+            ["--model", foreign, "--prompt", PROMPT],
+            "holds a 'gpt2' model",
+        ),
         "empty prompt": (train.generate.main, ["--model", model_dir, "--prompt", ""], "encodes to no tokens"),
         # What Python makes of the bytes of a Latin-1 "café" on the command line.
-        "prompt that is not UTF-8": (train.generate.main, ["--model", model_dir, "--prompt", "caf\udce9"],
-                                     "the prompt 'caf\\udce9' is not valid text"),
-        "eval missing data": (train.evaluate.main, ["--model", model_dir, "--data", tmp_path / "absent"],
-                              "does not exist"),
-        "export taken output": (convert.gpt2_export.main, ["--model", model_dir, "--output-dir", tmp_path],
-                                "is not empty; pass --overwrite"),
+        "prompt that is not UTF-8": (
+            train.generate.main,
+            ["--model", model_dir, "--prompt", "caf\udce9"],
+            "the prompt 'caf\\udce9' is not valid text",
+        ),
+        "eval missing data": (
+            train.evaluate.main,
+            ["--model", model_dir, "--data", tmp_path / "absent"],
+            "does not exist",
+        ),
+        "export taken output": (
+            convert.gpt2_export.main,
+            ["--model", model_dir, "--output-dir", tmp_path],
+            "is not empty; pass --overwrite",
+        ),
     }
     before = file_tree(tmp_path)
-    for case, (main, argv, message) in cases.items():
-        prog = {convert.gpt2_export.main: convert.gpt2_export.PROG, convert.push.main: convert.push.PROG,
-                train.generate.main: train.generate.PROG, train.evaluate.main: train.evaluate.PROG}[main]
+    for main, argv, message in cases.values():
+        prog = {
+            convert.gpt2_export.main: convert.gpt2_export.PROG,
+            convert.push.main: convert.push.PROG,
+            train.generate.main: train.generate.PROG,
+            train.evaluate.main: train.evaluate.PROG,
+        }[main]
         result = run_main(main, argv, capfd)
         assert_one_line_error(result, prog, message)
     assert file_tree(tmp_path) == before
@@ -668,8 +752,12 @@ def test_an_unwritable_hub_directory_is_refused(model_dir, tmp_path, monkeypatch
     # os.access, not chmod: the tests may run as root, whom permissions do not stop.
     monkeypatch.setattr("convert.push.os.access", lambda path, mode: False)
     argv = ["--model", model_dir, "--hub-dir", tmp_path / "hub", "--repo-id", "alice/tiny-gpt"]
-    assert_one_line_error(run_main(convert.push.main, argv, capfd), convert.push.PROG,
-                          f"hub directory {tmp_path / 'hub'} is not writable", "choose a writable --hub-dir")
+    assert_one_line_error(
+        run_main(convert.push.main, argv, capfd),
+        convert.push.PROG,
+        f"hub directory {tmp_path / 'hub'} is not writable",
+        "choose a writable --hub-dir",
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -683,19 +771,30 @@ def test_refusals_after_reading_the_model_directory_print_one_line(model_dir, to
     (tmp_path / "a-file").write_text("some text")
     hub = str(tmp_path / "hub")
     cases = {
-        "untied as gpt2": (["-m", "convert.push", "--model", str(untied), "--hub-dir", hub, "--repo-id", "a/b",
-                            "--format", "gpt2"], "gptscratch-push", "GPT-2 cannot express"),
-        "export untied": (["-m", "convert.gpt2_export", "--model", str(untied), "--output-dir",
-                           str(tmp_path / "out")], "python -m convert.gpt2_export", "GPT-2 cannot express"),
-        "unknown characters": (["-m", "train.generate", "--model", str(unknown_chars), "--prompt", "naïve"],
-                               "gptscratch-generate", "cannot represent 'ï'"),
-        "stride over context": (["-m", "train.evaluate", "--model", str(model_dir), "--data", str(tmp_path / "a-file"),
-                                 "--stride", "33"], "gptscratch-eval",
-                                "--stride must be between 1 and the context length 32"),
+        "untied as gpt2": (
+            ["-m", "convert.push", "--model", str(untied), "--hub-dir", hub, "--repo-id", "a/b", "--format", "gpt2"],
+            "gptscratch-push",
+            "GPT-2 cannot express",
+        ),
+        "export untied": (
+            ["-m", "convert.gpt2_export", "--model", str(untied), "--output-dir", str(tmp_path / "out")],
+            "python -m convert.gpt2_export",
+            "GPT-2 cannot express",
+        ),
+        "unknown characters": (
+            ["-m", "train.generate", "--model", str(unknown_chars), "--prompt", "naïve"],
+            "gptscratch-generate",
+            "cannot represent 'ï'",
+        ),
+        "stride over context": (
+            ["-m", "train.evaluate", "--model", str(model_dir), "--data", str(tmp_path / "a-file"), "--stride", "33"],
+            "gptscratch-eval",
+            "--stride must be between 1 and the context length 32",
+        ),
     }
     before = file_tree(tmp_path)
     results = run_clis([command for command, _, _ in cases.values()])
-    for (case, (_, prog, message)), result in zip(cases.items(), results):
+    for (_, prog, message), result in zip(cases.values(), results):
         assert_one_line_error(result, prog, message)
     assert file_tree(tmp_path) == before
 

@@ -27,9 +27,7 @@ import torch
 from accelerate import PartialState
 
 from common.commands import UsageError
-from common.files import (
-    atomic_directory, check_writable, publish, recover_interrupted_writes, writing_output,
-)
+from common.files import atomic_directory, check_writable, publish, recover_interrupted_writes, writing_output
 from common.model_dir import save_model_directory, weights_size
 from modeling_gptscratch import GPTScratchForCausalLM
 
@@ -130,8 +128,12 @@ class RunDirectory:
         """Tidies what a run killed while writing left: the temporary files of metrics, summary, plot and run.json
         (`write_atomic`'s hidden siblings), unfinished checkpoints, the model directory's staging folder; and puts
         back a best model caught between its two renames. Only while this run is the directory's one writer."""
-        for leftover in [*self.root.glob(".*.tmp-*"), *self.checkpoints.glob(".*.tmp-*"),
-                         *self.checkpoints.glob(".tmp-checkpoint-*"), *self.root.parent.glob(self._model_staging("*"))]:
+        for leftover in [
+            *self.root.glob(".*.tmp-*"),
+            *self.checkpoints.glob(".*.tmp-*"),
+            *self.checkpoints.glob(".tmp-checkpoint-*"),
+            *self.root.parent.glob(self._model_staging("*")),
+        ]:
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         recover_interrupted_writes(self.best_model)
 

@@ -54,7 +54,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     )
     print(f"model directory: {result.output_dir} (metrics.jsonl, loss_plot.png, loss_plot.pdf, training_summary.json)")
     text = verify_model_directory(
-        result.output_dir, result.start_context, options.max_new_tokens, options.temperature, options.top_k,
+        result.output_dir,
+        result.start_context,
+        options.max_new_tokens,
+        options.temperature,
+        options.top_k,
         options.seed,
     )
     print(f"reloaded with AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True): {text!r}")

@@ -107,8 +107,10 @@ class TrainingClock:
         if not self._window_steps:
             return {"tokens_per_second": None, "mfu": None}
         tokens_per_second = self._window_steps * self.tokens_per_step / max(self._window_seconds, 1e-9)
-        return {"tokens_per_second": tokens_per_second,
-                "mfu": tokens_per_second * self.flops_per_token / self.peak_flops}
+        return {
+            "tokens_per_second": tokens_per_second,
+            "mfu": tokens_per_second * self.flops_per_token / self.peak_flops,
+        }
 
     def take_throughput(self) -> dict[str, float | None]:
         """`throughput()`, then a new window begins (each evaluation takes the throughput since the one before)."""

@@ -158,9 +158,11 @@ def expand_data_paths(paths: Sequence[str], log: Callable[[str], None] | None = 
         elif os.path.isdir(spec):
             found, skipped = _walk_text_files(Path(spec))
             if skipped and log is not None:
-                log(f"--data {spec}: left out {', '.join(map(str, skipped[:3]))}"
+                log(
+                    f"--data {spec}: left out {', '.join(map(str, skipped[:3]))}"
                     + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
-                    + " (model files and run or model directories are not text)")
+                    + " (model files and run or model directories are not text)"
+                )
             if not found:
                 raise DataError(f"--data {spec}: the directory holds no text files; point it at your text files")
             files.extend(found)
@@ -175,10 +177,26 @@ def expand_data_paths(paths: Sequence[str], log: Callable[[str], None] | None = 
 
 # What a directory of text may hold beside it that is no text: weights, optimizer and RNG states, arrays, the plots of
 # a run. Left out when a --data directory is walked (a file named on its own is read, and refused, as given).
-MODEL_FILE_SUFFIXES = frozenset({
-    ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".npy", ".npz", ".h5", ".msgpack", ".onnx",
-    ".gguf", ".arrow", ".png", ".pdf",
-})
+MODEL_FILE_SUFFIXES = frozenset(
+    {
+        ".safetensors",
+        ".bin",
+        ".pt",
+        ".pth",
+        ".ckpt",
+        ".pkl",
+        ".pickle",
+        ".npy",
+        ".npz",
+        ".h5",
+        ".msgpack",
+        ".onnx",
+        ".gguf",
+        ".arrow",
+        ".png",
+        ".pdf",
+    }
+)
 
 
 def is_model_output(directory: Path) -> bool:
@@ -257,7 +275,10 @@ def read_text_pieces(path: Path, block_bytes: int | None = None) -> Iterator[str
                     offset = consumed + error.start
                     raise NotTextError(
                         f"{path} is not UTF-8 text: byte 0x{data[error.start]:02x} at byte offset {offset}; convert "
-                        "it to UTF-8 or leave it out of --data", path, "not UTF-8 text", offset,
+                        "it to UTF-8 or leave it out of --data",
+                        path,
+                        "not UTF-8 text",
+                        offset,
                     ) from None
                 text, pending = data[: error.start].decode("utf-8"), data[error.start :]
             nul = text.find("\x00")
@@ -265,7 +286,9 @@ def read_text_pieces(path: Path, block_bytes: int | None = None) -> Iterator[str
                 offset = consumed + len(text[:nul].encode("utf-8"))
                 raise NotTextError(
                     f"{path} is not text: a NUL byte at byte offset {offset} (a binary file?); leave it out of --data",
-                    path, "not text: a NUL byte", offset,
+                    path,
+                    "not text: a NUL byte",
+                    offset,
                 )
             consumed += len(data) - len(pending)
             carry += text
@@ -317,7 +340,11 @@ def hub_corpus(
 
 
 def load_hub_split(
-    name: str, config: str | None, split: str, text_column: str, cache_dir: str | os.PathLike | None = None,
+    name: str,
+    config: str | None,
+    split: str,
+    text_column: str,
+    cache_dir: str | os.PathLike | None = None,
     streaming: bool = False,
 ) -> Any:
     """`datasets.load_dataset(name, config, split=split)` (a `Dataset`, or with `streaming` an `IterableDataset`),
@@ -392,7 +419,8 @@ def scan_corpus(corpus: Corpus, dedup: bool = False, progress: bool = True) -> C
     documents (a document spanning several pieces is compared whole; the first copy stays).
 
     Memory: with dedup, a 16-byte digest per distinct document (about 100 bytes in a Python set) and a byte per
-    document; otherwise nothing that grows. Raises DataError (NotTextError) for a file that is not text, and for a corpus without text.
+    document; otherwise nothing that grows. Raises DataError (NotTextError) for a file that is not text, and for a
+    corpus without text.
     """
     seen: set[bytes] = set()
     kept = bytearray() if dedup else None
@@ -511,8 +539,12 @@ def tokenizer_sample(texts: Iterable[str], characters: int, limit: int = TOKENIZ
 
 
 def fit_tokenizer(
-    sample: Callable[[], tuple[Iterable[str], int | None]], vocab_size: int, min_frequency: int, key: dict[str, Any],
-    cache_root: Path, progress: bool = True,
+    sample: Callable[[], tuple[Iterable[str], int | None]],
+    vocab_size: int,
+    min_frequency: int,
+    key: dict[str, Any],
+    cache_root: Path,
+    progress: bool = True,
 ) -> PreTrainedTokenizerBase:
     """`--tokenizer train`: a byte-level BPE fitted on the texts `sample()` gives (with their number of characters,
     when known), or the one fitted before for the same `key`.
@@ -522,13 +554,19 @@ def fit_tokenizer(
     called).
     """
     check_vocab_size(vocab_size)
-    name = cache_key({**key, "vocab_size": vocab_size, "min_frequency": min_frequency,
-                      "sample": TOKENIZER_SAMPLE_CHARS})
+    name = cache_key(
+        {**key, "vocab_size": vocab_size, "min_frequency": min_frequency, "sample": TOKENIZER_SAMPLE_CHARS}
+    )
     cached = cache_root / "gptscratch-tokenizers" / f"bpe-{vocab_size}-{name}"
     if not (cached / "tokenizer.json").is_file():
         texts, characters = sample()
-        with tqdm(total=characters, desc="Fitting the tokenizer", unit="char", unit_scale=True,
-                  disable=None if progress else True) as bar:
+        with tqdm(
+            total=characters,
+            desc="Fitting the tokenizer",
+            unit="char",
+            unit_scale=True,
+            disable=None if progress else True,
+        ) as bar:
             tokenizer = train_bpe_tokenizer(_counted(texts, bar), vocab_size, min_frequency)
         cached.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.tmp-", dir=cached.parent))
@@ -576,15 +614,18 @@ def resolve_tokenizer(
         tokenizer = fit()
         return tokenizer, f"byte-level BPE fitted on {fitted_on} ({len(tokenizer)} tokens)"
     tokenizer = load_tokenizer_or_refuse(
-        spec, f"--tokenizer {spec} could not be loaded",
+        spec,
+        f"--tokenizer {spec} could not be loaded",
         "pass a directory with encoder.json + vocab.bpe or a saved tokenizer, or --tokenizer train",
         error_class=DataError,
     )
     if tokenizer.eos_token_id is None:
         raise DataError(f"--tokenizer {spec} has no end-of-text token; documents are joined with one, choose another")
     if getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise DataError(f"--tokenizer {spec} is not a fast (Rust) tokenizer, which tokenising at scale needs; save "
-                        "it with tokenizer.save_pretrained from a fast tokenizer, or choose another")
+        raise DataError(
+            f"--tokenizer {spec} is not a fast (Rust) tokenizer, which tokenising at scale needs; save "
+            "it with tokenizer.save_pretrained from a fast tokenizer, or choose another"
+        )
     if spec == "gpt2":
         return tokenizer, f"GPT-2 BPE ({len(tokenizer)} tokens)"
     return tokenizer, f"tokenizer from {spec} ({len(tokenizer)} tokens)"
@@ -656,19 +697,25 @@ def tokenize_in_order(
     except BrokenProcessPool as error:
         raise DataError(
             f"a tokenising worker process stopped ({error}); if it ran out of memory, lower --num-proc; a script "
-            "that calls prepare_data needs `if __name__ == \"__main__\":` around its work (workers re-import it)"
+            'that calls prepare_data needs `if __name__ == "__main__":` around its work (workers re-import it)'
         ) from None
 
 
 def write_token_files(
-    corpus: Corpus, scan: CorpusScan, tokenizer: PreTrainedTokenizerBase, train_ratio: float, num_proc: int,
-    builder: EntryBuilder, progress: bool = True,
+    corpus: Corpus,
+    scan: CorpusScan,
+    tokenizer: PreTrainedTokenizerBase,
+    train_ratio: float,
+    num_proc: int,
+    builder: EntryBuilder,
+    progress: bool = True,
 ) -> None:
     """The second pass: the corpus's pieces, split at the ratio, tokenised in order into the builder's files."""
     encoder = (tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, builder.dtype.name)
     split_stream = split_pieces(corpus.pieces(), int(train_ratio * scan.characters), scan.kept)
-    with tqdm(total=scan.characters, desc="Tokenizing", unit="char", unit_scale=True,
-              disable=None if progress else True) as bar:
+    with tqdm(
+        total=scan.characters, desc="Tokenizing", unit="char", unit_scale=True, disable=None if progress else True
+    ) as bar:
         for split, chars, tokens in tokenize_in_order(tokenize_tasks(split_stream), encoder, num_proc):
             builder.writers[split].append(tokens)
             bar.update(chars)
@@ -694,8 +741,14 @@ def prepare_token_files(
     """The corpus's training and validation tokens as a cache entry: found in `cache_root`, or made (`scan`, then
     `write_token_files`) and stored there. `num_proc` None tokenises in one process below 64 M characters, in every
     CPU above."""
-    key = cache_key({"corpus": corpus.key, "tokenizer": tokenizer_fingerprint(tokenizer),
-                     "train_ratio": train_ratio, "dedup": dedup})
+    key = cache_key(
+        {
+            "corpus": corpus.key,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "train_ratio": train_ratio,
+            "dedup": dedup,
+        }
+    )
     root = cache_root / "gptscratch-tokens"
     entry = open_entry(root / key)
     if entry is not None:
@@ -705,9 +758,15 @@ def prepare_token_files(
     found = scan()
     if num_proc is None:
         num_proc = os.cpu_count() if found.characters >= PARALLEL_TOKENIZE_MIN_CHARS else 1
-    meta = {"documents": found.documents, "duplicates_dropped": found.duplicates_dropped,
-            "characters": found.characters, "corpus": corpus.description, "train_ratio": train_ratio,
-            "dedup": dedup, "eos_token_id": tokenizer.eos_token_id}
+    meta = {
+        "documents": found.documents,
+        "duplicates_dropped": found.duplicates_dropped,
+        "characters": found.characters,
+        "corpus": corpus.description,
+        "train_ratio": train_ratio,
+        "dedup": dedup,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
     with EntryBuilder(root, key, token_dtype(len(tokenizer))) as builder:
         write_token_files(corpus, found, tokenizer, train_ratio, num_proc, builder, progress)
         return builder.finish(meta)
@@ -870,8 +929,9 @@ def prepare_tokens(
 
     def fit() -> PreTrainedTokenizerBase:
         key = {"corpus": corpus.key, "train_ratio": train_ratio, "dedup": dedup}
-        return fit_tokenizer(lambda: training_sample(corpus, scan(), train_ratio), vocab_size, min_frequency, key,
-                             cache_root, progress)
+        return fit_tokenizer(
+            lambda: training_sample(corpus, scan(), train_ratio), vocab_size, min_frequency, key, cache_root, progress
+        )
 
     chosen, description = resolve_tokenizer(tokenizer, fit)
     files = prepare_token_files(corpus, chosen, train_ratio, dedup, cache_root, scan, num_proc, progress)
@@ -914,8 +974,16 @@ def prepare_data(*, context_length: int, stride: int | None = None, **corpus_and
     val = TokenWindows(files.tokens("val"), context_length, stride)
     check_enough_tokens(train, "the training split")
     check_enough_tokens(val, "the validation split")
-    return PreparedData(prepared.tokenizer, train, val, prepared.source, prepared.tokenizer_description,
-                        files.meta["documents"], files.meta["duplicates_dropped"], files)
+    return PreparedData(
+        prepared.tokenizer,
+        train,
+        val,
+        prepared.source,
+        prepared.tokenizer_description,
+        files.meta["documents"],
+        files.meta["duplicates_dropped"],
+        files,
+    )
 
 
 def _cache_str(cache_dir: str | os.PathLike | None) -> str | None:

@@ -125,8 +125,7 @@ def score_token_ids(
     model's; stride to context_length. With stride = context_length = L and len(token_ids) = k * L + 1 these are
     exactly the training loop's k validation windows over the same IDs (see the module's docstring).
     """
-    return score_token_stream(model, [torch.as_tensor(token_ids, dtype=torch.long)], context_length, stride,
-                              batch_size)
+    return score_token_stream(model, [torch.as_tensor(token_ids, dtype=torch.long)], context_length, stride, batch_size)
 
 
 @torch.no_grad()
@@ -166,8 +165,10 @@ def score_token_stream(
         tokens = torch.stack([window for window, _ in batch]).to(model.device)  # [batch, window + 1]
         keep = max(scored for _, scored in batch)
         losses = token_losses(model, tokens[:, :-1], tokens[:, 1:], scored=keep)  # [batch, keep]
-        already = torch.arange(keep, device=losses.device) < keep - torch.tensor(
-            [scored for _, scored in batch], device=losses.device)[:, None]  # scored by an earlier window
+        already = (
+            torch.arange(keep, device=losses.device)
+            < keep - torch.tensor([scored for _, scored in batch], device=losses.device)[:, None]
+        )  # scored by an earlier window
         totals[0] += losses.masked_fill(already, 0.0).sum().item()
         totals[1] += sum(scored for _, scored in batch)
         batch.clear()
@@ -201,6 +202,7 @@ def score_pieces(
     model.eval()
     total_nats, total_tokens, read = 0.0, 0, 0
     with tqdm(total=total_bytes, desc="evaluating", unit="B", unit_scale=True, disable=None) as bar:
+
         def counted(pieces: Iterable[str]) -> Iterator[str]:
             nonlocal read
             for piece in pieces:
@@ -247,8 +249,15 @@ def evaluate_text(
     Returns {"loss": mean nats per token, "perplexity": exp(loss), "bits_per_byte": total nats / ln 2 / bytes,
     "tokens": tokens scored, "bytes": UTF-8 bytes of the texts}. Texts with no token to score are a UsageError.
     """
-    return score_pieces(model, tokenizer, [[text] for text in texts], context_length, stride, batch_size,
-                        sum(len(text.encode("utf-8")) for text in texts))
+    return score_pieces(
+        model,
+        tokenizer,
+        [[text] for text in texts],
+        context_length,
+        stride,
+        batch_size,
+        sum(len(text.encode("utf-8")) for text in texts),
+    )
 
 
 def evaluate_files(
@@ -260,8 +269,15 @@ def evaluate_files(
     batch_size: int = 4,
 ) -> dict[str, float | int]:
     """`evaluate_text` of UTF-8 text files, each read in pieces as it is scored: memory does not grow with them."""
-    return score_pieces(model, tokenizer, [read_text_pieces(Path(path)) for path in paths], context_length, stride,
-                        batch_size, sum(os.path.getsize(path) for path in paths))
+    return score_pieces(
+        model,
+        tokenizer,
+        [read_text_pieces(Path(path)) for path in paths],
+        context_length,
+        stride,
+        batch_size,
+        sum(os.path.getsize(path) for path in paths),
+    )
 
 
 # --- lm-eval tasks ---------------------------------------------------------------------------------------------------
@@ -288,7 +304,9 @@ def import_lm_eval() -> Any:
         import lm_eval.models.huggingface
         import lm_eval.tasks
     except ImportError as error:
-        raise UsageError(f"--tasks needs lm-eval, which cannot be imported ({first_line(error)}); {LM_EVAL_INSTALL}")
+        raise UsageError(
+            f"--tasks needs lm-eval, which cannot be imported ({first_line(error)}); {LM_EVAL_INSTALL}"
+        ) from None
     return lm_eval
 
 
@@ -504,7 +522,10 @@ def lm_eval_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ba
     logger.addFilter(quiet)
     try:
         return HFLM(
-            pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size, backend="causal",
+            pretrained=model,
+            tokenizer=copy.deepcopy(tokenizer),
+            batch_size=batch_size,
+            backend="causal",
             logits_cache=False,
         )
     finally:
@@ -536,7 +557,8 @@ def task_results(results: dict[str, Any]) -> dict[str, Any]:
             if not comma or metric.endswith("_stderr"):  # name, alias, sample_len; stderrs go with their metric
                 continue
             metrics[metric if filter_name == "none" else key] = {
-                "value": _number(value), "stderr": _number(entry.get(f"{metric}_stderr,{filter_name}")),
+                "value": _number(value),
+                "stderr": _number(entry.get(f"{metric}_stderr,{filter_name}")),
             }
         summary[task] = metrics
     return {
@@ -569,8 +591,11 @@ def evaluate_tasks(
     try:
         with contextlib.redirect_stdout(sys.stderr):
             results = lm_eval.simple_evaluate(
-                model=lm_eval_model(model, tokenizer, batch_size), tasks=selection.objects,
-                task_manager=selection.manager, limit=limit, log_samples=False,
+                model=lm_eval_model(model, tokenizer, batch_size),
+                tasks=selection.objects,
+                task_manager=selection.manager,
+                limit=limit,
+                log_samples=False,
             )
     finally:
         model.train(was_training)
@@ -582,12 +607,19 @@ def format_task_table(summary: dict[str, Any]) -> str:
     rows = [("task", "metric", "value", "stderr")]
     for task, metrics in summary["results"].items():
         for metric, numbers in metrics.items():
-            rows.append((task, metric, *("N/A" if numbers[key] is None else f"{numbers[key]:.4f}"
-                                         for key in ("value", "stderr"))))
+            rows.append(
+                (
+                    task,
+                    metric,
+                    *("N/A" if numbers[key] is None else f"{numbers[key]:.4f}" for key in ("value", "stderr")),
+                )
+            )
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     return "\n".join(
-        "  ".join(cell.ljust(width) if column < 2 else cell.rjust(width)
-                  for column, (cell, width) in enumerate(zip(row, widths))).rstrip()
+        "  ".join(
+            cell.ljust(width) if column < 2 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths))
+        ).rstrip()
         for row in rows
     )
 
@@ -626,27 +658,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model directory (trained or converted)")
     parser.add_argument("--data", nargs="+", metavar="FILE", help="text mode: UTF-8 text files, each scored alone")
     parser.add_argument(
-        "--tasks", metavar="NAME[,NAME...]",
+        "--tasks",
+        metavar="NAME[,NAME...]",
         help="task mode: lm-eval tasks, groups or task YAML paths, comma-separated (e.g. hellaswag,lambada_openai)",
     )
-    parser.add_argument("--context-length", type=int, default=None, help="text mode: window length (default: the "
-                        "model's)")
     parser.add_argument(
-        "--stride", type=int, default=None,
+        "--context-length", type=int, default=None, help="text mode: window length (default: the model's)"
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=None,
         help="text mode: tokens between window starts (default: the context length, non-overlapping windows as in "
         "training); smaller gives each token more history and costs context/stride times more",
     )
     parser.add_argument(
-        "--limit", type=int, default=None, metavar="N",
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
         help="task mode: evaluate only the first N documents of each task (a quick check, not the benchmark's score)",
     )
     parser.add_argument(
-        "--include-path", default=None, metavar="DIR",
+        "--include-path",
+        default=None,
+        metavar="DIR",
         help="task mode: a directory of your own task YAMLs (lm-eval's include_path); they win over built-in tasks "
         "of the same name",
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="windows, or lm-eval requests, per forward pass "
-                        "(default 4)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="windows, or lm-eval requests, per forward pass (default 4)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 

@@ -16,9 +16,9 @@ import torch
 from transformers import PreTrainedTokenizerBase, TextStreamer
 from transformers.generation.streamers import BaseStreamer
 
+import modeling_gptscratch
 from common.commands import ArgumentParser, UsageError, run_command
 from common.model_dir import inference_device, load_model_weights, read_model_directory
-import modeling_gptscratch
 from modeling_gptscratch import GPTScratchForCausalLM
 from train.options import new_tokens
 
@@ -168,12 +168,17 @@ def generate_text(
     model.eval()
     try:
         output = model.generate(
-            torch.tensor([prompt_ids], device=model.device), max_new_tokens=max_new_tokens,
-            temperature=temperature, top_k=top_k, eos_token_id=eos_ids, generator=generator, streamer=streamer,
+            torch.tensor([prompt_ids], device=model.device),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            eos_token_id=eos_ids,
+            generator=generator,
+            streamer=streamer,
         )
     finally:
         model.train(was_training)
-    new_ids = output[0, len(prompt_ids):].tolist()
+    new_ids = output[0, len(prompt_ids) :].tolist()
     if new_ids and new_ids[-1] in eos_ids:
         new_ids.pop()  # the end-of-text token ends the text; it is not part of it
     return tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -182,8 +187,7 @@ def generate_text(
 def build_parser() -> argparse.ArgumentParser:
     """The flags of `gptscratch-generate`: the model directory, the prompt and the book's decoding settings."""
     parser = ArgumentParser(
-        prog=PROG,
-        description="Continue a prompt with a model directory, printing the text as it is generated.",
+        prog=PROG, description="Continue a prompt with a model directory, printing the text as it is generated."
     )
     parser.add_argument("--model", required=True, help="model directory (trained or converted)")
     parser.add_argument("--prompt", required=True, help="text to continue")
@@ -192,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     parser.add_argument(
-        "--no-stop-at-eos", dest="stop_at_eos", action="store_false",
+        "--no-stop-at-eos",
+        dest="stop_at_eos",
+        action="store_false",
         help="keep generating past the end-of-text token (printed as <|endoftext|>)",
     )
     return parser
@@ -205,8 +211,15 @@ def _main(argv: Sequence[str] | None) -> None:
     model, tokenizer = load_for_generation(args.model, args.prompt)
     streamer = EndOfTextStreamer(tokenizer, end_of_text_ids(model, tokenizer, args.stop_at_eos))
     generate_text(
-        model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed,
-        stop_at_eos=args.stop_at_eos, tokenizer=tokenizer, streamer=streamer,
+        model,
+        args.prompt,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.seed,
+        stop_at_eos=args.stop_at_eos,
+        tokenizer=tokenizer,
+        streamer=streamer,
     )
 
 

@@ -46,8 +46,14 @@ def fit(context: RunContext) -> TrainResult:
     run = prepare(context)
     position = LoopPosition.resume(context, run.accelerator)
     clock.start(position.time_used)
-    progress = tqdm(total=plan.total_steps, initial=position.step, desc="training", unit="step", dynamic_ncols=True,
-                    disable=not run.accelerator.is_main_process)
+    progress = tqdm(
+        total=plan.total_steps,
+        initial=position.step,
+        desc="training",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not run.accelerator.is_main_process,
+    )
     if position.step == 0 and not context.metrics.records:
         evaluate(context, run, position.step)
     reason = "completed"
@@ -59,8 +65,9 @@ def fit(context: RunContext) -> TrainResult:
                 continue
             show_progress(progress, context, position.step, step_loss)
             if options.report_to:
-                run.accelerator.log({"train/step_loss": step_loss, "train/lr": run.scheduler.get_last_lr()[0]},
-                                    step=position.step)
+                run.accelerator.log(
+                    {"train/step_loss": step_loss, "train/lr": run.scheduler.get_last_lr()[0]}, step=position.step
+                )
             end_of_epoch = position.micro_batches_in_epoch >= run.micro_batches_per_epoch
             last_step = plan.is_last_step(position.step) or clock.out_of_time
             evaluate_now = position.step % options.eval_freq == 0 or last_step
@@ -137,8 +144,13 @@ class LoopPosition:
 
     def state_dict(self, micro_batches_per_epoch: int, reason: str) -> dict[str, Any]:
         """What a checkpoint records; a finished epoch resumes at the start of the next."""
-        state = {"step": self.step, "epoch": self.epoch, "micro_batches_in_epoch": self.micro_batches_in_epoch,
-                 "time_used": self.time_used, "reason": reason}
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "micro_batches_in_epoch": self.micro_batches_in_epoch,
+            "time_used": self.time_used,
+            "reason": reason,
+        }
         if self.micro_batches_in_epoch >= micro_batches_per_epoch:
             state.update(epoch=self.epoch + 1, micro_batches_in_epoch=0)
         return state
@@ -170,8 +182,7 @@ def prepare(context: RunContext) -> LoopObjects:
         )
     else:
         train_loader = DataLoader(
-            context.data.train, batch_size=options.batch_size, shuffle=True, drop_last=True,
-            generator=torch.Generator(),
+            context.data.train, batch_size=options.batch_size, shuffle=True, drop_last=True, generator=torch.Generator()
         )
         model, optimizer, train_loader, train_eval_loader, val_loader, scheduler = accelerator.prepare(
             context.model, optimizer, train_loader, train_eval_loader, val_loader, scheduler
@@ -179,7 +190,13 @@ def prepare(context: RunContext) -> LoopObjects:
     if options.report_to:
         accelerator.init_trackers("gptscratch", config=_tracker_config(options))
     return LoopObjects(
-        accelerator, model, optimizer, scheduler, train_loader, train_eval_loader, val_loader,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        train_eval_loader,
+        val_loader,
         micro_batches_per_epoch=context.plan.steps_per_epoch * options.grad_accum,
         accumulated_loss=torch.zeros((), device=accelerator.device),
     )
@@ -280,8 +297,9 @@ def evaluate(context: RunContext, run: LoopObjects, step: int) -> None:
         run.model,
     )
     if context.options.report_to:  # trackers take numbers: the first evaluation has no throughput yet
-        run.accelerator.log({key: value for key, value in record.items() if key != "step" and value is not None},
-                            step=step)
+        run.accelerator.log(
+            {key: value for key, value in record.items() if key != "step" and value is not None}, step=step
+        )
     context.clock.paused("evaluation")
 
 
@@ -290,8 +308,13 @@ def sample(context: RunContext, run: LoopObjects, position: LoopPosition) -> Non
     each forward pass gathers the weights from all."""
     options = context.options
     text = generate_sample(
-        run.accelerator.unwrap_model(run.model), context.data.tokenizer, context.start_context,
-        options.max_new_tokens, options.temperature, options.top_k, options.seed,
+        run.accelerator.unwrap_model(run.model),
+        context.data.tokenizer,
+        context.start_context,
+        options.max_new_tokens,
+        options.temperature,
+        options.top_k,
+        options.seed,
     )
     position.sampled_at = position.step
     context.log(f"Sample: {text!r}")
@@ -318,8 +341,10 @@ def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPositio
             context.config.save_pretrained(staging)
             with open(staging / LOOP_STATE_FILE, "w", encoding="utf-8") as stream:
                 position.time_used = context.clock.used()
-                state = {**position.state_dict(run.micro_batches_per_epoch, reason),
-                         "budget_spent": context.clock.spent_budget()}
+                state = {
+                    **position.state_dict(run.micro_batches_per_epoch, reason),
+                    "budget_spent": context.clock.spent_budget(),
+                }
                 json.dump(state, stream, indent=2)
     context.clock.paused("checkpoint")
     return directory.checkpoints / f"checkpoint-{position.step}"

@@ -42,8 +42,14 @@ TIMING_FIELDS = ("time_s", "tokens_per_second", "mfu")
 
 
 def metrics_record(
-    step: int, epoch: float, tokens_seen: int, train_loss: float, val_loss: float, time_s: float,
-    tokens_per_second: float | None, mfu: float | None,
+    step: int,
+    epoch: float,
+    tokens_seen: int,
+    train_loss: float,
+    val_loss: float,
+    time_s: float,
+    tokens_per_second: float | None,
+    mfu: float | None,
 ) -> dict[str, Any]:
     """One evaluation's line in metrics.jsonl; `mfu` is a fraction of the peak FLOP/s."""
     return {

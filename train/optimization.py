@@ -17,9 +17,10 @@ of the budget used (with a step limit too, whichever share is larger), so the de
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.optim._muon as torch_muon
@@ -71,8 +72,10 @@ def muon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The transformer blocks' weight matrices (q/k/v, attention output, feed-forward): what Muon optimizes."""
     return [
         parameter
-        for module in model.modules() if isinstance(module, TransformerBlock)
-        for parameter in module.parameters() if parameter.requires_grad and parameter.dim() == 2
+        for module in model.modules()
+        if isinstance(module, TransformerBlock)
+        for parameter in module.parameters()
+        if parameter.requires_grad and parameter.dim() == 2
     ]
 
 
@@ -126,12 +129,23 @@ def build_optimizer(model: torch.nn.Module, options: TrainOptions) -> torch.opti
     matrices = muon_parameters(model) if options.optimizer == "muon" else []
     muon_ids = {id(parameter) for parameter in matrices}
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in muon_ids]
-    adamw = torch.optim.AdamW(decay_parameter_groups(others, options.weight_decay), lr=options.lr, betas=ADAMW_BETAS,
-                              eps=ADAMW_EPS, fused=fused_adamw())
+    adamw = torch.optim.AdamW(
+        decay_parameter_groups(others, options.weight_decay),
+        lr=options.lr,
+        betas=ADAMW_BETAS,
+        eps=ADAMW_EPS,
+        fused=fused_adamw(),
+    )
     if not matrices:
         return adamw
-    muon = torch.optim.Muon(matrices, lr=options.muon_lr or options.lr, weight_decay=options.weight_decay,
-                            momentum=options.muon_momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
+    muon = torch.optim.Muon(
+        matrices,
+        lr=options.muon_lr or options.lr,
+        weight_decay=options.weight_decay,
+        momentum=options.muon_momentum,
+        nesterov=True,
+        adjust_lr_fn="match_rms_adamw",
+    )
     return MuonWithAdamW(adamw, muon)
 
 
@@ -145,26 +159,44 @@ def build_scheduler(
     timed = options.max_time is not None
     warmup = options.warmup_steps
     horizon = max(TIME_HORIZON, 10 * warmup) if timed else total_steps
-    names = {"constant": "constant_with_warmup" if warmup else "constant", "linear": "linear",
-             "cosine": "cosine_with_min_lr", "wsd": "warmup_stable_decay"}
+    names = {
+        "constant": "constant_with_warmup" if warmup else "constant",
+        "linear": "linear",
+        "cosine": "cosine_with_min_lr",
+        "wsd": "warmup_stable_decay",
+    }
     kwargs = {
         "cosine": {"min_lr": options.floor_lr()},
-        "wsd": {"num_decay_steps": min(round(options.decay_ratio * horizon), horizon - warmup),
-                "min_lr_ratio": options.floor_lr() / options.lr, "decay_type": "linear"},
+        "wsd": {
+            "num_decay_steps": min(round(options.decay_ratio * horizon), horizon - warmup),
+            "min_lr_ratio": options.floor_lr() / options.lr,
+            "decay_type": "linear",
+        },
     }.get(options.lr_scheduler)
-    scheduler = get_scheduler(names[options.lr_scheduler], optimizer, num_warmup_steps=warmup,
-                              num_training_steps=horizon, scheduler_specific_kwargs=kwargs)
+    scheduler = get_scheduler(
+        names[options.lr_scheduler],
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=horizon,
+        scheduler_specific_kwargs=kwargs,
+    )
     if timed:  # partial objects: LambdaLR's state dict then stores no clock
         scheduler.lr_lambdas = [
-            partial(_timed_factor, schedule=schedule, clock=clock, warmup=warmup, horizon=horizon,
-                    step_limit=total_steps)
+            partial(
+                _timed_factor, schedule=schedule, clock=clock, warmup=warmup, horizon=horizon, step_limit=total_steps
+            )
             for schedule in scheduler.lr_lambdas
         ]
     return scheduler
 
 
 def _timed_factor(
-    step: int, *, schedule: Callable[[float], float], clock: TrainingClock, warmup: int, horizon: int,
+    step: int,
+    *,
+    schedule: Callable[[float], float],
+    clock: TrainingClock,
+    warmup: int,
+    horizon: int,
     step_limit: int | None,
 ) -> float:
     """The factor `schedule` (built over `horizon` steps) gives once the warmup is over at the run's progress:

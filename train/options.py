@@ -171,172 +171,284 @@ class TrainOptions:
     """Everything a run needs; `gptscratch-train` fills it from its flags (same names, dashes for underscores)."""
 
     output_dir: str = option(
-        REQUIRED, "the model directory to write (metrics, plot and checkpoints inside)", group="run", resume=MAY_CHANGE,
+        REQUIRED, "the model directory to write (metrics, plot and checkpoints inside)", group="run", resume=MAY_CHANGE
     )
-    overwrite: bool = option(False, "replace a non-empty --output-dir", group="run", resume=MAY_CHANGE,
-                             action="store_true")
+    overwrite: bool = option(
+        False, "replace a non-empty --output-dir", group="run", resume=MAY_CHANGE, action="store_true"
+    )
     resume: str | None = option(
-        help="continue from the newest checkpoint in --output-dir, or from checkpoint PATH", group="run",
-        resume=MAY_CHANGE, nargs="?", const="latest", metavar="PATH",
+        help="continue from the newest checkpoint in --output-dir, or from checkpoint PATH",
+        group="run",
+        resume=MAY_CHANGE,
+        nargs="?",
+        const="latest",
+        metavar="PATH",
     )
     dry_run: bool = option(False, "print the plan and exit", group="run", resume=MAY_CHANGE, action="store_true")
 
     # Data
-    data: list[str] | None = option(help="UTF-8 text files, directories or globs", group="data", nargs="+",
-                                    metavar="PATH")
+    data: list[str] | None = option(
+        help="UTF-8 text files, directories or globs", group="data", nargs="+", metavar="PATH"
+    )
     dataset: str | None = option(help="a Hugging Face dataset name (online, or cached)", group="data")
     dataset_config: str | None = option(help="the dataset's configuration", group="data")
     dataset_split: str = option("train", "the dataset's split", group="data")
     text_column: str = option("text", "the dataset's text column", group="data")
     embedded: str = option(
-        "pydoc", "the embedded corpus, used without --data/--dataset: Python's pydoc topics (465 KB) or the standard "
-        "library's sources", group="data", choices=EMBEDDED_CORPORA,
+        "pydoc",
+        "the embedded corpus, used without --data/--dataset: Python's pydoc topics (465 KB) or the standard "
+        "library's sources",
+        group="data",
+        choices=EMBEDDED_CORPORA,
     )
     dedup: bool = option(False, "drop exact duplicate documents before tokenising", group="data", action="store_true")
     tokenizer: str = option(
-        "train", "train: fit a byte-level BPE on the training split; gpt2: GPT-2's from the Hub; PATH: a directory "
-        "with encoder.json + vocab.bpe or a saved tokenizer", group="data", metavar="gpt2|PATH|train",
+        "train",
+        "train: fit a byte-level BPE on the training split; gpt2: GPT-2's from the Hub; PATH: a directory "
+        "with encoder.json + vocab.bpe or a saved tokenizer",
+        group="data",
+        metavar="gpt2|PATH|train",
     )
-    vocab_size: int = option(DEFAULT_VOCAB_SIZE, "vocabulary of --tokenizer train (at most; see --min-frequency)",
-                             group="data", check=positive, type=int)
+    vocab_size: int = option(
+        DEFAULT_VOCAB_SIZE,
+        "vocabulary of --tokenizer train (at most; see --min-frequency)",
+        group="data",
+        check=positive,
+        type=int,
+    )
     min_frequency: int = option(
-        DEFAULT_MIN_FREQUENCY, "--tokenizer train merges a pair of tokens only where it occurs at least this often in "
-        "the text it is fitted on, so a small corpus gets fewer than --vocab-size tokens (1: every pair)", group="data",
-        check=positive, type=int,
+        DEFAULT_MIN_FREQUENCY,
+        "--tokenizer train merges a pair of tokens only where it occurs at least this often in "
+        "the text it is fitted on, so a small corpus gets fewer than --vocab-size tokens (1: every pair)",
+        group="data",
+        check=positive,
+        type=int,
     )
-    train_ratio: float = option(0.9, "share of the text (in characters) for training; the rest validates",
-                                group="data", check=ratio, type=float)
-    context_length: int | None = option(help="window length in tokens (default: the model's)", group="data",
-                                        check=positive, type=int)
-    stride: int | None = option(help="tokens between window starts (default: the window length)", group="data",
-                                check=positive, type=int)
+    train_ratio: float = option(
+        0.9, "share of the text (in characters) for training; the rest validates", group="data", check=ratio, type=float
+    )
+    context_length: int | None = option(
+        help="window length in tokens (default: the model's)", group="data", check=positive, type=int
+    )
+    stride: int | None = option(
+        help="tokens between window starts (default: the window length)", group="data", check=positive, type=int
+    )
     document_mask: bool = option(
-        False, "keep attention inside each <|endoftext|>-separated document of a window (positions restart at each "
-        "document)", group="data", action="store_true",
+        False,
+        "keep attention inside each <|endoftext|>-separated document of a window (positions restart at each document)",
+        group="data",
+        action="store_true",
     )
-    num_proc: int | None = option(help="tokenising processes (default: 1 below 64 M characters, else all CPUs)",
-                                  group="data", check=positive, resume=MAY_CHANGE, type=int)
+    num_proc: int | None = option(
+        help="tokenising processes (default: 1 below 64 M characters, else all CPUs)",
+        group="data",
+        check=positive,
+        resume=MAY_CHANGE,
+        type=int,
+    )
     cache_dir: str | None = option(
         help="where prepared token files and fitted tokenizers are kept, and hub datasets downloaded (default: HF's "
-        "datasets cache)", group="data", resume=MAY_CHANGE,
+        "datasets cache)",
+        group="data",
+        resume=MAY_CHANGE,
     )
     streaming: bool = option(
-        False, "with --dataset: tokenise on the fly from datasets' streaming mode instead of preparing token files "
-        "(needs --max-steps; validation is the split's first documents)", group="data", action="store_true",
+        False,
+        "with --dataset: tokenise on the fly from datasets' streaming mode instead of preparing token files "
+        "(needs --max-steps; validation is the split's first documents)",
+        group="data",
+        action="store_true",
     )
-    shuffle_buffer: int = option(1000, "with --streaming: windows in the shuffle buffer", group="data",
-                                 check=positive, type=int)
+    shuffle_buffer: int = option(
+        1000, "with --streaming: windows in the shuffle buffer", group="data", check=positive, type=int
+    )
 
     # Model
-    preset: str = option("tiny", "model size: tiny, gpt2-124m, gpt2-355m, gpt2-774m or gpt2-1558m", group="model",
-                         check=one_of(PRESET_NAMES, "preset"), metavar="NAME")
-    n_layers: int | None = option(help="override the preset's number of transformer blocks", group="model",
-                                  type=int)
+    preset: str = option(
+        "tiny",
+        "model size: tiny, gpt2-124m, gpt2-355m, gpt2-774m or gpt2-1558m",
+        group="model",
+        check=one_of(PRESET_NAMES, "preset"),
+        metavar="NAME",
+    )
+    n_layers: int | None = option(help="override the preset's number of transformer blocks", group="model", type=int)
     n_heads: int | None = option(help="override the preset's attention heads", group="model", type=int)
     emb_dim: int | None = option(help="override the preset's embedding size", group="model", type=int)
-    qkv_bias: bool | None = option(help="override the preset's qkv bias", group="model",
-                                   action=argparse.BooleanOptionalAction)
+    qkv_bias: bool | None = option(
+        help="override the preset's qkv bias", group="model", action=argparse.BooleanOptionalAction
+    )
     dropout: float | None = option(
         help="dropout after the embeddings and on the residual branches (default: 0; the book trains with 0.1)",
-        group="model", check=below_one, type=float,
+        group="model",
+        check=below_one,
+        type=float,
     )
     attention_dropout: float | None = option(
         help="dropout on the attention weights (default: 0, which keeps SDPA's fused kernel; the book applies "
-        "--dropout there too)", group="model", check=below_one, type=float,
+        "--dropout there too)",
+        group="model",
+        check=below_one,
+        type=float,
     )
     config: dict[str, Any] = option(
-        {}, "override any model field, e.g. context_length=512 or layer_norm_eps=1e-6 (repeatable)", group="model",
-        action="append", metavar="KEY=VALUE",
+        {},
+        "override any model field, e.g. context_length=512 or layer_norm_eps=1e-6 (repeatable)",
+        group="model",
+        action="append",
+        metavar="KEY=VALUE",
     )
 
     # Optimisation
-    engine: str = option("accelerate", "accelerate: the manual loop; trainer: the Hugging Face Trainer",
-                         group="optimisation", check=one_of(ENGINES, "engine"), choices=ENGINES)
+    engine: str = option(
+        "accelerate",
+        "accelerate: the manual loop; trainer: the Hugging Face Trainer",
+        group="optimisation",
+        check=one_of(ENGINES, "engine"),
+        choices=ENGINES,
+    )
     epochs: int | None = option(
         help=f"passes over the training windows (default: {DEFAULT_EPOCHS}; with --max-time, no limit)",
-        group="optimisation", check=positive, resume=MAY_CHANGE, type=int,
+        group="optimisation",
+        check=positive,
+        resume=MAY_CHANGE,
+        type=int,
     )
-    max_steps: int | None = option(help="optimizer steps to run (overrides --epochs)", group="optimisation",
-                                   check=positive, resume=MAY_CHANGE, type=int)
+    max_steps: int | None = option(
+        help="optimizer steps to run (overrides --epochs)",
+        group="optimisation",
+        check=positive,
+        resume=MAY_CHANGE,
+        type=int,
+    )
     max_time: str | None = option(
         help="train for this long: seconds (90) or a duration (90s, 10m, 2h); the schedule decays over it and the "
         "final evaluation and checkpoint fit in it. With --max-steps or --epochs, the first limit reached ends the "
-        "run", group="optimisation", check=duration, resume=MAY_CHANGE, metavar="DURATION",
+        "run",
+        group="optimisation",
+        check=duration,
+        resume=MAY_CHANGE,
+        metavar="DURATION",
     )
     batch_size: int = option(4, "windows per batch and process", group="optimisation", check=positive, type=int)
     optimizer: str = option(
-        "muon", "muon: torch.optim.Muon for the blocks' weight matrices, AdamW for the embeddings, norms and biases; "
-        "adamw: AdamW for every weight", group="optimisation", check=one_of(OPTIMIZERS, "optimizer"),
+        "muon",
+        "muon: torch.optim.Muon for the blocks' weight matrices, AdamW for the embeddings, norms and biases; "
+        "adamw: AdamW for every weight",
+        group="optimisation",
+        check=one_of(OPTIMIZERS, "optimizer"),
         choices=OPTIMIZERS,
     )
     lr: float | None = option(
         help=f"peak learning rate, AdamW's and Muon's unless --muon-lr (default: {DEFAULT_LR['muon']:g} with "
-        f"--optimizer muon, {DEFAULT_LR['adamw']:g} with adamw)", group="optimisation", check=greater_than_zero,
+        f"--optimizer muon, {DEFAULT_LR['adamw']:g} with adamw)",
+        group="optimisation",
+        check=greater_than_zero,
         type=float,
     )
     muon_lr: float | None = option(
         help="Muon's peak learning rate (default: --lr; Muon's update is scaled to AdamW's size)",
-        group="optimisation", check=greater_than_zero_if_set, type=float,
+        group="optimisation",
+        check=greater_than_zero_if_set,
+        type=float,
     )
     muon_momentum: float = option(
-        0.8, "Muon's Nesterov momentum (torch's and modded-nanogpt's is 0.95, for runs of thousands of steps; 0.8 "
-        "learned more in runs of minutes)", group="optimisation", check=below_one, type=float,
+        0.8,
+        "Muon's Nesterov momentum (torch's and modded-nanogpt's is 0.95, for runs of thousands of steps; 0.8 "
+        "learned more in runs of minutes)",
+        group="optimisation",
+        check=below_one,
+        type=float,
     )
-    weight_decay: float = option(0.1, "on weight matrices only", group="optimisation", check=not_negative,
-                                 type=float)
+    weight_decay: float = option(0.1, "on weight matrices only", group="optimisation", check=not_negative, type=float)
     warmup_steps: int = option(20, "linear warmup steps", group="optimisation", check=not_negative, type=int)
     lr_scheduler: str = option(
-        "cosine", "the learning rate after warmup: constant, linear (to 0), cosine (to --min-lr) or wsd "
+        "cosine",
+        "the learning rate after warmup: constant, linear (to 0), cosine (to --min-lr) or wsd "
         "(warmup-stable-decay: constant, then a linear decay to --min-lr over the last --decay-ratio)",
-        group="optimisation", check=one_of(LR_SCHEDULERS, "scheduler"), choices=LR_SCHEDULERS,
+        group="optimisation",
+        check=one_of(LR_SCHEDULERS, "scheduler"),
+        choices=LR_SCHEDULERS,
     )
     min_lr: float | None = option(
-        help=f"the learning rate cosine and wsd end at (default: --lr / {MIN_LR_DIVISOR:g})", group="optimisation",
-        check=not_negative_if_set, type=float,
+        help=f"the learning rate cosine and wsd end at (default: --lr / {MIN_LR_DIVISOR:g})",
+        group="optimisation",
+        check=not_negative_if_set,
+        type=float,
     )
-    decay_ratio: float = option(0.2, "wsd: the share of the run its decay takes", group="optimisation",
-                                check=fraction, type=float)
+    decay_ratio: float = option(
+        0.2, "wsd: the share of the run its decay takes", group="optimisation", check=fraction, type=float
+    )
     grad_accum: int = option(1, "micro-batches per optimizer step", group="optimisation", check=positive, type=int)
-    max_grad_norm: float = option(1.0, "gradient clipping", group="optimisation", check=greater_than_zero,
-                                  type=float)
-    mixed_precision: str = option("no", "autocast precision (the weights stay fp32)", group="optimisation", check=one_of(MIXED_PRECISION, "precision"),
-                                  choices=MIXED_PRECISION)
+    max_grad_norm: float = option(1.0, "gradient clipping", group="optimisation", check=greater_than_zero, type=float)
+    mixed_precision: str = option(
+        "no",
+        "autocast precision (the weights stay fp32)",
+        group="optimisation",
+        check=one_of(MIXED_PRECISION, "precision"),
+        choices=MIXED_PRECISION,
+    )
     seed: int = option(123, "seeds weights, shuffling and dropout", group="optimisation", type=int)
-    compile: bool = option(False, "torch.compile the model (pays off on GPUs)", group="optimisation",
-                           action="store_true")
+    compile: bool = option(
+        False, "torch.compile the model (pays off on GPUs)", group="optimisation", action="store_true"
+    )
 
     # Evaluation and samples
     eval_freq: int | None = option(
         help=f"evaluate every N steps (default: {DEFAULT_EVAL_FREQ}, or every epoch where an epoch is shorter)",
-        group="evaluation and samples", check=positive, resume=MAY_CHANGE, type=int,
+        group="evaluation and samples",
+        check=positive,
+        resume=MAY_CHANGE,
+        type=int,
     )
-    eval_iter: int = option(5, "batches per evaluation", group="evaluation and samples", check=positive,
-                            resume=MAY_CHANGE, type=int)
-    start_context: str | None = option(help="prompt of the samples (default: one that suits the corpus)",
-                                       group="evaluation and samples", resume=MAY_CHANGE)
-    temperature: float = option(0.8, "0 is greedy", group="evaluation and samples", check=not_negative,
-                                resume=MAY_CHANGE, type=float)
-    top_k: int | None = option(40, "sample from the k most likely tokens (0: from all)",
-                               group="evaluation and samples", check=positive, resume=MAY_CHANGE, type=int)
-    max_new_tokens: int = option(50, "sample length", group="evaluation and samples", check=new_tokens,
-                                 resume=MAY_CHANGE, type=int)
+    eval_iter: int = option(
+        5, "batches per evaluation", group="evaluation and samples", check=positive, resume=MAY_CHANGE, type=int
+    )
+    start_context: str | None = option(
+        help="prompt of the samples (default: one that suits the corpus)",
+        group="evaluation and samples",
+        resume=MAY_CHANGE,
+    )
+    temperature: float = option(
+        0.8, "0 is greedy", group="evaluation and samples", check=not_negative, resume=MAY_CHANGE, type=float
+    )
+    top_k: int | None = option(
+        40,
+        "sample from the k most likely tokens (0: from all)",
+        group="evaluation and samples",
+        check=positive,
+        resume=MAY_CHANGE,
+        type=int,
+    )
+    max_new_tokens: int = option(
+        50, "sample length", group="evaluation and samples", check=new_tokens, resume=MAY_CHANGE, type=int
+    )
     early_stopping_patience: int = option(
-        DEFAULT_PATIENCE, "stop after N evaluations without a better validation loss, and keep the best model (0: "
-        "never stop, keep the last)", group="evaluation and samples", check=not_negative, resume=MAY_CHANGE,
+        DEFAULT_PATIENCE,
+        "stop after N evaluations without a better validation loss, and keep the best model (0: "
+        "never stop, keep the last)",
+        group="evaluation and samples",
+        check=not_negative,
+        resume=MAY_CHANGE,
         type=int,
     )
 
     # Checkpoints and logging
-    save_steps: int | None = option(100, "checkpoint every N steps", group="checkpoints and logging",
-                                    check=positive, resume=MAY_CHANGE, type=int)
-    save_total_limit: int = option(2, "checkpoints kept", group="checkpoints and logging", check=positive,
-                                   resume=MAY_CHANGE, type=int)
-    report_to: list[str] = option([], "experiment trackers", group="checkpoints and logging", resume=MAY_CHANGE,
-                                  nargs="+", choices=TRACKERS)
+    save_steps: int | None = option(
+        100, "checkpoint every N steps", group="checkpoints and logging", check=positive, resume=MAY_CHANGE, type=int
+    )
+    save_total_limit: int = option(
+        2, "checkpoints kept", group="checkpoints and logging", check=positive, resume=MAY_CHANGE, type=int
+    )
+    report_to: list[str] = option(
+        [], "experiment trackers", group="checkpoints and logging", resume=MAY_CHANGE, nargs="+", choices=TRACKERS
+    )
     peak_flops: float | None = option(
         help="the FLOP/s one process's device can do (e.g. 989e12 for an H100's bf16), the denominator of MFU "
         "(default: this machine's matmul throughput, measured at start in the training precision)",
-        group="checkpoints and logging", check=greater_than_zero_if_set, resume=MAY_CHANGE, type=float,
+        group="checkpoints and logging",
+        check=greater_than_zero_if_set,
+        resume=MAY_CHANGE,
+        type=float,
     )
 
     def __post_init__(self) -> None:
@@ -389,13 +501,17 @@ def check_options(options: TrainOptions) -> None:
 def check_streaming(options: TrainOptions) -> None:
     """--streaming reads a hub dataset as it trains, with the Accelerate loop, for a given number of steps."""
     if not options.dataset:
-        raise UsageError("--streaming streams a --dataset NAME; local files (--data) are tokenised once into token "
-                         "files instead (see gptscratch-prepare)")
+        raise UsageError(
+            "--streaming streams a --dataset NAME; local files (--data) are tokenised once into token "
+            "files instead (see gptscratch-prepare)"
+        )
     if options.max_steps is None:
         raise UsageError("--streaming needs --max-steps N: a stream has no length to count epochs in")
     if options.engine == "trainer":
-        raise UsageError("--engine trainer does not take --streaming: the Trainer resumes a stream by reading it "
-                         "again from the start; use --engine accelerate, whose checkpoints keep the stream's position")
+        raise UsageError(
+            "--engine trainer does not take --streaming: the Trainer resumes a stream by reading it "
+            "again from the start; use --engine accelerate, whose checkpoints keep the stream's position"
+        )
     if options.dedup:
         raise UsageError("--dedup compares whole documents before training; it does not apply to --streaming")
 
@@ -431,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsFormatter,
     )
     parser.add_argument(
-        "--config-file", metavar="FILE",
+        "--config-file",
+        metavar="FILE",
         help="a YAML or JSON file of options (the flags' names, e.g. batch_size: 8); flags given here win",
     )
     add_option_flags(parser, OPTION_FIELDS)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from common.files import format_size
+from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train.optimization import muon_parameters
 from train.options import DEFAULT_EPOCHS, FLOOR_SCHEDULERS, TrainOptions
 
@@ -105,8 +105,9 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
     if data.streamed:  # a stream has no length: its epoch is the run
         per_epoch = options.max_steps
     else:
-        per_epoch = steps_per_epoch(len(data.train), options.batch_size, num_processes, options.grad_accum,
-                                    options.engine)
+        per_epoch = steps_per_epoch(
+            len(data.train), options.batch_size, num_processes, options.grad_accum, options.engine
+        )
     budget = options.time_budget()
     if options.max_steps or options.epochs or budget is None:
         total_steps = options.max_steps or per_epoch * (options.epochs or DEFAULT_EPOCHS)
@@ -125,14 +126,19 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
     # Per layer and token ~ (34 * emb_dim + 5 * heads * tokens) 16-bit values kept for backward (Korthikanti et
     # al. 2022, no recomputation; the second term is the attention matrix, which fused attention kernels avoid),
     # plus the fp32 logits and their gradient.
-    activations = options.batch_size * window * (
-        config.n_layers * (34 * config.emb_dim + 5 * config.n_heads * window) * activation_bytes / 2
-        + 2 * 4 * config.vocab_size
+    activations = (
+        options.batch_size
+        * window
+        * (
+            config.n_layers * (34 * config.emb_dim + 5 * config.n_heads * window) * activation_bytes / 2
+            + 2 * 4 * config.vocab_size
+        )
     )
     precision = {"no": "fp32", "bf16": "bf16 mixed", "fp16": "fp16 mixed"}[options.mixed_precision]
     overrides = "".join(f", {key}={value}" for key, value in options.model_overrides().items())
     windows = f"context {window}, stride {data.train.stride}" + (
-        ", attention within each document" if options.document_mask else "")
+        ", attention within each document" if options.document_mask else ""
+    )
     if data.streamed:
         data_lines = [
             f"  data        {data.source}",
@@ -189,18 +195,23 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
 def _length(options: TrainOptions, total_steps: int | None, budget: float | None) -> str:
     """How long the run is, as the schedule line says it."""
     if total_steps is None:
-        return (f"as many steps as {budget:g} s allow (--max-time; the count it expects is logged after "
-                f"{EXPECTATION_STEPS} steps)")
-    steps = f"{total_steps} steps" + (" (max steps)" if options.max_steps else
-                                     f" ({options.epochs or DEFAULT_EPOCHS} epochs)")
+        return (
+            f"as many steps as {budget:g} s allow (--max-time; the count it expects is logged after "
+            f"{EXPECTATION_STEPS} steps)"
+        )
+    steps = f"{total_steps} steps" + (
+        " (max steps)" if options.max_steps else f" ({options.epochs or DEFAULT_EPOCHS} epochs)"
+    )
     return steps if budget is None else f"{steps} or {budget:g} s (--max-time), whichever ends first"
 
 
 def _optimizer(options: TrainOptions) -> str:
     if options.optimizer == "muon":
-        return (f"Muon for the blocks' weight matrices (lr {options.muon_lr or options.lr}, momentum "
-                f"{options.muon_momentum:g}), AdamW for the "
-                "embeddings, norms and biases")
+        return (
+            f"Muon for the blocks' weight matrices (lr {options.muon_lr or options.lr}, momentum "
+            f"{options.muon_momentum:g}), AdamW for the "
+            "embeddings, norms and biases"
+        )
     return "AdamW"
 
 

@@ -18,8 +18,21 @@ from train.options import DefaultsFormatter, add_option_flags, check_fields
 
 PROG = "gptscratch-prepare"
 # The data flags that decide the tokens; window sizes and streaming decide only how a run reads them.
-PREPARE_OPTIONS = ("data", "dataset", "dataset_config", "dataset_split", "text_column", "embedded", "dedup",
-                   "tokenizer", "vocab_size", "min_frequency", "train_ratio", "num_proc", "cache_dir")
+PREPARE_OPTIONS = (
+    "data",
+    "dataset",
+    "dataset_config",
+    "dataset_split",
+    "text_column",
+    "embedded",
+    "dedup",
+    "tokenizer",
+    "vocab_size",
+    "min_frequency",
+    "train_ratio",
+    "num_proc",
+    "cache_dir",
+)
 
 
 def build_parser() -> ArgumentParser:
@@ -43,8 +56,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     prepared = prepare_tokens(**{name: getattr(args, name) for name in PREPARE_OPTIONS}, log=print)
     files, meta = prepared.files, prepared.files.meta
     what = "prepared" if files.made else "found prepared"
-    print(f"{what} in {time.perf_counter() - start:.1f} s: {meta['tokens']['train']:,} training and "
-          f"{meta['tokens']['val']:,} validation tokens")
+    print(
+        f"{what} in {time.perf_counter() - start:.1f} s: {meta['tokens']['train']:,} training and "
+        f"{meta['tokens']['val']:,} validation tokens"
+    )
     print(f"token files  {files.directory} ({format_size(files.size)}: train.bin, val.bin, {meta['dtype']})")
     dropped = f", {meta['duplicates_dropped']:,} duplicates dropped" if args.dedup else ""
     print(f"data         {prepared.source}; {meta['documents']:,} documents{dropped}")

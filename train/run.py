@@ -45,7 +45,8 @@ DEFAULT_START_CONTEXT = {"pydoc": 'The "for" statement', "stdlib": "def "}
 BOOK_START_CONTEXT = "Every effort moves you"
 # GPTScratchConfig's own fields that --config may set; the vocabulary and special tokens follow the tokenizer.
 MODEL_FIELDS = tuple(
-    name for name in GPTScratchConfig.__annotations__
+    name
+    for name in GPTScratchConfig.__annotations__
     if name not in {"vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "auto_map"}
 )
 
@@ -241,8 +242,14 @@ def finish_ended_run(
         metrics = MetricsLog(directory.metrics_file, write=False)
         metrics.load(step)
         return TrainResult(
-            reason=reason, steps=step, epochs=step / plan.steps_per_epoch, tokens_seen=step * plan.tokens_per_step,
-            output_dir=directory.root, metrics=metrics.records, last_checkpoint=checkpoint, already_finished=True,
+            reason=reason,
+            steps=step,
+            epochs=step / plan.steps_per_epoch,
+            tokens_seen=step * plan.tokens_per_step,
+            output_dir=directory.root,
+            metrics=metrics.records,
+            last_checkpoint=checkpoint,
+            already_finished=True,
         )
     log(f"{checkpoint} is the run's end ({reason}, step {step}): writing the model directory from it")
     context = start_run(options, directory, checkpoint, data, config, plan, log)
@@ -276,14 +283,24 @@ def load_data(options: TrainOptions, resume_from: Path | None, log: Callable[[st
     )
     if options.streaming:
         data = prepare_streamed_data(
-            dataset=options.dataset, evaluation_windows=evaluation_windows(options),
-            shuffle_buffer=options.shuffle_buffer, seed=options.seed, rank=state.process_index,
-            processes=state.num_processes, **shared,
+            dataset=options.dataset,
+            evaluation_windows=evaluation_windows(options),
+            shuffle_buffer=options.shuffle_buffer,
+            seed=options.seed,
+            rank=state.process_index,
+            processes=state.num_processes,
+            **shared,
         )
     else:
         data = prepare_data(
-            data=options.data, dataset=options.dataset, embedded=options.embedded, dedup=options.dedup,
-            train_ratio=options.train_ratio, num_proc=options.num_proc, log=log, **shared,
+            data=options.data,
+            dataset=options.dataset,
+            embedded=options.embedded,
+            dedup=options.dedup,
+            train_ratio=options.train_ratio,
+            num_proc=options.num_proc,
+            log=log,
+            **shared,
         )
     if resume_from is not None:  # describe the checkpoint's tokenizer as the original run did
         data.tokenizer_description = json.loads((resume_from.parent / RUN_FILE).read_text())["tokenizer_description"]
@@ -312,8 +329,12 @@ def start_run(
             elif resume_from is None:
                 write_json_atomic(
                     directory.checkpoints / RUN_FILE,
-                    {"options": dataclasses.asdict(options), "num_processes": state.num_processes,
-                     "source": data.source, "tokenizer_description": data.tokenizer_description},
+                    {
+                        "options": dataclasses.asdict(options),
+                        "num_processes": state.num_processes,
+                        "source": data.source,
+                        "tokenizer_description": data.tokenizer_description,
+                    },
                 )
             metrics.load(step)  # and rewrites metrics.jsonl without the evaluations past the checkpoint
     state.wait_for_everyone()
@@ -323,8 +344,10 @@ def start_run(
     dtype = PRECISION_DTYPES[options.mixed_precision]
     peak_flops = sum_over_processes(options.peak_flops or measure_matmul_flops(state.device, dtype))
     source = "--peak-flops" if options.peak_flops else f"the matmul throughput measured in {str(dtype)[6:]}"
-    log(f"MFU is against {peak_flops / 1e12:.3g} TFLOP/s: {source}"
-        + (f", summed over {state.num_processes} processes" if state.num_processes > 1 else ""))
+    log(
+        f"MFU is against {peak_flops / 1e12:.3g} TFLOP/s: {source}"
+        + (f", summed over {state.num_processes} processes" if state.num_processes > 1 else "")
+    )
 
     set_seed(options.seed)
     model = GPTScratchForCausalLM(config)  # the same initial weights in both engines for the same seed
@@ -339,10 +362,12 @@ def start_run(
         resume_from=resume_from,
         # A fixed spread of training windows (a stream's first ones) and the first validation windows (the book's
         # val_loader order), so every evaluation measures the same text and draws nothing from the random generators.
-        train_eval=(data.train_head if data.streamed
-                    else Subset(data.train, evenly_spaced(len(data.train), eval_windows))),
+        train_eval=(
+            data.train_head if data.streamed else Subset(data.train, evenly_spaced(len(data.train), eval_windows))
+        ),
         val_eval=Subset(data.val, range(min(len(data.val), eval_windows))),
-        start_context=options.start_context or DEFAULT_START_CONTEXT.get(
+        start_context=options.start_context
+        or DEFAULT_START_CONTEXT.get(
             options.embedded if not (options.data or options.dataset) else "", BOOK_START_CONTEXT
         ),
         metrics=metrics,
@@ -367,8 +392,10 @@ def finish_run(context: RunContext, result: TrainResult) -> None:
         # A best model from the last step holds the weights the run ended with: nothing to read.
         if context.early_stopping.keeps_best and directory.best_model.is_dir() and best_step != result.steps:
             load_weights(model, directory.best_model)
-            context.log(f"early stopping: the model directory holds the best model (step {best_step}, the lowest "
-                        "validation loss)")
+            context.log(
+                f"early stopping: the model directory holds the best model (step {best_step}, the lowest "
+                "validation loss)"
+            )
         model.generation_config.max_new_tokens = options.max_new_tokens
         directory.write_model(model, context.data.tokenizer)
         result.summary = write_summary(context, result)
@@ -403,7 +430,11 @@ def write_summary(context: RunContext, result: TrainResult) -> dict[str, Any]:
 
 
 def verify_model_directory(
-    directory: Path, prompt: str, max_new_tokens: int = 30, temperature: float = 0.0, top_k: int | None = None,
+    directory: Path,
+    prompt: str,
+    max_new_tokens: int = 30,
+    temperature: float = 0.0,
+    top_k: int | None = None,
     seed: int = 123,
 ) -> str:
     """Reloads a written model directory the way users will (Auto classes, trust_remote_code) and generates."""
@@ -411,7 +442,10 @@ def verify_model_directory(
     tokenizer = AutoTokenizer.from_pretrained(directory)
     prompt_ids = torch.tensor([tokenizer.encode(prompt)])
     output = model.generate(
-        prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
         generator=torch.Generator().manual_seed(seed),
     )
     return tokenizer.decode(output[0].tolist())

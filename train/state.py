@@ -90,8 +90,15 @@ class RunContext:
         """Appends an evaluation to metrics.jsonl, prints the book's progress line and, with early stopping, keeps
         a new best model. Every process must call it: gathering sharded weights takes all of them."""
         plan = self.plan
-        record = metrics_record(step, step / plan.steps_per_epoch, step * plan.tokens_per_step, train_loss, val_loss,
-                                self.clock.used(), **self.clock.take_throughput())
+        record = metrics_record(
+            step,
+            step / plan.steps_per_epoch,
+            step * plan.tokens_per_step,
+            train_loss,
+            val_loss,
+            self.clock.used(),
+            **self.clock.take_throughput(),
+        )
         self.metrics.append(record)
         if self.early_stopping.update(record) and self.early_stopping.keeps_best:
             best = full_model(accelerator, model, self.config)
@@ -107,9 +114,11 @@ class RunContext:
         clock.step_ended(step, agree=max_over_processes)
         if clock.budget is not None and step == clock.first_step[0] + EXPECTATION_STEPS:
             expected = self.expected_steps(step)
-            self.log(f"time budget: {clock.used():.1f} s for {step} steps; {expected} steps expected in "
-                     f"{clock.budget:g} s (the pace of steps {clock.first_step[0] + 1}-{step}, evaluations and "
-                     "checkpoints included)")
+            self.log(
+                f"time budget: {clock.used():.1f} s for {step} steps; {expected} steps expected in "
+                f"{clock.budget:g} s (the pace of steps {clock.first_step[0] + 1}-{step}, evaluations and "
+                "checkpoints included)"
+            )
 
     def expected_steps(self, step: int) -> int | None:
         """The steps this run is expected to end at: its step limit, or sooner where the time budget ends it;

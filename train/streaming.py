@@ -30,8 +30,14 @@ from transformers import PreTrainedTokenizerBase
 
 from common.files import write_atomic
 from train.data import (
-    TOKENIZER_SAMPLE_CHARS, DataError, PreparedData, TokenWindows, default_cache_root, fit_tokenizer,
-    load_hub_split, resolve_tokenizer,
+    TOKENIZER_SAMPLE_CHARS,
+    DataError,
+    PreparedData,
+    TokenWindows,
+    default_cache_root,
+    fit_tokenizer,
+    load_hub_split,
+    resolve_tokenizer,
 )
 from train.options import DEFAULT_MIN_FREQUENCY, DEFAULT_VOCAB_SIZE
 from train.tokenizing import PieceTokenizer, token_dtype
@@ -44,12 +50,14 @@ class DocumentTokens:
     `state_dict` / `load_state_dict`: the dataset's position, the epoch and the count of documents read.
     """
 
-    def __init__(self, documents: Any, text_column: str, tokenizer: PreTrainedTokenizerBase, rank: int = 0,
-                 processes: int = 1):
+    def __init__(
+        self, documents: Any, text_column: str, tokenizer: PreTrainedTokenizerBase, rank: int = 0, processes: int = 1
+    ):
         self.documents = documents
         self.text_column = text_column
-        self.encode = PieceTokenizer(tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id,
-                                     token_dtype(len(tokenizer)).name)
+        self.encode = PieceTokenizer(
+            tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, token_dtype(len(tokenizer)).name
+        )
         self.rank, self.processes = rank, processes
         self.epoch = 0
         self.read = 0  # documents of the stream read in this epoch, all processes' counted
@@ -71,8 +79,10 @@ class DocumentTokens:
                 example = next(self._iterator)
             except StopIteration:
                 if self._tokens_this_epoch == 0:
-                    raise DataError(f"the stream holds no text for process {self.rank}: every document it reached "
-                                    "is empty; check --dataset-split and --text-column") from None
+                    raise DataError(
+                        f"the stream holds no text for process {self.rank}: every document it reached "
+                        "is empty; check --dataset-split and --text-column"
+                    ) from None
                 self.epoch, self.read, self._iterator, self._tokens_this_epoch = self.epoch + 1, 0, None, 0
                 self._loaded_position = None  # the next epoch starts at its beginning
                 continue
@@ -87,8 +97,13 @@ class DocumentTokens:
     def state_dict(self) -> dict[str, Any]:
         # Until this object iterates again after a load, the dataset still reports its state from before it.
         position = self._loaded_position if self._iterator is None else self.documents.state_dict()
-        return {"position": position, "epoch": self.epoch, "read": self.read, "opened": self.opened,
-                "tokens_this_epoch": self._tokens_this_epoch}
+        return {
+            "position": position,
+            "epoch": self.epoch,
+            "read": self.read,
+            "opened": self.opened,
+            "tokens_this_epoch": self._tokens_this_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.read, self.opened = state["epoch"], state["read"], state["opened"]
@@ -149,7 +164,9 @@ class StreamedWindows:
         self.buffer.pop()
         return window
 
-    def batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, device: torch.device | str = "cpu"
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless (inputs, targets) batches, each [batch_size, context_length] int64 on `device`."""
         while True:
             windows = torch.from_numpy(np.stack([self.next_window() for _ in range(batch_size)]).astype(np.int64))
@@ -192,8 +209,10 @@ class StreamedWindows:
         """Restores this process's state from checkpoint `directory`."""
         path = self.state_file(directory, self.source.rank)
         if not path.is_file():
-            raise DataError(f"--resume: {directory} has no stream position for process {self.source.rank} "
-                            f"({path.name}); it was not written by a --streaming run")
+            raise DataError(
+                f"--resume: {directory} has no stream position for process {self.source.rank} "
+                f"({path.name}); it was not written by a --streaming run"
+            )
         with np.load(path, allow_pickle=False) as saved:
             state = json.loads(str(saved["state"]))
             state.update(carry=saved["carry"], buffer=saved["buffer"])
@@ -255,8 +274,12 @@ def prepare_streamed_data(
             "windows an evaluation measures; lower --eval-iter or --batch-size, or prepare it with --data instead"
         )
     # Each reader gets its own copy of the stream: a datasets stream tracks the position of its latest iterator.
-    train_head = stream_head(DocumentTokens(stream.skip(validation_source.read), text_column, chosen),
-                             evaluation_windows, context_length, stride)
+    train_head = stream_head(
+        DocumentTokens(stream.skip(validation_source.read), text_column, chosen),
+        evaluation_windows,
+        context_length,
+        stride,
+    )
     source = DocumentTokens(stream.skip(validation_source.read), text_column, chosen, rank, processes)
     train = StreamedWindows(source, context_length, stride, shuffle_buffer, seed)
     description = f"Hugging Face dataset {label}, column {text_column} (streamed)"

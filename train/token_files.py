@@ -116,8 +116,9 @@ class EntryBuilder:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             remove_abandoned_builds(self.root)
-            self.staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{self.target.name}-{_owner()}-",
-                                                 dir=self.root))
+            self.staging = Path(
+                tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{self.target.name}-{_owner()}-", dir=self.root)
+            )
             self.writers = {split: TokenFileWriter(self.staging / f"{split}.bin", self.dtype) for split in SPLITS}
         except OSError as error:
             self.__exit__(type(error), error, None)
@@ -126,8 +127,12 @@ class EntryBuilder:
 
     def finish(self, meta: dict[str, Any]) -> TokenFiles:
         """Closes the token files, writes meta.json last, renames the entry into place and returns it."""
-        meta = {"format": FORMAT_VERSION, "dtype": self.dtype.name,
-                "tokens": {split: writer.count for split, writer in self.writers.items()}, **meta}
+        meta = {
+            "format": FORMAT_VERSION,
+            "dtype": self.dtype.name,
+            "tokens": {split: writer.count for split, writer in self.writers.items()},
+            **meta,
+        }
         for writer in self.writers.values():
             writer.close(sync=True)
         write_json_atomic(self.staging / META_FILE, meta)
@@ -171,7 +176,7 @@ def remove_abandoned_builds(root: Path) -> None:
     host = socket.gethostname()
     for path in root.glob(f"{_STAGING_PREFIX}*"):
         # .tmp-<key>-<host>.<pid>-<random>: the key is hexadecimal and mkdtemp's random part has no dash
-        owner = path.name[len(_STAGING_PREFIX):].partition("-")[2].rpartition("-")[0]
+        owner = path.name[len(_STAGING_PREFIX) :].partition("-")[2].rpartition("-")[0]
         owner_host, _, pid = owner.rpartition(".")
         if owner_host == host and pid.isdigit() and not _running(int(pid)):
             shutil.rmtree(path, ignore_errors=True)

@@ -2,8 +2,9 @@
 
 Options map onto `TrainingArguments` (clipping, accumulation, bf16/fp16, evaluation, saving and logging steps,
 seeds); the optimizer and learning-rate schedule are the Accelerate loop's (`train.optimization`), through
-`create_optimizer` and `create_scheduler`, and the run's clock stops it at the end of `--max-time`. The windows are already the book's (input, target) pairs, so rows
-go to the model as `input_ids` and `labels` through `default_data_collator` (the pre-windowed equivalent of the
+`create_optimizer` and `create_scheduler`, and the run's clock stops it at the end of `--max-time`. The windows are
+already the book's (input, target) pairs, so rows go to the model as `input_ids` and `labels` through
+`default_data_collator` (the pre-windowed equivalent of the
 causal-LM collator with mlm=False), and the loss is the book's: cross-entropy of every position against its
 target. `DataCollatorForLanguageModeling(mlm=False)` would copy the inputs into the labels and let the model
 shift them, dropping each window's last target: 1 / context_length of the signal, and a loss that no longer
@@ -89,8 +90,9 @@ class GPTScratchTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         if self.lr_scheduler is None:
             context = self.run_context
-            self.lr_scheduler = build_scheduler(optimizer or self.optimizer, context.options, context.plan.total_steps,
-                                                context.clock)
+            self.lr_scheduler = build_scheduler(
+                optimizer or self.optimizer, context.options, context.plan.total_steps, context.clock
+            )
         return self.lr_scheduler
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -123,7 +125,10 @@ class GPTScratchTrainer(Trainer):
         return self.accelerator.prepare(loader)
 
     def prediction_step(
-        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], prediction_loss_only: bool,
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor, None, None]:
         """An evaluation batch's mean loss, computed without its [batch, tokens, vocab] logits (`token_losses`, as
@@ -133,8 +138,12 @@ class GPTScratchTrainer(Trainer):
             return super().prediction_step(model, inputs, prediction_loss_only=True, ignore_keys=ignore_keys)
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.accelerator.autocast():
-            losses = token_losses(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["labels"],
-                                  self.run_context.document_eos_id)
+            losses = token_losses(
+                self.accelerator.unwrap_model(model),
+                inputs["input_ids"],
+                inputs["labels"],
+                self.run_context.document_eos_id,
+            )
         return losses.mean().detach(), None, None
 
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
@@ -150,8 +159,9 @@ class GPTScratchTrainer(Trainer):
     ) -> torch.Tensor:
         """The Trainer's step, then a check on every process: a non-finite loss stops before the optimizer step."""
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self.run_context.check_loss(self.accelerator.reduce(loss.detach(), reduction="mean").item(),
-                                    self.state.global_step + 1)
+        self.run_context.check_loss(
+            self.accelerator.reduce(loss.detach(), reduction="mean").item(), self.state.global_step + 1
+        )
         return loss
 
 
@@ -214,8 +224,13 @@ class RunCallback(TrainerCallback, ExportableState):
         # Every process generates (sharded weights are gathered by each forward pass); the main one prints.
         options = self.context.options
         text = generate_sample(
-            kwargs["model"], self.context.data.tokenizer, self.context.start_context,
-            options.max_new_tokens, options.temperature, options.top_k, options.seed,
+            kwargs["model"],
+            self.context.data.tokenizer,
+            self.context.start_context,
+            options.max_new_tokens,
+            options.temperature,
+            options.top_k,
+            options.seed,
         )
         self.context.log(f"Sample: {text!r}")
         self.context.clock.paused("sample")
