@@ -12,8 +12,8 @@ model directory, and `AutoModelForCausalLM.from_pretrained(dir, trust_remote_cod
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ class GPTScratchConfig(PretrainedConfig):
     `drop_rate` is the book's dropout: after the embeddings, on each residual branch and, unless
     `attention_dropout` says otherwise, on the attention weights. `attention_dropout` (None: `drop_rate`) sets the
     last one alone: at 0, `scaled_dot_product_attention` keeps its fused kernels, which dropout inside attention
-    makes it leave on CPU (a training step of the tiny preset then takes about 1.6x as long; see the README).
+    makes it leave on CPU (benchmarks/RESULTS.md gives what that costs a training step).
     """
 
     model_type = "gptscratch"
@@ -137,7 +137,7 @@ class Projection(Conv1D):
     """transformers' `Conv1D`, GPT-2's linear layer (weight [in, out]; nn.Linear stores [out, in]), bias optional.
 
     A one-token decoding step is a vector-matrix product that streams every weight from memory; on CPU this layout
-    streams 11-13% faster than nn.Linear's (benchmarks/bench_model.py), and the math is the same. Being a Conv1D,
+    streams faster than nn.Linear's on a CPU (benchmarks/RESULTS.md), and the math is the same. Being a Conv1D,
     it is a layer PEFT knows: LoRA adapters go on it (`target_modules=["qkv", "out_proj"]` or `"all-linear"`).
     """
 
@@ -194,8 +194,8 @@ class CausalSelfAttention(nn.Module):
             keys, values = keys[:, :, :kv_length], values[:, :, :kv_length]
         options = dict(attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
         if tokens == 1 and x.device.type == "cpu" and queries.dtype == torch.bfloat16:
-            # On CPU, SDPA's bf16 kernel is slow for one query against a long cache (484 us at 900 keys against
-            # 131 us for fp32, conversion included): a decoding step attends in fp32.
+            # On CPU, SDPA's bf16 kernel is several times slower than fp32's for one query against a long cache,
+            # conversion included (benchmarks/RESULTS.md): a decoding step attends in fp32.
             with torch.autocast("cpu", enabled=False):
                 context = F.scaled_dot_product_attention(queries.float(), keys.float(), values.float(), **options)
             context = context.to(queries.dtype)
@@ -432,91 +432,24 @@ def _cache_argument(cache: Cache | None, kwargs: dict[str, Any]) -> Cache | None
     return cache if cache is not None else legacy
 
 
-def check_decoding_args(
-    max_new_tokens: int | None, temperature: float | None, top_k: int | None, name: Callable[[str], str] = str
-) -> None:
-    """ValueError unless max_new_tokens >= 0, temperature >= 0 (0 is greedy) and top_k >= 1 (None: unset).
-
-    `name` spells each argument as the caller's user knows it (a command passes its flags: `--top-k`).
-    """
+def decoding_args_problem(
+    max_new_tokens: int | None, temperature: float | None, top_k: int | None
+) -> tuple[str, str] | None:
+    """The first decoding argument out of range, as (its name, what it must be), or None: max_new_tokens >= 0,
+    temperature a finite number >= 0 (0 is greedy), top_k >= 1 (None: unset)."""
     if max_new_tokens is not None and max_new_tokens < 0:
-        raise ValueError(f"{name('max_new_tokens')} must be >= 0, got {max_new_tokens}")
-    if temperature is not None and temperature < 0:
-        raise ValueError(f"{name('temperature')} must be >= 0 (0 is greedy decoding), got {temperature}")
+        return "max_new_tokens", f"must be >= 0, got {max_new_tokens}"
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        return "temperature", f"must be a finite number >= 0 (0 is greedy decoding), got {temperature}"
     if top_k is not None and top_k < 1:
-        raise ValueError(f"{name('top_k')} must be >= 1 (or unset to keep every token), got {top_k}")
-
-
-class _CrossEntropyByRows(torch.autograd.Function):
-    """Per-token cross-entropy of logits [tokens, vocab] against targets [tokens]; ignored targets get loss 0.
-
-    The values of `F.cross_entropy(logits.float(), targets, reduction="none")`, computed a few rows at a time so each
-    block stays in the CPU's cache: no [tokens, vocab] log-probabilities are stored, and the backward writes
-    softmax - one_hot straight into the gradient. With GPT-2's vocabulary the loss's forward and backward run 1.5x
-    to 1.7x faster in fp32, more in bf16, where the logits are never upcast as a whole (benchmarks/bench_loss.py).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
-        ignored = targets == ignore_index
-        targets = targets.masked_fill(ignored, 0)
-        rows = max(1, 2**19 // logits.shape[1])  # 2 MB of fp32 logits
-        log_normalizers = torch.cat([torch.logsumexp(block.float(), dim=-1) for block in logits.split(rows)])
-        target_logits = logits.gather(1, targets[:, None]).squeeze(1).float()
-        ctx.save_for_backward(logits, targets, ignored, log_normalizers)
-        ctx.rows = rows
-        return (log_normalizers - target_logits).masked_fill_(ignored, 0.0)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_losses: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        logits, targets, ignored, log_normalizers = ctx.saved_tensors
-        scale = grad_losses.masked_fill(ignored, 0.0)
-        grad = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], ctx.rows):
-            block = slice(start, start + ctx.rows)
-            probs = (logits[block].float() - log_normalizers[block, None]).exp_()
-            probs[torch.arange(probs.shape[0], device=probs.device), targets[block]] -= 1
-            grad[block] = probs.mul_(scale[block, None])
-        return grad, None, None
-
-
-def causal_lm_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor | None,
-    vocab_size: int | None = None,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    ignore_index: int = -100,
-    shift_labels: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """transformers' `ForCausalLMLoss`, same arguments and values: position t predicts labels[t + 1].
-
-    logits: [batch, tokens, vocab]; labels: [batch, tokens], `ignore_index` where nothing is predicted, or
-    `shift_labels` instead: targets already shifted (position t predicts shift_labels[t]). The mean over predicted
-    tokens, or their sum divided by `num_items_in_batch` (the Trainer's gradient accumulation).
-    """
-    if shift_labels is None:
-        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    logits = logits.reshape(-1, logits.shape[-1])
-    targets = shift_labels.reshape(-1).to(logits.device)
-    if logits.device.type == "cpu" and not torch.compiler.is_compiling():
-        total = _CrossEntropyByRows.apply(logits, targets, ignore_index).sum()
-    else:  # accelerators and torch.compile fuse this themselves; a loop over row blocks would only add steps
-        total = F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="sum")
-    if num_items_in_batch is None:
-        num_items_in_batch = (targets != ignore_index).sum()
-    elif torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(total.device)
-    return total / num_items_in_batch
+        return "top_k", f"must be >= 1 (or unset to keep every token), got {top_k}"
+    return None
 
 
 class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
     """GPTScratchModel plus the output head (tied to the token embedding unless `tie_word_embeddings=False`)."""
 
     _tied_weights_keys = {"out_head.weight": "model.tok_emb.weight"}
-    # What `model.loss_function` returns (assigning it replaces it, as for any transformers model).
-    _loss_function = staticmethod(causal_lm_loss)
 
     def __init__(self, config: GPTScratchConfig):
         super().__init__(config)
@@ -608,7 +541,9 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids is empty: the prompt needs at least one token")
         temperature = kwargs.get("temperature")
-        check_decoding_args(kwargs.get("max_new_tokens"), temperature, kwargs.get("top_k"))
+        problem = decoding_args_problem(kwargs.get("max_new_tokens"), temperature, kwargs.get("top_k"))
+        if problem is not None:
+            raise ValueError(" ".join(problem))
 
         unhandled = {name for name, value in kwargs.items() if value is not None} - self._SIMPLE_GENERATE_ARGS
         if unhandled:

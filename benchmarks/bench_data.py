@@ -130,9 +130,9 @@ def loader_against_model(path: Path, cache: Path, tokenizer: str, rounds: int) -
 
     sys.path.insert(0, str(REPO_ROOT))
     from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
-    from train.book import lm_loss, window_logits
     from train.data import prepare_data
-    from train.evaluate import score_token_stream
+    from train.loss import lm_loss, window_logits
+    from use.scoring import score_token_stream
 
     data = prepare_data(
         context_length=256,
@@ -212,7 +212,7 @@ def evaluation_memory(work: Path, sizes: list[int]) -> None:
 
     from common.model_dir import save_model_directory
     from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
-    from train.data import train_bpe_tokenizer
+    from train.vocabulary import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer([SOURCE.read_text(encoding="utf-8")], 512)
     config = GPTScratchConfig(
@@ -235,7 +235,7 @@ def evaluation_memory(work: Path, sizes: list[int]) -> None:
             [
                 sys.executable,
                 "-m",
-                "train.evaluate",
+                "use.evaluate",
                 "--model",
                 str(model_dir),
                 "--data",

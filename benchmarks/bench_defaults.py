@@ -107,7 +107,7 @@ SETTINGS = {"old": OLD, "new": [], **LADDER}
 
 def write_held_out(data: Path | None, directory: Path, train_ratio: float = 0.9) -> list[Path]:
     """The documents (or parts) the runs validate on, one file each: the package's own split of the corpus."""
-    from train.data import load_corpus, scan_corpus, split_pieces
+    from train.corpus import load_corpus, scan_corpus, split_pieces
 
     corpus = load_corpus(data=[str(data)] if data else None)
     scan = scan_corpus(corpus, progress=False)
@@ -145,7 +145,7 @@ def run_setting(data: Path | None, held_out: list[Path], flags: list[str], max_t
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     evaluation = subprocess.run(
-        [sys.executable, "-m", "train.evaluate", "--model", str(output), "--data", *map(str, held_out), "--json"],
+        [sys.executable, "-m", "use.evaluate", "--model", str(output), "--data", *map(str, held_out), "--json"],
         cwd=REPO,
         check=True,
         capture_output=True,

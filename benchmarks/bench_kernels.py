@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train.loop  # noqa: E402
-from train.options import parse_arguments  # noqa: E402
+from train.cli import parse_arguments  # noqa: E402
 from train.run import train as run_training  # noqa: E402
 
 FIRST_RECORDED, RECORDED = 6, 5  # micro-batches: the first one recorded (counting from 1) and how many

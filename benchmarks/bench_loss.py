@@ -19,7 +19,8 @@ import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeling_gptscratch import GPT2_VOCAB_SIZE, causal_lm_loss  # noqa: E402
+from modeling_gptscratch import GPT2_VOCAB_SIZE  # noqa: E402
+from train.loss import causal_lm_loss  # noqa: E402
 
 BATCH, TOKENS = 2, 256
 

@@ -29,9 +29,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM  # noqa: E402
-from train.book import lm_loss, window_logits  # noqa: E402
+from train.loss import lm_loss, window_logits  # noqa: E402
 from train.optimization import build_optimizer  # noqa: E402
-from train.options import TrainOptions  # noqa: E402
+from train.options import OptimisationOptions  # noqa: E402
 
 SETTINGS = {  # name: (drop_rate, attention_dropout, optimizer); "muon-bf16": torch's own Muon step
     "no dropout, adamw": (0.0, 0.0, "adamw"),
@@ -63,7 +63,7 @@ class Setting:
         )
         self.model = GPTScratchForCausalLM(config).train()
         self.optimizer = build_optimizer(
-            self.model, TrainOptions(output_dir="unused", optimizer=self.optimizer_name.removesuffix("-bf16"))
+            self.model, OptimisationOptions(optimizer=self.optimizer_name.removesuffix("-bf16"))
         )
         self.ids = torch.randint(0, VOCAB, (BATCH, WINDOW + 1), generator=torch.Generator().manual_seed(0))
 

@@ -1,9 +1,9 @@
 """Users' files in, outputs out, with nothing half-written: the readers and writers every command shares.
 
-Readers turn a user's file into a `UsageError` that names it (`read_utf8_file`, `read_json_object`). Writers go
+Readers turn a user's file into an `InputError` that names it (`read_utf8_file`, `read_json_object`). Writers go
 through a temporary sibling that is renamed over the target only once complete, so readers never see half a file
 (`write_atomic` and its text and JSON forms) or half a directory (`atomic_directory`). A full or read-only disk
-met while writing is a `UsageError` naming what was being written, where, and the space it needed
+met while writing is an `InputError` naming what was being written, where, and the space it needed
 (`writing_output`, which every writer here goes through); `check_writable` refuses a read-only location before any
 work. Standard library only.
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from common.commands import STORAGE_FAILURES, TORCH_WRITE_FAILED, UsageError, storage_failure
+from common.errors import STORAGE_FAILURES, TORCH_WRITE_FAILED, InputError, field, storage_failure
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading users' files
@@ -30,19 +30,19 @@ _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a num
 
 
 def parse_json_object(text: str, source: str, fix: str) -> dict[str, Any]:
-    """The JSON object `text` holds; a UsageError naming `source` and `fix` when it is not JSON or not an object."""
+    """The JSON object `text` holds; an InputError naming `source` and `fix` when it is not JSON or not an object."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
         # JSONDecodeError's message is one line and says where: "Expecting value: line 1 column 2 (char 1)".
-        raise UsageError(f"{source} is not valid JSON ({error}); {fix}") from None
+        raise InputError(f"{source} is not valid JSON ({error}); {fix}") from None
     if not isinstance(value, dict):
-        raise UsageError(f"{source} holds {_JSON_TYPES.get(type(value), 'null')}, not a JSON object; {fix}")
+        raise InputError(f"{source} holds {_JSON_TYPES.get(type(value), 'null')}, not a JSON object; {fix}")
     return value
 
 
 def read_utf8_file(path: str | os.PathLike, what: str, fix: str) -> str:
-    """The text of the UTF-8 file at `path`, or a UsageError that names it as `what PATH` and ends with `fix`.
+    """The text of the UTF-8 file at `path`, or an InputError that names it as `what PATH` and ends with `fix`.
 
     Refused: a missing file, a directory, an unreadable file, and bytes that are not UTF-8 (with the byte offset).
     """
@@ -51,19 +51,19 @@ def read_utf8_file(path: str | os.PathLike, what: str, fix: str) -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UsageError(f"{source} does not exist; {fix}") from None
+        raise InputError(f"{source} does not exist; {fix}") from None
     except IsADirectoryError:
-        raise UsageError(f"{source} is a directory, not a file; {fix}") from None
+        raise InputError(f"{source} is a directory, not a file; {fix}") from None
     except OSError as error:
-        raise UsageError(f"cannot read {source} ({error.strerror}); {fix}") from None
+        raise InputError(f"cannot read {source} ({error.strerror}); {fix}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise UsageError(f"{source} is not UTF-8 text (byte offset {error.start}); {fix}") from None
+        raise InputError(f"{source} is not UTF-8 text (byte offset {error.start}); {fix}") from None
 
 
 def read_json_object(path: str | os.PathLike, what: str, fix: str) -> dict[str, Any]:
-    """The JSON object in the file at `path`, or a UsageError that names the file as `what PATH` and ends with `fix`.
+    """The JSON object in the file at `path`, or an InputError that names the file as `what PATH` and ends with `fix`.
 
     Refused: what `read_utf8_file` refuses, text that is not JSON, and JSON that is not an object (e.g. an array).
     """
@@ -77,30 +77,32 @@ def read_json_object(path: str | os.PathLike, what: str, fix: str) -> dict[str, 
 _NEARLY_FULL_BYTES = 1 << 20
 
 
-class OutputWriteError(UsageError):
-    """A write that failed for want of space or permission: what was written, where, the errno, the space."""
+class OutputWriteError(InputError):
+    """A write that failed for want of space or permission: what was written, where, the errno, the space, and the
+    field that chose the location (`option`)."""
 
-    def __init__(self, code: int, path: Path, what: str, size: int | None, free: int | None, flag: str | None):
-        self.code, self.path, self.what, self.size, self.free, self.flag = code, path, what, size, free, flag
+    def __init__(self, code: int, path: Path, what: str, size: int | None, free: int | None, option: str | None):
+        self.code, self.path, self.what, self.size, self.free, self.option = code, path, what, size, free, option
         reason, fix = STORAGE_FAILURES[code]
         space = ""
         if code in (errno.ENOSPC, errno.EDQUOT) and free is not None:
             needs = f"it needs about {format_size(size)}; " if size else ""
             space = f" ({needs}{format_size(free)} free before writing)"
         where = f"{what} {path}" if what else str(path)
-        super().__init__(f"cannot write {where}: {reason}{space}; {fix.format(where=flag or 'location')}")
+        chosen_by = field(option) if option else "location"
+        super().__init__(f"cannot write {where}: {reason}{space}; {fix.format(where=chosen_by)}")
 
 
 @contextlib.contextmanager
 def writing_output(
-    path: str | os.PathLike, what: str = "", size: int | None = None, flag: str | None = None
+    path: str | os.PathLike, what: str = "", size: int | None = None, option: str | None = None
 ) -> Iterator[None]:
     """Turns a full or read-only disk met inside the block into an `OutputWriteError`: "cannot write WHAT PATH:
     no space left on device (it needs about SIZE; FREE free before writing); free some space there or choose another
-    FLAG". Other errors pass unchanged; removing what the block half wrote is its own business (the atomic writers
+    OPTION". Other errors pass unchanged; removing what the block half wrote is its own business (the atomic writers
     below do it).
 
-    `size` is the number of bytes the block writes, when known; `flag` the option that chose the location.
+    `size` is the number of bytes the block writes, when known; `option` the field that chose the location.
     Nested, the outermost names the failure: a model directory is reported as such, not as the temporary folder it
     was being written into.
     """
@@ -110,9 +112,9 @@ def writing_output(
         yield
     except OutputWriteError as error:
         raise OutputWriteError(
-            error.code, path, what or error.what, size or error.size, free_before, flag or error.flag
+            error.code, path, what or error.what, size or error.size, free_before, option or error.option
         ) from error.__cause__
-    except UsageError:
+    except InputError:
         raise
     except Exception as error:
         code = storage_failure(error, writing=True)
@@ -122,7 +124,7 @@ def writing_output(
             code = errno.ENOSPC if filled or (size and free_before is not None and free_before < size) else None
         if code is None:
             raise
-        raise OutputWriteError(code, path, what, size, free_before, flag) from error
+        raise OutputWriteError(code, path, what, size, free_before, option) from error
 
 
 def free_space(path: str | os.PathLike) -> int | None:
@@ -133,19 +135,21 @@ def free_space(path: str | os.PathLike) -> int | None:
         return None
 
 
-def check_writable(path: str | os.PathLike, what: str, flag: str) -> None:
-    """A UsageError unless `path` is, or can be created as, a directory this process may write into.
+def check_writable(path: str | os.PathLike, what: str, option: str | None = None) -> None:
+    """An InputError unless `path` is, or can be created as, a directory this process may write into; `option`
+    is the field that chose it.
 
     Checked before a command's work, so a read-only or foreign location is refused at once, not after minutes.
     """
     path = Path(path).absolute()
     existing = _existing_ancestor(path)
+    where = field(option) if option else "location"
     if not existing.is_dir():
-        raise UsageError(f"{what} {path} cannot be used: {existing} is not a directory; choose another {flag}")
+        raise InputError(f"{what} {path} cannot be used: {existing} is not a directory; choose another {where}")
     if not os.access(existing, os.W_OK | os.X_OK):
         read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
         reason = f"{existing} is on a read-only file system" if read_only else str(existing)
-        raise UsageError(f"{what} {path} is not writable ({reason}); choose a writable {flag}")
+        raise InputError(f"{what} {path} is not writable ({reason}); choose a writable {where}")
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -199,17 +203,19 @@ def write_json_atomic(target: str | os.PathLike, value: Any) -> None:
 
 def check_output_directory(target: str | os.PathLike, overwrite: bool = False) -> Path:
     """The absolute `target` if a model directory may be written there (a new or empty directory, or any with
-    `overwrite`, in a writable location), else a UsageError; writes nothing.
+    `overwrite`, in a writable location), else an InputError; writes nothing.
 
     `atomic_directory` checks this too; a command that reads for minutes before writing calls it first as well,
     so a refused output is reported before that work instead of after it.
     """
     target = Path(target).absolute()
     if target.exists() and not target.is_dir():
-        raise UsageError(f"output {target} exists and is not a directory; choose another path")
+        raise InputError(f"output {target} exists and is not a directory; choose another path")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise UsageError(f"output directory {target} exists and is not empty; pass --overwrite or choose another")
-    check_writable(target, "output directory", "location")
+        raise InputError(
+            f"output directory {target} exists and is not empty; pass {field('overwrite')} or choose another"
+        )
+    check_writable(target, "output directory")
     return target
 
 

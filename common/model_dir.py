@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.commands import UsageError, first_line
+from common.errors import InputError, first_line
 from common.files import atomic_directory, read_json_object
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def inference_device() -> torch.device:
 def read_model_directory(directory: str | os.PathLike) -> tuple[GPTScratchConfig, PreTrainedTokenizerBase]:
     """The config and tokenizer of a gptscratch model directory (trained or converted), without its weights.
 
-    A UsageError names the problem for anything else: a missing directory, a missing or damaged config.json, a
+    An InputError names the problem for anything else: a missing directory, a missing or damaged config.json, a
     directory of another model type, no tokenizer. Commands check their input against the config and tokenizer
     before `load_model_weights`, so a refusal comes at once instead of after the weights load.
     """
@@ -69,20 +69,20 @@ def read_model_directory(directory: str | os.PathLike) -> tuple[GPTScratchConfig
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise UsageError(f"model directory {directory} does not exist; pass a directory written by gptscratch")
+        raise InputError(f"model directory {directory} does not exist; pass a directory written by gptscratch")
     fix = "pass a model directory written by gptscratch (save or convert the model again if it is damaged)"
     values = read_json_object(directory / "config.json", "model config", fix)
     model_type = values.get("model_type")
     if model_type != GPTScratchConfig.model_type:
-        raise UsageError(
+        raise InputError(
             f"{directory} holds a {model_type!r} model, not a gptscratch one; pass a directory written by gptscratch"
         )
     try:
         config = GPTScratchConfig.from_dict(values)
     except (ValueError, TypeError) as error:
-        raise UsageError(f"model config {directory / 'config.json'} is invalid ({first_line(error)}); {fix}") from None
+        raise InputError(f"model config {directory / 'config.json'} is invalid ({first_line(error)}); {fix}") from None
     if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
-        raise UsageError(
+        raise InputError(
             f"{directory} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save the model's tokenizer "
             "beside it with tokenizer.save_pretrained"
         )
@@ -95,7 +95,7 @@ def read_model_directory(directory: str | os.PathLike) -> tuple[GPTScratchConfig
 
 
 def load_tokenizer_or_refuse(
-    source: str | os.PathLike, failure: str, fix: str, error_class: type[UsageError] = UsageError
+    source: str | os.PathLike, failure: str, fix: str, error_class: type[InputError] = InputError
 ) -> PreTrainedTokenizerBase:
     """`load_tokenizer(source)`, or `error_class("FAILURE (first line of the reason); FIX")` when it fails."""
     from common.tokenizer import load_tokenizer
@@ -115,7 +115,7 @@ def load_model_weights(
 ) -> GPTScratchForCausalLM:
     """The model of a directory that `read_model_directory` accepted (which gave `config`), on `device` (by
     default where from_pretrained puts it, the CPU). Missing or damaged weights, or weights whose tensors are not
-    the ones config.json describes, are a UsageError."""
+    the ones config.json describes, are an InputError."""
     from safetensors import SafetensorError
 
     from modeling_gptscratch import GPTScratchForCausalLM
@@ -125,12 +125,12 @@ def load_model_weights(
         check_weights_match_config(Path(directory), config)
         model = GPTScratchForCausalLM.from_pretrained(directory, config=config, **from_pretrained_kwargs)
     except (OSError, ValueError, SafetensorError) as error:
-        raise UsageError(f"cannot load the model in {directory} ({first_line(error)}); {fix}") from error
+        raise InputError(f"cannot load the model in {directory} ({first_line(error)}); {fix}") from error
     return model if device is None else model.to(device)
 
 
 def check_weights_match_config(directory: Path, config: GPTScratchConfig) -> None:
-    """A UsageError naming the weights file and the first tensor that config.json does not describe: one of another
+    """An InputError naming the weights file and the first tensor that config.json does not describe: one of another
     shape, one it calls for that is missing, one it has no place for. Reads only the files' headers.
 
     from_pretrained would refuse a shape in a long report, and fill a missing tensor with random values in silence.
@@ -172,16 +172,16 @@ def check_weights_match_config(directory: Path, config: GPTScratchConfig) -> Non
     for want, names in tied.values():
         stored = [name for name in names if name in shapes]
         if not stored:
-            raise UsageError(f"{files[0]} {mismatch}: it has no tensor {names[0]}; {fix}")
+            raise InputError(f"{files[0]} {mismatch}: it has no tensor {names[0]}; {fix}")
         for name in stored:
             shape, path = shapes[name]
             if shape != want:
-                raise UsageError(
+                raise InputError(
                     f"{path} {mismatch}: {name} is {_shape(shape)} there, the config makes it {_shape(want)}; {fix}"
                 )
     extra = sorted(set(shapes) - set(saved))
     if extra:
-        raise UsageError(f"{shapes[extra[0]][1]} {mismatch}: the config has no place for its tensor {extra[0]}; {fix}")
+        raise InputError(f"{shapes[extra[0]][1]} {mismatch}: the config has no place for its tensor {extra[0]}; {fix}")
 
 
 def _shape(shape: tuple[int, ...]) -> str:

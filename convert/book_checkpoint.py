@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.commands import UsageError, first_line
+from common.errors import InputError, field, first_line
 from common.files import check_output_directory, parse_json_object, read_json_object
 from convert.weights import check_dtype, check_shapes, check_shard_size, save_converted_model, torch_dtype
 
@@ -47,7 +47,7 @@ def read_book_config(book_config: str | os.PathLike | Mapping[str, Any]) -> dict
     if isinstance(book_config, Mapping):
         config, source = dict(book_config), "the book config"
     elif str(book_config).lstrip().startswith("{"):
-        source = f"--book-config {book_config}"
+        source = f"{field('book_config')} {book_config}"
         config = parse_json_object(str(book_config), source, fix)
     else:
         source = f"book config {book_config}"
@@ -55,18 +55,18 @@ def read_book_config(book_config: str | os.PathLike | Mapping[str, Any]) -> dict
     unknown = sorted(set(config) - set(BOOK_CONFIG_KEYS))
     missing = [key for key in BOOK_CONFIG_KEYS if key not in config]
     if unknown or missing:
-        raise UsageError(
+        raise InputError(
             f"{source} has unknown keys {unknown} and lacks {missing}; it needs exactly {', '.join(BOOK_CONFIG_KEYS)}"
         )
     for key in _INTEGER_KEYS:
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] <= 0:
-            raise UsageError(f"{source}: {key} must be a positive integer, got {config[key]!r}")
+            raise InputError(f"{source}: {key} must be a positive integer, got {config[key]!r}")
     if config["emb_dim"] % config["n_heads"]:
-        raise UsageError(f"{source}: emb_dim ({config['emb_dim']}) is not divisible by n_heads ({config['n_heads']})")
+        raise InputError(f"{source}: emb_dim ({config['emb_dim']}) is not divisible by n_heads ({config['n_heads']})")
     if not isinstance(config["qkv_bias"], bool):
-        raise UsageError(f"{source}: qkv_bias must be true or false, got {config['qkv_bias']!r}")
+        raise InputError(f"{source}: qkv_bias must be true or false, got {config['qkv_bias']!r}")
     if not isinstance(config["drop_rate"], (int, float)) or not 0 <= config["drop_rate"] < 1:
-        raise UsageError(f"{source}: drop_rate must be a number in [0, 1), got {config['drop_rate']!r}")
+        raise InputError(f"{source}: drop_rate must be a number in [0, 1), got {config['drop_rate']!r}")
     return config
 
 
@@ -90,7 +90,7 @@ def load_book_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The model's state dict from a book checkpoint (model.pth, or model_and_optimizer.pth's "model_state_dict")."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"book checkpoint {path} does not exist; pass a model.pth or model_and_optimizer.pth file")
+        raise InputError(f"book checkpoint {path} does not exist; pass a model.pth or model_and_optimizer.pth file")
     import pickle
     import warnings
     import zipfile
@@ -112,19 +112,19 @@ def load_book_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             (line for line in lines if line and not line.startswith(("Please file", "Check the documentation"))),
             "not a file of plain tensors",
         )
-        raise UsageError(
+        raise InputError(
             f"book checkpoint {path} holds more than tensors and is refused unread ({detail}); "
             "pass a model.pth or model_and_optimizer.pth saved from the book's model.state_dict()"
         ) from error
     except (RuntimeError, EOFError, ValueError, OSError) as error:
-        raise UsageError(
+        raise InputError(
             f"cannot read book checkpoint {path} ({first_line(error)}); pass a model.pth or model_and_optimizer.pth "
             "written by torch.save"
         ) from error
     if isinstance(loaded, dict) and "model_state_dict" in loaded:
         loaded = loaded["model_state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
-        raise UsageError(
+        raise InputError(
             f"book checkpoint {path} holds neither a state dict nor a dict with 'model_state_dict'; pass the file "
             "saved from model.state_dict()"
         )
@@ -178,7 +178,7 @@ def convert_book_checkpoint(
     [context, emb], W_query/W_key/W_value [emb, emb] -> qkv [emb, 3 * emb], out_head [vocab, emb].
 
     The head stays tied to the token embedding when the book's out_head equals tok_emb (as after loading OpenAI's
-    weights), and becomes a separate weight otherwise (as after the book's pretraining). Bad input is a UsageError
+    weights), and becomes a separate weight otherwise (as after the book's pretraining). Bad input is an InputError
     raised before anything is written, and before the checkpoint is read where the paths and options alone show it;
     on any error `output_dir` is left as it was.
     """
@@ -186,7 +186,7 @@ def convert_book_checkpoint(
     check_dtype(dtype)
     check_shard_size(max_shard_size)
     if not Path(tokenizer_dir).is_dir():
-        raise UsageError(
+        raise InputError(
             f"tokenizer directory {tokenizer_dir} does not exist; pass the directory holding encoder.json and vocab.bpe"
         )
     check_output_directory(output_dir, overwrite)
@@ -196,7 +196,7 @@ def convert_book_checkpoint(
         book_tensor_shapes(config),
         source=f"book checkpoint {checkpoint}",
         described_by=f"the book config ({', '.join(f'{key}={config[key]}' for key in BOOK_CONFIG_KEYS)})",
-        fix="pass the --book-config the model was built with",
+        fix=f"pass the {field('book_config')} the model was built with",
     )
 
     import torch

@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.commands import ArgumentParser, UsageError, run_command
+from common.commands import ArgumentParser, UsageError, flag_name, run_command
 from convert.book_checkpoint import convert_book_checkpoint
 from convert.openai_checkpoint import (
     DOWNLOAD_BASE_URLS,
@@ -81,10 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights (float32)")
     parser.add_argument(
-        # Checked while parsing, so a typo is refused before minutes of converting rather than after them.
         "--max-shard-size",
         default="2GB",
-        type=check_shard_size,
         metavar="SIZE",
         help="split the weights into files of at most SIZE, e.g. 500MB (2GB)",
     )
@@ -96,14 +94,13 @@ def _check_flag_combination(args: argparse.Namespace) -> str:
     """The chosen source's name, after checking that its required flags are given and no foreign one is."""
     chosen = next(name for name in _SOURCE_FLAGS if getattr(args, name) is not None)
     required, optional = _SOURCE_FLAGS[chosen]
-    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
     for name in sorted(required):
         if getattr(args, name) is None:
-            raise UsageError(f"{flag(chosen)} needs {flag(name)}; see {PROG} --help")
+            raise UsageError(f"{flag_name(chosen)} needs {flag_name(name)}; see {PROG} --help")
     every_extra = set().union(*(needed | accepted for needed, accepted in _SOURCE_FLAGS.values()))
     for name in sorted(every_extra - required - optional):
         if getattr(args, name) is not None:
-            raise UsageError(f"{flag(name)} does not go with {flag(chosen)}; leave it out")
+            raise UsageError(f"{flag_name(name)} does not go with {flag_name(chosen)}; leave it out")
     return chosen
 
 
@@ -113,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def convert() -> None:
         args = build_parser().parse_args(argv)
         source = _check_flag_combination(args)
+        check_shard_size(args.max_shard_size)  # a typo is refused before minutes of converting, not after them
         options = dict(dtype=args.dtype, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
         if source == "checkpoint_dir":
             output = convert_openai_checkpoint(args.checkpoint_dir, args.output_dir, **options)

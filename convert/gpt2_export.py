@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
-from common.commands import ArgumentParser, UsageError, run_command
+from common.commands import ArgumentParser, run_command
+from common.errors import InputError
 from common.files import atomic_directory, check_output_directory
 from common.model_dir import load_model_weights, read_model_directory, weights_size
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
@@ -35,9 +36,9 @@ PROG = "python -m convert.gpt2_export"
 
 
 def gpt2_config(config: GPTScratchConfig) -> GPT2Config:
-    """The GPT2Config of the same architecture; a UsageError when GPT-2 cannot express `config`."""
+    """The GPT2Config of the same architecture; an InputError when GPT-2 cannot express `config`."""
     if not config.tie_word_embeddings:
-        raise UsageError(
+        raise InputError(
             "GPT-2 cannot express this model: its output head is separate from the token embedding "
             "(tie_word_embeddings=false), and GPT-2 ties them, so tools that run GPT-2 would use the embedding as the "
             "head; publish it in the gptscratch format instead"
@@ -99,7 +100,7 @@ def gpt2_state_dict(model: GPTScratchForCausalLM) -> dict[str, torch.Tensor]:
 
 
 def to_gpt2(model: GPTScratchForCausalLM) -> GPT2LMHeadModel:
-    """A GPT2LMHeadModel in eval mode computing the same logits as `model`; a UsageError when GPT-2 cannot express it.
+    """A GPT2LMHeadModel in eval mode computing the same logits as `model`; an InputError when GPT-2 cannot express it.
 
     It shares `model`'s tensors (only a missing q/k/v bias is a new zero vector): built on the meta device, it never
     allocates random weights of its own, so exporting costs no second copy of the model.

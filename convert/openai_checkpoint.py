@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from common.commands import UsageError, first_line
+from common.errors import InputError, field, first_line
 from common.files import check_output_directory, read_json_object
 from convert.weights import check_dtype, check_shapes, check_shard_size, save_converted_model, torch_dtype
 
@@ -87,21 +87,22 @@ def openai_variables(hparams: dict[str, int]) -> dict[str, tuple[str, list[int]]
 
 
 def check_checkpoint_directory(checkpoint_dir: str | os.PathLike) -> Path:
-    """`checkpoint_dir` as a Path if it holds the files a conversion reads, else a UsageError naming what is missing."""
+    """`checkpoint_dir` as a Path if it holds the files a conversion reads, else an InputError naming what is
+    missing."""
     directory = Path(checkpoint_dir)
     if not directory.is_dir():
-        raise UsageError(
+        raise InputError(
             f"checkpoint directory {directory} does not exist; pass the directory holding OpenAI's GPT-2 files, "
-            "or fetch them with --download SIZE --models-dir DIR"
+            f"or fetch them with {field('download')} SIZE {field('models_dir')} DIR"
         )
     if not (directory / INDEX_FILE).is_file():
-        raise UsageError(
+        raise InputError(
             f"{directory} holds no TensorFlow checkpoint ({INDEX_FILE} is missing); pass the directory holding "
             f"OpenAI's files ({', '.join(CHECKPOINT_FILES)})"
         )
     for name in REQUIRED_FILES:
         if not (directory / name).is_file():
-            raise UsageError(
+            raise InputError(
                 f"{directory / name} is missing; the checkpoint directory needs all of OpenAI's files "
                 f"({', '.join(CHECKPOINT_FILES)}): download them again"
             )
@@ -114,16 +115,16 @@ def read_hparams(path: str | os.PathLike) -> dict[str, int]:
     for key in HPARAMS_KEYS:
         value = hparams.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise UsageError(f"{path}: {key} must be a positive integer, got {value!r}; download it again")
+            raise InputError(f"{path}: {key} must be a positive integer, got {value!r}; download it again")
     if hparams["n_embd"] % hparams["n_head"]:
-        raise UsageError(
+        raise InputError(
             f"{path}: n_embd ({hparams['n_embd']}) is not divisible by n_head ({hparams['n_head']}); download it again"
         )
     return {key: hparams[key] for key in HPARAMS_KEYS}
 
 
 def _import_tensorflow() -> Any:
-    """TensorFlow, or a UsageError saying how to install it."""
+    """TensorFlow, or an InputError saying how to install it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow's C++ start-up notes (oneDNN, "could not find cuda drivers") go to file descriptor 2 before any log
     # setting applies; they are hidden so that a failing command still prints only its one-line error.
@@ -134,7 +135,7 @@ def _import_tensorflow() -> Any:
     try:
         import tensorflow as tf
     except ImportError as error:
-        raise UsageError(
+        raise InputError(
             f"reading OpenAI's checkpoints needs TensorFlow, which is not installed ({error}); "
             "pip install 'gptscratch[convert]'"
         ) from error
@@ -152,7 +153,7 @@ def open_checkpoint(checkpoint_dir: Path, hparams: dict[str, int]) -> Any:
     try:
         reader = tf.train.load_checkpoint(str(checkpoint_dir / CHECKPOINT_PREFIX))
     except (tf.errors.OpError, ValueError) as error:
-        raise UsageError(
+        raise InputError(
             f"{checkpoint_dir / INDEX_FILE} is not a readable TensorFlow checkpoint index ({first_line(error)}); "
             "download it again"
         ) from error
@@ -169,9 +170,9 @@ def open_checkpoint(checkpoint_dir: Path, hparams: dict[str, int]) -> Any:
     needed = sum(math.prod(shape) * dtypes[name].size for name, shape in shapes.items())
     data_file = checkpoint_dir / DATA_FILE
     if data_file.stat().st_size < needed:
-        raise UsageError(
+        raise InputError(
             f"{data_file} is truncated: {data_file.stat().st_size} bytes where its index needs {needed}; "
-            "download it again (--download resumes a partial file)"
+            f"download it again ({field('download')} resumes a partial file)"
         )
     return reader
 
@@ -187,7 +188,7 @@ def _read_tensors(
         try:
             tensor = torch.from_numpy(reader.get_tensor(tf_name))
         except tf.errors.OpError as error:
-            raise UsageError(
+            raise InputError(
                 f"{DATA_FILE} is damaged: reading {tf_name} failed ({first_line(error)}); download it again"
             ) from error
         if len(shape) == 3:  # a 1x1 convolution [1, in, out] -> Projection's [in, out]
@@ -213,7 +214,7 @@ def convert_openai_checkpoint(
     n_layers=n_layer) with qkv bias, dropout 0 and the head tied to the token embedding; the generation config
     stops at `<|endoftext|>` (50256). Weights are sharded past `max_shard_size` (e.g. "500MB"). Bad input (a
     missing file, a truncated data file, hparams that disagree with the tensors, a non-empty `output_dir` without
-    `overwrite`, an unknown dtype or shard size) is a UsageError raised before anything is written, and before
+    `overwrite`, an unknown dtype or shard size) is an InputError raised before anything is written, and before
     TensorFlow is imported where the files and options alone show it; on any error `output_dir` is left as it was.
     """
     checkpoint_dir = check_checkpoint_directory(checkpoint_dir)
@@ -294,8 +295,8 @@ def _download_file(urls: Sequence[str], destination: Path, timeout: float) -> No
             try:
                 destination.parent.mkdir(parents=True, exist_ok=True)
             except OSError as error:
-                raise UsageError(
-                    f"cannot create {destination.parent} ({error.strerror}); choose a writable --models-dir"
+                raise InputError(
+                    f"cannot create {destination.parent} ({error.strerror}); choose a writable {field('models_dir')}"
                 ) from error
             with (
                 open(partial, "r+b" if start else "wb") as file,
@@ -321,9 +322,9 @@ def _download_file(urls: Sequence[str], destination: Path, timeout: float) -> No
         os.replace(partial, destination)
         return
     kept = f"; {partial.name} is kept and the next run resumes it" if partial.exists() else ""
-    raise UsageError(
+    raise InputError(
         f"cannot download {destination.name}: {'; '.join(failures)}{kept}; check the network connection, or put "
-        f"OpenAI's files in {destination.parent} by hand and pass --checkpoint-dir {destination.parent}"
+        f"OpenAI's files in {destination.parent} by hand and pass {field('checkpoint_dir')} {destination.parent}"
     )
 
 
@@ -334,10 +335,10 @@ def download_openai_checkpoint(
 
     Files already there are kept (a file gets its final name only after its size checked out); a partial download
     resumes. Each of `base_urls` is tried in turn (`{base_url}/{size}/{file}`). Offline, this fails with one
-    UsageError and leaves nothing behind. Returns the checkpoint directory, ready for `convert_openai_checkpoint`.
+    InputError and leaves nothing behind. Returns the checkpoint directory, ready for `convert_openai_checkpoint`.
     """
     if size not in MODEL_SIZES:
-        raise UsageError(f"unknown GPT-2 size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
+        raise InputError(f"unknown GPT-2 size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
     directory = Path(models_dir) / size
     for name in CHECKPOINT_FILES:
         if not (directory / name).is_file():

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from common.commands import UsageError
+from common.compat import parse_size
+from common.errors import InputError, field
 from common.model_dir import load_tokenizer_or_refuse, save_model_directory
 
 if TYPE_CHECKING:
@@ -28,35 +29,32 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def check_dtype(dtype: str) -> str:
-    """`dtype` if it names a supported output dtype, else a UsageError."""
+    """`dtype` if it names a supported output dtype, else an InputError."""
     if dtype not in DTYPES:
-        raise UsageError(f"dtype {dtype!r} is not supported; pass --dtype with one of {', '.join(DTYPES)}")
+        raise InputError(f"dtype {dtype!r} is not supported; pass {field('dtype')} with one of {', '.join(DTYPES)}")
     return dtype
 
 
 def check_shard_size(size: str | int) -> str | int:
-    """`size` if `save_pretrained(max_shard_size=size)` can shard by it, else a UsageError.
+    """`size` if `save_pretrained(max_shard_size=size)` can shard by it, else an InputError.
 
     A positive number of bytes, or a string such as "500MB" or "2GB" (units KB, MB, GB, TB), read by the parser
     save_pretrained itself uses, so what passes here also passes there: a typo is refused before the conversion
-    instead of crashing after it. Also argparse's `type=` for --max-shard-size.
+    instead of crashing after it.
     """
-    # huggingface_hub's own parser: transformers' save_pretrained hands the size to it unchanged.
-    from huggingface_hub.serialization._base import parse_size_to_int
-
     try:
-        size_bytes = size if isinstance(size, int) and not isinstance(size, bool) else parse_size_to_int(str(size))
+        size_bytes = size if isinstance(size, int) and not isinstance(size, bool) else parse_size(str(size))
     except (ValueError, OverflowError):
         size_bytes = 0
     if size_bytes <= 0:
-        raise UsageError(f"--max-shard-size {size!r} is not a size; pass e.g. 500MB or 2GB")
+        raise InputError(f"{field('max_shard_size')} {size!r} is not a size; pass e.g. 500MB or 2GB")
     return size
 
 
 def check_shapes(
     found: Mapping[str, Sequence[int]], expected: Mapping[str, Sequence[int]], source: str, described_by: str, fix: str
 ) -> None:
-    """Compares a checkpoint's tensor shapes with those its config implies; any difference is a UsageError.
+    """Compares a checkpoint's tensor shapes with those its config implies; any difference is an InputError.
 
     The message names the first missing, unexpected or mis-shaped tensor with both shapes, then how many other
     problems there are, then `fix`. `source` names the checkpoint and `described_by` the config, as the user knows them.
@@ -76,7 +74,7 @@ def check_shapes(
     ]
     if problems:
         more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
-        raise UsageError(f"{problems[0]}{more}; {fix}")
+        raise InputError(f"{problems[0]}{more}; {fix}")
 
 
 def load_checkpoint_tokenizer(
@@ -86,14 +84,14 @@ def load_checkpoint_tokenizer(
     `model_max_length` set to the model's `context_length`, as in the hub's gpt2 tokenizer (so truncation and the
     too-long warning work).
 
-    A tokenizer with more tokens than the model's `vocab_size` embedding rows is a UsageError: its highest IDs
+    A tokenizer with more tokens than the model's `vocab_size` embedding rows is an InputError: its highest IDs
     would index past the embedding.
     """
     tokenizer = load_tokenizer_or_refuse(
         directory, f"cannot read a tokenizer from {directory}", "it needs OpenAI's encoder.json and vocab.bpe"
     )
     if len(tokenizer) > vocab_size:
-        raise UsageError(
+        raise InputError(
             f"the tokenizer in {directory} has {len(tokenizer)} tokens but the model's embedding has {vocab_size} "
             "rows; pass the tokenizer the model was trained with"
         )

@@ -19,7 +19,7 @@ import torch
 
 from train import cli
 from train.checkpoints import RunDirectory
-from train.state import RunContext
+from train.context import RunContext
 
 
 def die() -> None:

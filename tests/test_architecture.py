@@ -6,11 +6,12 @@ Every import statement counts, those inside functions too: an import moved into 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from conftest import REPO_ROOT
 
-PACKAGES = ("common", "train", "convert")
+PACKAGES = ("common", "train", "convert", "use")
 
 
 def project_modules() -> dict[str, Path]:
@@ -92,12 +93,58 @@ def test_imports_run_down_the_layers():
 
     assert graph["modeling_gptscratch"] == set()  # the model is copied into model directories: it stands alone
     assert {module.split(".")[0] for module in imports_of("common")} <= {"common", "modeling_gptscratch"}
-    assert not {module for module in imports_of("train") if module.startswith("convert")}
-    assert not {module for module in imports_of("convert") if module.startswith("train")}
+    assert not {module for module in imports_of("train") if module.startswith(("convert", "use"))}
+    assert not {module for module in imports_of("convert") if module.startswith(("train", "use"))}
     # Engines get what they need handed in: they never import the orchestration or the command above them.
     for engine in ("train.loop", "train.trainer"):
         assert not graph[engine] & {"train.run", "train.cli"}, engine
-    assert graph["train.options"] <= {"common.commands", "common.files"}  # flags are checked before torch loads
+    assert graph["train.options"] <= {"common.errors", "common.files"}  # options are checked before torch loads
+
+
+def command_modules() -> set[str]:
+    """The command layer: the modules that define a command's `main` or run one (`python -m`), and the helpers
+    every command shares."""
+    found = {"common.commands", *(name for name in project_modules() if name.endswith(".__main__"))}
+    for name, path in project_modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body):
+            found.add(name)
+    return found
+
+
+# A flag of this project's commands: dashes and lower-case words (another program's, such as lm-eval's
+# --include_path, has underscores).
+FLAG = re.compile(r"(?<![\w-])--[a-z]+(?:-[a-z]+)*(?![\w])")
+
+
+def test_below_the_command_layer_no_module_spells_a_flag_or_parses_the_command_line():
+    """The library names what it was given by field (common.errors.field); only commands speak in flags, so a
+    Python caller's errors name the arguments it passed. Docstrings may show command lines; messages may not."""
+    commands = command_modules()
+    assert {"train.cli", "train.prepare", "convert.cli", "use.generate", "use.evaluate", "use.push"} <= commands
+    graph = import_graph()
+    for name, path in project_modules().items():
+        if name in commands:
+            continue
+        assert not graph[name] & {"train.cli", "common.commands"}, f"{name} imports the command layer"
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                assert not FLAG.search(node.value), f"{name}:{node.lineno} spells a flag: {node.value!r}"
+
+
+def test_no_file_outside_the_tests_runs_past_its_length():
+    """Rooms a reader takes in: 600 lines at most, the model file (which travels alone into every model directory)
+    700."""
+    for path in [REPO_ROOT / "modeling_gptscratch.py", *project_modules().values(), *REPO_ROOT.glob("benchmarks/*.py")]:
+        limit = 700 if path.name == "modeling_gptscratch.py" else 600
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        assert lines <= limit, f"{path.relative_to(REPO_ROOT)} has {lines} lines"
 
 
 def test_tokenising_workers_import_only_what_tokenising_needs():

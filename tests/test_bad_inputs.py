@@ -25,20 +25,20 @@ from test_use import byte_level_bpe, tiny_model_for
 
 import convert.cli
 import convert.gpt2_export
-import convert.push
 import train.cli
-import train.evaluate
-import train.generate
+import use.evaluate
+import use.generate
+import use.push
 from common.model_dir import save_model_directory
 from convert.gpt2_export import export_gpt2
-from convert.push import push_to_local_hub
+from use.push import push_to_local_hub
 
 PROGS = {
     "train": (train.cli.main, "gptscratch-train"),
     "convert": (convert.cli.main, convert.cli.PROG),
-    "generate": (train.generate.main, train.generate.PROG),
-    "eval": (train.evaluate.main, train.evaluate.PROG),
-    "push": (convert.push.main, convert.push.PROG),
+    "generate": (use.generate.main, use.generate.PROG),
+    "eval": (use.evaluate.main, use.evaluate.PROG),
+    "push": (use.push.main, use.push.PROG),
     "export": (convert.gpt2_export.main, convert.gpt2_export.PROG),
 }
 TINY_TRAIN = [
@@ -231,7 +231,7 @@ CASES = {
     "train: batch size not a number": (
         "train",
         train_args("--batch-size", "four", "--output-dir", "{root}/out"),
-        ["argument --batch-size: invalid int value: 'four'"],
+        ["--batch-size four: expected an integer"],
     ),
     "train: learning rate 0": (
         "train",
@@ -241,7 +241,7 @@ CASES = {
     "train: learning rate not a number": (
         "train",
         train_args("--lr", "fast", "--output-dir", "{root}/out"),
-        ["argument --lr: invalid float value: 'fast'"],
+        ["--lr fast: expected a number"],
     ),
     "train: train ratio above 1": (
         "train",
@@ -536,7 +536,7 @@ CASES = {
     "generate: negative temperature": (
         "generate",
         ["--model", "{model}", "--prompt", "Hi", "--temperature", "-1"],
-        ["--temperature must be >= 0"],
+        ["--temperature must be a finite number >= 0"],
     ),
     "generate: top-k 0": (
         "generate",
@@ -735,7 +735,7 @@ def test_a_disk_filling_up_during_training_keeps_the_last_checkpoint(w, small_di
     from safetensors.torch import load_file
 
     from train.checkpoints import RunDirectory
-    from train.state import RunContext
+    from train.context import RunContext
 
     argv = [arg.format(**vars(w)) for arg in train_args("--max-steps", "6", "--save-steps", "2", "--eval-freq", "2")]
     assert run_main(train.cli.main, [*argv, "--output-dir", tmp_path / "reference"], capfd).returncode == 0

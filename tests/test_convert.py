@@ -28,7 +28,7 @@ from conftest import SHARED_DATA, assert_same_logits, tiktoken_gpt2
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from common.commands import UsageError
+from common.errors import InputError
 from convert.book_checkpoint import convert_book_checkpoint
 from convert.cli import PROG
 from convert.cli import main as cli_main
@@ -292,7 +292,7 @@ def test_overwrite_replaces_a_non_empty_output(small, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("from an earlier run")
-    with pytest.raises(UsageError, match="pass --overwrite"):
+    with pytest.raises(InputError, match="pass overwrite"):
         convert_openai_checkpoint(small.directory, out)
     assert entries(out) == ["stale.txt"]
     convert_openai_checkpoint(small.directory, out, overwrite=True)
@@ -304,7 +304,7 @@ def test_hparams_describing_another_model_name_the_variable(small, tmp_path):
     """More layers in hparams.json than in the checkpoint: the first missing variable is named (in-process)."""
     directory = shutil.copytree(small.directory, tmp_path / "ckpt")
     (directory / "hparams.json").write_text(json.dumps(small.hparams | {"n_layer": 3}))
-    with pytest.raises(UsageError, match=r"lacks model/h2/ln_1/g \(shape \[32\]\).*n_layer=3.*and 11 more"):
+    with pytest.raises(InputError, match=r"lacks model/h2/ln_1/g \(shape \[32\]\).*n_layer=3.*and 11 more"):
         convert_openai_checkpoint(directory, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -312,7 +312,7 @@ def test_hparams_describing_another_model_name_the_variable(small, tmp_path):
 def test_unexpected_variable_is_refused(small, bpe_dir, tmp_path):
     arrays = small.arrays | {"model/h0/attn/extra": np.zeros(3, np.float32)}
     directory = write_openai_checkpoint(tmp_path / "ckpt", small.hparams, arrays, bpe_dir)
-    with pytest.raises(UsageError, match=r"holds model/h0/attn/extra \(shape \[3\]\)"):
+    with pytest.raises(InputError, match=r"holds model/h0/attn/extra \(shape \[3\]\)"):
         convert_openai_checkpoint(directory, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -469,7 +469,7 @@ def test_download_checks_sizes_and_resumes_a_partial_file(small, file_server, tm
     url, requests, cuts = file_server.url, file_server.requests, file_server.cuts
     data_size = (small.directory / DATA_FILE).stat().st_size
     cuts[f"/124M/{DATA_FILE}"] = data_size // 3
-    with pytest.raises(UsageError, match=rf"got {data_size // 3} of {data_size} bytes.*kept and the next run resumes"):
+    with pytest.raises(InputError, match=rf"got {data_size // 3} of {data_size} bytes.*kept and the next run resumes"):
         download_openai_checkpoint("124M", tmp_path, base_urls=[url])
     target = tmp_path / "124M"
     assert (target / f"{DATA_FILE}.part").stat().st_size == data_size // 3
@@ -620,7 +620,7 @@ def test_download_refuses_a_non_empty_output_before_downloading(tmp_path):
     out.mkdir(parents=True)
     (out / "keep.txt").write_text("mine")
     # An unreachable URL: the refusal must come first, before any download is attempted.
-    with pytest.raises(UsageError, match="is not empty; pass --overwrite"):
+    with pytest.raises(InputError, match="is not empty; pass overwrite"):
         download_and_convert_openai_checkpoint("124M", tmp_path / "models", base_urls=["http://unused.invalid"])
     assert entries(tmp_path / "models") == ["gpt2-124m"] and entries(out) == ["keep.txt"]
 
@@ -639,17 +639,17 @@ def test_the_python_api_checks_options_and_output_before_reading_checkpoints(sma
     )
     bpe = write_tiny_bpe(tmp_path / "bpe")
     refusals = {
-        "--max-shard-size 'lots' is not a size": dict(max_shard_size="lots"),
+        "max_shard_size 'lots' is not a size": dict(max_shard_size="lots"),
         "dtype 'float64' is not supported": dict(dtype="float64"),
     }
     for message, options in refusals.items():
-        with pytest.raises(UsageError, match=message):
+        with pytest.raises(InputError, match=message):
             convert_openai_checkpoint(small.directory, tmp_path / "out", **options)
-        with pytest.raises(UsageError, match=message):
+        with pytest.raises(InputError, match=message):
             convert_book_checkpoint(tmp_path / "model.pth", book_config, bpe, tmp_path / "out", **options)
-    with pytest.raises(UsageError, match="is not empty; pass --overwrite"):
+    with pytest.raises(InputError, match="is not empty; pass overwrite"):
         convert_openai_checkpoint(small.directory, taken)
-    with pytest.raises(UsageError, match="is not empty; pass --overwrite"):
+    with pytest.raises(InputError, match="is not empty; pass overwrite"):
         convert_book_checkpoint(tmp_path / "model.pth", book_config, bpe, taken)
     assert entries(tmp_path) == ["bpe", "taken"] and entries(taken) == ["keep.txt"]
 

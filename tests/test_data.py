@@ -16,9 +16,12 @@ import torch
 from conftest import tiktoken_gpt2
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from common.commands import UsageError
+from common.errors import InputError
+from train import corpus as C
 from train import data as D
 from train import token_files as T
+from train import vocabulary as V
+from train import windows as W
 from train.tokenizing import PieceTokenizer, safe_pieces, token_dtype
 
 EOS = "<|endoftext|>"
@@ -35,12 +38,12 @@ def small_tokenizer():
     """A 300-token byte-level BPE fitted on part of the embedded corpus."""
     from pydoc_data.topics import topics
 
-    return D.train_bpe_tokenizer([topics[key] for key in sorted(topics)[:20]], 300)
+    return V.train_bpe_tokenizer([topics[key] for key in sorted(topics)[:20]], 300)
 
 
 def corpus_of(pieces):
     """A Corpus over (text, starts a document) pairs held in memory."""
-    return D.Corpus("test pieces", {"pieces": pieces}, lambda: iter(pieces))
+    return C.Corpus("test pieces", {"pieces": pieces}, lambda: iter(pieces))
 
 
 def quiet_prepare(**kwargs):
@@ -67,7 +70,7 @@ def test_create_dataloader_builds_the_books_loaders(verdict_text, gpt2_bpe_dir, 
         return list(train), list(val)
 
     book_train, book_val = batches(ch02.create_dataloader_v1)
-    our_train, our_val = batches(D.create_dataloader, tokenizer=tokenizer)
+    our_train, our_val = batches(W.create_dataloader, tokenizer=tokenizer)
     assert (len(our_train), len(our_val)) == (len(book_train), len(book_val)) == (9, 1)
     for ours, theirs in zip(our_train + our_val, book_train + book_val):
         assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
@@ -76,7 +79,7 @@ def test_create_dataloader_builds_the_books_loaders(verdict_text, gpt2_bpe_dir, 
 
 def test_windows_follow_the_books_range_and_shift():
     """Window i = tokens [i*stride, i*stride + L + 1); count = len(range(0, N - L, stride))."""
-    windows = D.TokenWindows(np.arange(25, dtype=np.uint16), context_length=4, stride=3)
+    windows = W.TokenWindows(np.arange(25, dtype=np.uint16), context_length=4, stride=3)
     starts = list(range(0, 25 - 4, 3))
     assert windows.num_tokens == 25 and len(windows) == len(starts)
     for index, start in enumerate(starts):
@@ -90,7 +93,7 @@ def test_windows_follow_the_books_range_and_shift():
 
 def split_rows(pieces, ratio):
     cut = int(ratio * sum(len(text) for text, _ in pieces))
-    rows = list(D.split_pieces(pieces, cut))
+    rows = list(C.split_pieces(pieces, cut))
     return (
         {split: [text for s, text, _ in rows if s == split] for split in ("train", "val")},
         {split: [start for s, _, start in rows if s == split] for split in ("train", "val")},
@@ -102,7 +105,7 @@ def tokens_of(pieces, ratio, tokenizer):
     cut = int(ratio * sum(len(text) for text, _ in pieces))
     encoder = (tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, "uint16")
     streams = {"train": [], "val": []}
-    for split, _, tokens in D.tokenize_in_order(D.tokenize_tasks(D.split_pieces(pieces, cut)), encoder, 1):
+    for split, _, tokens in D.tokenize_in_order(D.tokenize_tasks(C.split_pieces(pieces, cut)), encoder, 1):
         streams[split] += tokens.tolist()
     return streams
 
@@ -158,7 +161,7 @@ def test_token_files_hold_each_split_tokenised_whole(tmp_path, small_tokenizer, 
     with tokenising worker processes."""
     from pydoc_data.topics import topics
 
-    monkeypatch.setattr(D, "READ_BLOCK_BYTES", 4096)
+    monkeypatch.setattr(C, "READ_BLOCK_BYTES", 4096)
     monkeypatch.setattr(D, "TASK_CHARS", 3000)
     keys = sorted(topics)[20:32]
     texts = [topics[key] for key in keys] + ["", f"one{EOS}two\n", "\n".join(topics[key] for key in keys[:6])]
@@ -183,9 +186,9 @@ def test_dedup_drops_exact_duplicate_documents_before_the_split(tmp_path, small_
     texts = ["alpha", "beta", "alpha", "gam", "ma", "gam", "ma", "beta"]
     starts = [True, True, True, True, False, True, False, True]  # "gam"+"ma" is one document in two pieces
     pieces = list(zip(texts, starts))
-    scan = D.scan_corpus(corpus_of(pieces), dedup=True, progress=False)
+    scan = C.scan_corpus(corpus_of(pieces), dedup=True, progress=False)
     assert (scan.duplicates_dropped, scan.documents, scan.characters) == (3, 3, len("alphabetagamma"))
-    kept = [text for _, text, _ in D.split_pieces(pieces, scan.characters, scan.kept)]
+    kept = [text for _, text, _ in C.split_pieces(pieces, scan.characters, scan.kept)]
     assert kept == ["alpha", "beta", "gam", "ma"]
 
     documents = write_documents(tmp_path / "corpus", ["one text.", "two texts.", "one text.", "three texts."])
@@ -211,7 +214,7 @@ def test_local_files_directories_and_globs(tmp_path):
     single = tmp_path / "c.txt"
     single.write_text("gamma text\n", encoding="utf-8")
 
-    corpus = D.local_corpus([str(tmp_path / "corpus"), str(tmp_path / "*.txt")])
+    corpus = C.local_corpus([str(tmp_path / "corpus"), str(tmp_path / "*.txt")])
     assert [text for text, _ in corpus.pieces()] == ["alpha text\n", "beta text\n", "gamma text\n"]
     assert corpus.description.startswith("a.txt, b.md, c.txt")
 
@@ -235,14 +238,14 @@ def test_a_directory_walk_leaves_out_runs_model_directories_and_model_files(tmp_
     named = corpus / "optimizer.bin"  # a file named on its own is read as given, and refused if it is not text
 
     logged = []
-    corpus_read = D.local_corpus([str(corpus)], log=logged.append)
+    corpus_read = C.local_corpus([str(corpus)], log=logged.append)
     assert [text for text, _ in corpus_read.pieces()] == ["beta text\n", "alpha text\n"]
     assert logged == [
-        f"--data {corpus}: left out {model}, {corpus / 'optimizer.bin'}, {run} and 1 more (model "
+        f"data {corpus}: left out {model}, {corpus / 'optimizer.bin'}, {run} and 1 more (model "
         "files and run or model directories are not text)"
     ]
-    with pytest.raises(D.DataError, match="optimizer.bin is not text: a NUL byte at byte offset 0"):
-        D.scan_corpus(D.local_corpus([str(named)]), progress=False)
+    with pytest.raises(C.DataError, match="optimizer.bin is not text: a NUL byte at byte offset 0"):
+        C.scan_corpus(C.local_corpus([str(named)]), progress=False)
 
 
 @pytest.mark.parametrize(
@@ -255,8 +258,8 @@ def test_a_directory_walk_leaves_out_runs_model_directories_and_model_files(tmp_
 def test_a_file_that_is_not_text_is_named_with_the_byte_offset(tmp_path, content, offset, message):
     path = tmp_path / "data.bin"
     path.write_bytes(content)
-    with pytest.raises(D.DataError, match=message) as error:
-        D.scan_corpus(D.local_corpus([str(path)]), progress=False)
+    with pytest.raises(C.DataError, match=message) as error:
+        C.scan_corpus(C.local_corpus([str(path)]), progress=False)
     assert str(path) in str(error.value)
     assert (error.value.path, error.value.offset) == (path, offset)
 
@@ -266,7 +269,7 @@ def test_large_files_are_read_in_pieces_that_tokenize_like_the_whole(tmp_path, s
     text = "".join(f"Line {i}: caf\u00e9 na\u00efve  spaced\n\nword{i}\n" for i in range(300))
     path = tmp_path / "big.txt"
     path.write_text(text, encoding="utf-8")
-    pieces = list(D.read_text_pieces(path, block_bytes=100))
+    pieces = list(C.read_text_pieces(path, block_bytes=100))
     assert len(pieces) > 10 and "".join(pieces) == text
     encode = lambda piece: small_tokenizer.encode(piece, add_special_tokens=False)  # noqa: E731
     assert [token for piece in pieces for token in encode(piece)] == encode(text)
@@ -276,8 +279,8 @@ def test_large_files_are_read_in_pieces_that_tokenize_like_the_whole(tmp_path, s
 
     bad = tmp_path / "late.txt"
     bad.write_bytes(("\u00e9" * 300).encode() + b"\xfe")  # the bad byte lies in a later block
-    with pytest.raises(D.DataError, match="byte offset 600"):
-        list(D.read_text_pieces(bad, block_bytes=7))  # odd blocks also split the 2-byte characters
+    with pytest.raises(C.DataError, match="byte offset 600"):
+        list(C.read_text_pieces(bad, block_bytes=7))  # odd blocks also split the 2-byte characters
 
 
 def test_trained_tokenizer_is_saved_for_autotokenizer(tmp_path, small_tokenizer):
@@ -296,7 +299,7 @@ def test_the_fitted_tokenizer_merges_only_pairs_seen_min_frequency_times(tmp_pat
     """At --min-frequency 2 a pair the text holds once stays unmerged, so a small text gets fewer tokens than
     --vocab-size; at 1 every pair may merge. The cache keeps the two apart."""
     text = "the cat the cat the cat zq"  # " cat": each of its pairs 3 times; " zq": each of its pairs once
-    fit = lambda min_frequency: D.fit_tokenizer(  # noqa: E731
+    fit = lambda min_frequency: V.fit_tokenizer(  # noqa: E731
         lambda: ([text], len(text)), 400, min_frequency, {"corpus": "test"}, tmp_path, progress=False
     )
     pairs_twice, every_pair = fit(2), fit(1)
@@ -310,27 +313,27 @@ def test_the_tokenizer_of_a_large_corpus_is_fitted_on_an_even_sample():
     """Past the cap, every text gives the same leading share, so the sample spans the corpus and holds about the
     cap; below it, the texts go in whole."""
     texts = ["a" * 1000, "b" * 10, "c" * 4000]
-    assert list(D.tokenizer_sample(texts, 5010, limit=10_000)) == texts
-    sample = list(D.tokenizer_sample(texts, 5010, limit=501))
+    assert list(V.tokenizer_sample(texts, 5010, limit=10_000)) == texts
+    sample = list(V.tokenizer_sample(texts, 5010, limit=501))
     assert sample == ["a" * 100, "b", "c" * 400]
     assert 501 <= sum(map(len, sample)) <= 501 + len(texts)
 
 
 def test_too_little_text_for_one_window_gives_the_token_counts(small_tokenizer):
-    with pytest.raises(D.DataError, match=r"has \d+ tokens, too few for one window of 256 tokens \(which needs 257\)"):
-        D.windows_from_text("A short text.", small_tokenizer, context_length=256, stride=256)
+    with pytest.raises(C.DataError, match=r"has \d+ tokens, too few for one window of 256 tokens \(which needs 257\)"):
+        W.windows_from_text("A short text.", small_tokenizer, context_length=256, stride=256)
 
 
 def test_hub_dataset_offline_names_the_local_file_alternative(cache_dir):
-    with pytest.raises(D.DataError, match=r"--dataset someone/no-such-dataset: .*--data PATH"):
-        D.hub_corpus("someone/no-such-dataset", cache_dir=cache_dir)
+    with pytest.raises(C.DataError, match=r"dataset someone/no-such-dataset: .*with data PATH"):
+        C.hub_corpus("someone/no-such-dataset", cache_dir=cache_dir)
 
 
 def test_embedded_corpus_ships_with_python():
-    corpus = D.embedded_corpus("pydoc")
+    corpus = C.embedded_corpus("pydoc")
     assert "pydoc_data" in corpus.description
     assert sum(1 for _ in corpus.pieces()) > 50
-    assert D.scan_corpus(corpus, progress=False).characters > 400_000
+    assert C.scan_corpus(corpus, progress=False).characters > 400_000
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -377,7 +380,7 @@ def test_prepared_tokens_are_memory_mapped_token_files_reused_by_the_next_run(tm
 def test_windows_travel_to_dataloader_workers_without_a_copy_of_the_stream(tmp_path):
     tokens = np.arange(5000, dtype=np.uint16)
     tokens.tofile(tmp_path / "train.bin")
-    windows = D.TokenWindows(np.memmap(tmp_path / "train.bin", dtype=np.uint16, mode="r"), 16, 16)
+    windows = W.TokenWindows(np.memmap(tmp_path / "train.bin", dtype=np.uint16, mode="r"), 16, 16)
     pickled = pickle.dumps(windows)
     assert len(pickled) < 1000  # the file name, not the 10 KB stream
     again = pickle.loads(pickled)
@@ -453,9 +456,9 @@ def test_a_disk_that_fills_while_writing_token_files_is_one_error_and_leaves_not
         data=[str(tmp_path / "corpus.txt")], tokenizer=str(tmp_path / "tokenizer"), cache_dir=tmp_path / "cache"
     )
     with pytest.raises(
-        UsageError,
+        InputError,
         match=r"cannot write token files under .*gptscratch-tokens \(No space left on "
-        r"device, after [\d.]+ MB\); free space there or pass --cache-dir",
+        r"device, after [\d.]+ MB\); free space there or pass cache_dir",
     ) as error:
         prepare()
     assert "\n" not in str(error.value)
@@ -467,13 +470,13 @@ def test_a_disk_that_fills_while_writing_token_files_is_one_error_and_leaves_not
 def test_a_file_that_stops_being_utf8_late_in_a_large_corpus_is_refused_before_any_token_is_written(
     tmp_path, small_tokenizer, monkeypatch
 ):
-    monkeypatch.setattr(D, "READ_BLOCK_BYTES", 1000)
+    monkeypatch.setattr(C, "READ_BLOCK_BYTES", 1000)
     good = "Plain text line.\n" * 4000  # 68,000 bytes: the bad byte comes 68 blocks in
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text(good, encoding="utf-8")
     (tmp_path / "corpus" / "b.txt").write_bytes(good.encode() + b"caf\xe9\n" + good.encode())
     small_tokenizer.save_pretrained(tmp_path / "tokenizer")
-    with pytest.raises(D.DataError, match=rf"b.txt is not UTF-8 text: byte 0xe9 at byte offset {len(good) + 3};"):
+    with pytest.raises(C.DataError, match=rf"b.txt is not UTF-8 text: byte 0xe9 at byte offset {len(good) + 3};"):
         quiet_prepare(
             data=[str(tmp_path / "corpus")], tokenizer=str(tmp_path / "tokenizer"), cache_dir=tmp_path / "cache"
         )
@@ -485,7 +488,7 @@ def test_a_file_that_stops_being_utf8_late_in_a_large_corpus_is_refused_before_a
 def test_a_dataset_with_no_text_is_refused_in_one_line(tmp_path, cache_dir):
     (tmp_path / "dataset").mkdir()
     (tmp_path / "dataset" / "rows.jsonl").write_text("".join(json.dumps({"text": ""}) + "\n" for _ in range(5)))
-    with pytest.raises(D.DataError, match="the corpus holds no text") as error:
+    with pytest.raises(C.DataError, match="the corpus holds no text") as error:
         quiet_prepare(dataset=str(tmp_path / "dataset"), tokenizer="train", vocab_size=300, cache_dir=cache_dir)
     assert "\n" not in str(error.value)
 
@@ -502,7 +505,7 @@ def test_preparing_a_corpus_far_larger_than_memory_allows_stays_within_a_few_meg
     reading and task sizes are set small so that the working set is far below a corpus this test can afford to
     tokenise; the benchmark (benchmarks/bench_data.py) measures the default sizes on gigabytes. The datasets-based
     pipeline before token files held about 76 bytes per byte of text: 2.4 GB here."""
-    monkeypatch.setattr(D, "READ_BLOCK_BYTES", 256 << 10)
+    monkeypatch.setattr(C, "READ_BLOCK_BYTES", 256 << 10)
     monkeypatch.setattr(D, "TASK_CHARS", 64 << 10)
     words = [f"w{i}" for i in range(5000)]
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer(5000), eos_token="w4999")
@@ -592,7 +595,7 @@ def test_a_stream_is_cut_into_the_windows_token_files_hold_and_resumes_where_it_
     context, stride = 16, 11
     stream = StreamedWindows(DocumentTokens(open_json_stream(path), "text", small_tokenizer), context, stride, 1, 0)
     whole = np.array(small_tokenizer.encode(EOS.join(texts), add_special_tokens=False))
-    expected = D.TokenWindows(whole, context, stride)
+    expected = W.TokenWindows(whole, context, stride)
     in_order = [stream.next_window() for _ in range(len(expected))]  # a buffer of 1 draws in order
     assert [window.tolist() for window in in_order] == [
         torch.cat([expected[i][0], expected[i][1][-1:]]).tolist() for i in range(len(expected))
@@ -628,5 +631,5 @@ def test_a_stream_position_survives_a_checkpoint_file(tmp_path, stream_documents
     for (inputs, targets), (expected_inputs, expected_targets) in zip(resumed.batches(2), expected):
         assert torch.equal(inputs, expected_inputs) and torch.equal(targets, expected_targets)
         assert inputs.shape == (2, 8) and torch.equal(inputs[:, 1:], targets[:, :-1])
-    with pytest.raises(D.DataError, match="has no stream position for process 0"):
+    with pytest.raises(C.DataError, match="has no stream position for process 0"):
         make().load(tmp_path / "elsewhere")

@@ -17,7 +17,8 @@ from cli_helpers import assert_one_line_error, run_main
 from conftest import REPO_ROOT, tiny_config
 from test_model import byte_level_tokenizer
 
-import train.evaluate
+import train.tasks
+import use.evaluate
 from common.model_dir import save_model_directory
 from modeling_gptscratch import GPTScratchForCausalLM
 
@@ -132,10 +133,10 @@ def test_generate_until_is_the_models_greedy_decoding(model, tokenizer, batch_si
 def test_the_commands_lm_scores_requests_that_share_tokens_but_split_differently(model, tokenizer, batch_size):
     """ "the cat sat on" + " the mat" and "the cat sat on the" + " mat" are the same tokens, split at another place:
     lm-eval 0.4.13's logits cache scores them in one pass and gives the second the first's first position
-    (see train.evaluate.lm_eval_model). The command's HFLM scores each as the model does."""
+    (see train.tasks.lm_eval_model). The command's HFLM scores each as the model does."""
     pairs = [("the cat sat on", " the mat"), ("the cat sat on the", " mat"), ("the cat", " sat on the mat")]
     requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
-    lm = train.evaluate.lm_eval_model(model, tokenizer, batch_size)
+    lm = train.tasks.lm_eval_model(model, tokenizer, batch_size)
     results = lm.loglikelihood(requests, disable_tqdm=True)
     for pair, (log_likelihood, is_greedy) in zip(pairs, results):
         want_log_likelihood, want_greedy = manual_loglikelihood(model, tokenizer, *pair)
@@ -145,7 +146,7 @@ def test_the_commands_lm_scores_requests_that_share_tokens_but_split_differently
 
 # --- gptscratch-eval --tasks ----------------------------------------------------------------------------------------
 
-PROG = train.evaluate.PROG
+PROG = use.evaluate.PROG
 
 CHOICE_DOCS = [  # choices of unequal length in characters and in bytes, so that acc, acc_norm and acc_bytes can differ
     {"question": "the cat sat on", "choices": ["the mat", "a", "the café mat", "on"], "label": 0},
@@ -263,7 +264,7 @@ def expected_choice_scores(model, tokenizer, docs: list[dict]) -> dict[str, list
 
 def test_tasks_report_the_accuracy_computed_from_the_models_logits(model, tokenizer, model_dir, task_dir, capfd):
     result = run_main(
-        train.evaluate.main,
+        use.evaluate.main,
         [
             "--model",
             model_dir,
@@ -303,7 +304,7 @@ def test_tasks_report_the_accuracy_computed_from_the_models_logits(model, tokeni
 
 def test_limit_and_the_table(model, tokenizer, model_dir, task_dir, capfd):
     result = run_main(
-        train.evaluate.main,
+        use.evaluate.main,
         ["--model", model_dir, "--tasks", "tiny_choice", "--include-path", task_dir, "--limit", "4"],
         capfd,
     )
@@ -319,7 +320,7 @@ def test_limit_and_the_table(model, tokenizer, model_dir, task_dir, capfd):
 
 def test_a_task_yaml_path_runs_without_include_path(model_dir, task_dir, capfd):
     result = run_main(
-        train.evaluate.main,
+        use.evaluate.main,
         ["--model", model_dir, "--tasks", task_dir / "tiny_choice.yaml", "--limit", "2", "--json"],
         capfd,
     )
@@ -332,7 +333,7 @@ def test_the_python_api_leaves_the_tokenizer_and_training_mode_as_they_were(mode
     assert tokenizer.pad_token is None
     model.train()
     try:
-        summary = train.evaluate.evaluate_tasks(model, tokenizer, ["tiny_choice"], limit=3, include_path=task_dir)
+        summary = train.tasks.evaluate_tasks(model, tokenizer, ["tiny_choice"], limit=3, include_path=task_dir)
         assert model.training
     finally:
         model.eval()
@@ -356,7 +357,7 @@ metric_list:
         encoding="utf-8",
     )  # no max_gen_toks: HFLM's 256, more than the model's 64 positions
     result = run_main(
-        train.evaluate.main, ["--model", model_dir, "--tasks", "tiny_gen", "--include-path", task_dir], capfd
+        use.evaluate.main, ["--model", model_dir, "--tasks", "tiny_gen", "--include-path", task_dir], capfd
     )
     assert_one_line_error(result, PROG, "task tiny_gen generates up to 256 tokens", "64-token context", "max_gen_toks")
 
@@ -376,20 +377,20 @@ metric_list:
     ],
 )
 def test_mode_and_flag_refusals_are_one_line(model_dir, argv, message, capfd):
-    result = run_main(train.evaluate.main, ["--model", model_dir, *argv], capfd)
+    result = run_main(use.evaluate.main, ["--model", model_dir, *argv], capfd)
     assert_one_line_error(result, PROG, message)
 
 
 def test_without_lm_eval_the_task_mode_says_how_to_install_it(model_dir, monkeypatch, capfd):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` now raises ImportError
-    result = run_main(train.evaluate.main, ["--model", model_dir, "--tasks", "hellaswag"], capfd)
+    result = run_main(use.evaluate.main, ["--model", model_dir, "--tasks", "hellaswag"], capfd)
     assert_one_line_error(result, PROG, "--tasks needs lm-eval", "pip install 'gptscratch[eval]'")
 
 
 def test_a_missing_local_data_file_is_one_line_naming_the_task(model_dir, task_dir, capfd):
     (task_dir / "choice.jsonl").unlink()
     result = run_main(
-        train.evaluate.main, ["--model", model_dir, "--tasks", "tiny_choice", "--include-path", task_dir], capfd
+        use.evaluate.main, ["--model", model_dir, "--tasks", "tiny_choice", "--include-path", task_dir], capfd
     )
     assert_one_line_error(result, PROG, "task tiny_choice cannot find its data", "choice.jsonl")
 
@@ -400,9 +401,9 @@ def test_unknown_task_names_say_how_to_list_the_known_ones(model_dir, monkeypatc
 
     hellaswag = Path(sys.modules["lm_eval"].__file__).parent / "tasks" / "hellaswag"
     monkeypatch.setattr(
-        train.evaluate, "_builtin_task_manager", lambda: TaskManager(include_path=hellaswag, include_defaults=False)
+        train.tasks, "_builtin_task_manager", lambda: TaskManager(include_path=hellaswag, include_defaults=False)
     )
-    result = run_main(train.evaluate.main, ["--model", model_dir, "--tasks", "hellaswagg,no_such_task"], capfd)
+    result = run_main(use.evaluate.main, ["--model", model_dir, "--tasks", "hellaswagg,no_such_task"], capfd)
     assert_one_line_error(
         result, PROG, "unknown lm-eval tasks hellaswagg, no_such_task", "did you mean hellaswag", "lm-eval ls tasks"
     )
@@ -420,7 +421,7 @@ def test_a_hub_task_offline_is_one_line_naming_the_task_and_the_fix(model_dir, t
         "HF_HOME": str(tmp_path / "hf-home"),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "train.evaluate", "--model", str(model_dir), "--tasks", "hellaswag"],
+        [sys.executable, "-m", "use.evaluate", "--model", str(model_dir), "--tasks", "hellaswag"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

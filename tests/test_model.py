@@ -11,7 +11,8 @@ from conftest import REPO_ROOT, run_without_project, tiny_config
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedTokenizerFast
 from transformers.cache_utils import StaticCache
 
-from modeling_gptscratch import PRESETS, GPTScratchConfig, GPTScratchForCausalLM, GPTScratchModel, causal_lm_loss
+from modeling_gptscratch import PRESETS, GPTScratchConfig, GPTScratchForCausalLM, GPTScratchModel
+from train.loss import causal_lm_loss
 
 
 def random_ids(batch: int, tokens: int, vocab: int = 97, seed: int = 1) -> torch.Tensor:
@@ -215,13 +216,20 @@ def test_loss_and_its_gradient_equal_transformers_causal_lm_loss(dtype, accumula
     assert grads[0][1, :5].abs().max() == 0  # positions whose next label is ignored get no gradient
 
 
-def test_model_uses_its_loss_function_and_accepts_a_replacement(tiny_model):
+def test_model_uses_transformers_loss_function_and_accepts_a_replacement(tiny_model):
+    """Any transformers causal LM's loss (`ForCausalLMLoss`) by default; the package's CPU loss, or any other,
+    by assignment, for that model alone."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
     ids = random_ids(2, 8)
-    assert tiny_model.loss_function is causal_lm_loss
+    assert tiny_model.loss_function is ForCausalLMLoss
     model = GPTScratchForCausalLM(tiny_model.config)
+    model.load_state_dict(tiny_model.state_dict())
+    model.loss_function = causal_lm_loss
+    torch.testing.assert_close(model(ids, labels=ids).loss, tiny_model(ids, labels=ids).loss)
     model.loss_function = lambda logits, labels, **kwargs: logits.sum() * 0 + 7.0
     assert model(ids, labels=ids).loss.item() == 7.0
-    assert tiny_model.loss_function is causal_lm_loss
+    assert tiny_model.loss_function is ForCausalLMLoss
 
 
 def test_books_calc_loss_batch_works_on_the_logits(tiny_model):
@@ -479,7 +487,7 @@ def test_transformers_greedy_search_agrees_with_the_override(tiny_model, cache_i
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        ({"temperature": -0.5}, "temperature must be >= 0"),
+        ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
         ({"top_k": 0}, "top_k must be >= 1"),
         ({"max_new_tokens": -1}, "max_new_tokens must be >= 0"),
     ],

@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from common.commands import UsageError
+from common.errors import InputError
 from common.files import atomic_directory, read_json_object, recover_interrupted_writes
 from common.model_dir import load_model_directory, save_model_directory
 
@@ -34,7 +34,7 @@ def test_a_failed_write_leaves_the_previous_directory_intact(tmp_path):
 def test_a_non_empty_output_is_refused_without_overwrite(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep").write_text("mine")
-    with pytest.raises(UsageError, match="exists and is not empty; pass --overwrite"):
+    with pytest.raises(InputError, match="exists and is not empty; pass overwrite"):
         with atomic_directory(tmp_path / "out"):
             pass
     assert (tmp_path / "out" / "keep").read_text() == "mine"
@@ -58,14 +58,14 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
 def test_damaged_weights_are_a_usage_error(tiny_model, tmp_path):
     target = save_model_directory(tiny_model, word_tokenizer(), tmp_path / "model")
     (target / "model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(UsageError, match="weights are missing or damaged"):
+    with pytest.raises(InputError, match="weights are missing or damaged"):
         load_model_directory(target)
 
 
 def test_a_directory_without_a_tokenizer_is_refused_in_one_line_before_its_weights_load(tiny_model, tmp_path):
     target = save_model_directory(tiny_model, None, tmp_path / "model")
     (target / "model.safetensors").write_bytes(b"damaged too, but the cheaper check comes first")
-    with pytest.raises(UsageError) as error:
+    with pytest.raises(InputError) as error:
         load_model_directory(target)
     assert "holds no tokenizer" in str(error.value) and "tokenizer.save_pretrained" in str(error.value)
     assert len(str(error.value).splitlines()) == 1
@@ -82,15 +82,15 @@ def test_a_directory_without_a_tokenizer_is_refused_in_one_line_before_its_weigh
 )
 def test_a_damaged_config_is_named_with_the_fix(tmp_path, content, problem):
     (tmp_path / "config.json").write_bytes(content)
-    with pytest.raises(UsageError, match=re.escape(f"model config {tmp_path / 'config.json'} {problem}") + ".*; pass"):
+    with pytest.raises(InputError, match=re.escape(f"model config {tmp_path / 'config.json'} {problem}") + ".*; pass"):
         load_model_directory(tmp_path)
 
 
 def test_read_json_object_names_missing_files_and_directories(tmp_path):
-    with pytest.raises(UsageError) as missing:
+    with pytest.raises(InputError) as missing:
         read_json_object(tmp_path / "absent.json", "training summary", "fix it")
     assert str(missing.value) == f"training summary {tmp_path / 'absent.json'} does not exist; fix it"
-    with pytest.raises(UsageError) as directory:
+    with pytest.raises(InputError) as directory:
         read_json_object(tmp_path, "training summary", "fix it")
     assert str(directory.value) == f"training summary {tmp_path} is a directory, not a file; fix it"
     (tmp_path / "ok.json").write_text('{"a": [1]}', encoding="utf-8")
@@ -115,5 +115,5 @@ def test_a_write_killed_between_its_two_renames_is_put_back(tmp_path):
 
 def test_a_foreign_directory_is_named(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
-    with pytest.raises(UsageError, match="holds a 'bert' model, not a gptscratch one"):
+    with pytest.raises(InputError, match="holds a 'bert' model, not a gptscratch one"):
         load_model_directory(tmp_path)

@@ -23,14 +23,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train import clock as clock_module
-from train.book import lm_loss, window_logits
 from train.checkpoints import RunDirectory
-from train.metrics import EarlyStopping, format_mfu, throughput_postfix
+from train.loss import lm_loss, window_logits
+from train.metrics import format_mfu, throughput_postfix
+from train.model_config import build_config
 from train.optimization import MuonWithAdamW, build_optimizer, build_scheduler, muon_parameters, newton_schulz_float32
-from train.options import TrainOptions, parse_duration
+from train.options import EvaluationOptions, ModelOptions, OptimisationOptions, parse_duration
 from train.plan import measure_matmul_flops, training_flops_per_token
-from train.processes import StopSignals
-from train.run import build_config
+from train.stopping import EarlyStopping, StopSignals
 
 # The shape of test_train's TINY_MODEL, which its model FLOPs are counted from by hand below.
 VOCAB, EMB, LAYERS, WINDOW, BATCH = 300, 32, 2, 32, 4
@@ -266,7 +266,7 @@ def test_muon_updates_the_blocks_matrices_and_adamw_the_rest():
             qkv_bias=True,
         )
     )
-    options = TrainOptions(output_dir="unused", optimizer="muon", lr=1e-2, weight_decay=0.1)
+    options = OptimisationOptions(optimizer="muon", lr=1e-2, weight_decay=0.1)
     optimizer = build_optimizer(model, options)
     assert isinstance(optimizer, MuonWithAdamW)
     names = {id(parameter): name for name, parameter in model.named_parameters()}
@@ -319,7 +319,7 @@ def test_muon_steps_with_the_momentum_of_muon_momentum(momentum):
         GPTScratchConfig(vocab_size=VOCAB, context_length=WINDOW, emb_dim=EMB, n_heads=2, n_layers=1, drop_rate=0.0)
     )
     optimizer = build_optimizer(
-        model, TrainOptions(output_dir="unused", optimizer="muon", lr=1e-2, weight_decay=0.0, muon_momentum=momentum)
+        model, OptimisationOptions(optimizer="muon", lr=1e-2, weight_decay=0.0, muon_momentum=momentum)
     )
     weight = model.model.trf_blocks[0].ff.layers[0].weight
     gradients = [torch.randn_like(weight) for _ in range(2)]
@@ -408,13 +408,13 @@ def test_muon_and_wsd_resume_exactly_and_both_engines_agree(tmp_path, corpus, ca
 
 
 def test_the_default_floor_is_a_tenth_of_the_peak_for_the_schedules_that_have_one():
-    assert TrainOptions(output_dir="x", lr=2e-3).floor_lr() == pytest.approx(2e-4)  # cosine, the default
-    assert TrainOptions(output_dir="x", lr=2e-3, lr_scheduler="wsd", min_lr=1e-5).floor_lr() == 1e-5
-    assert TrainOptions(output_dir="x", lr_scheduler="linear").floor_lr() == 0.0
+    assert OptimisationOptions(lr=2e-3).floor_lr() == pytest.approx(2e-4)  # cosine, the default
+    assert OptimisationOptions(lr=2e-3, lr_scheduler="wsd", min_lr=1e-5).floor_lr() == 1e-5
+    assert OptimisationOptions(lr_scheduler="linear").floor_lr() == 0.0
     model = GPTScratchForCausalLM(
         GPTScratchConfig(vocab_size=VOCAB, context_length=WINDOW, emb_dim=EMB, n_heads=2, n_layers=LAYERS)
     )
-    options = TrainOptions(output_dir="x", lr=2e-3, warmup_steps=0)
+    options = OptimisationOptions(lr=2e-3, warmup_steps=0)
     optimizer = build_optimizer(model, options)
     scheduler = build_scheduler(optimizer, options, 10, clock=None)
     for _ in range(10):
@@ -428,7 +428,7 @@ def test_early_stopping_by_default_and_patience_0_never_stops():
     best model); --early-stopping-patience 0 trains on and keeps the last."""
     losses = [5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8]
     records = [{"step": 10 * index, "val_loss": loss} for index, loss in enumerate(losses)]
-    default = TrainOptions(output_dir="x").early_stopping_patience
+    default = EvaluationOptions().early_stopping_patience
     assert not EarlyStopping(default, records[:-1]).should_stop  # 4 evaluations since the best
     stopping = EarlyStopping(default, records + [{"step": 70, "val_loss": 3.9}])
     assert stopping.should_stop and stopping.best_step == 20
@@ -470,13 +470,10 @@ def test_training_attends_on_the_causal_path_without_mask_or_dropout_and_steps_f
     is_causal=True and dropout_p=0, the call CUDA's flash kernel takes (and CPU's fused one); and AdamW is torch's
     fused kernel, for Muon's companion too. --dropout, or --config drop_rate, sets the book's dropout, still off the
     attention weights unless --attention-dropout asks."""
-    options = TrainOptions(output_dir="unused", n_layers=2, emb_dim=32, n_heads=2, config={"context_length": 32})
+    options = ModelOptions(n_layers=2, emb_dim=32, n_heads=2, config={"context_length": 32})
     config = build_config(options, vocab_size=VOCAB, eos_token_id=0)
     assert (config.drop_rate, config.attention_dropout) == (0.0, 0.0)
-    for asked in (
-        TrainOptions(output_dir="unused", dropout=0.1),
-        TrainOptions(output_dir="unused", config={"drop_rate": 0.1}),
-    ):
+    for asked in (ModelOptions(dropout=0.1), ModelOptions(config={"drop_rate": 0.1})):
         book = build_config(asked, vocab_size=VOCAB, eos_token_id=0)
         assert (book.drop_rate, book.attention_dropout) == (0.1, 0.0)
     calls = []
@@ -491,11 +488,11 @@ def test_training_attends_on_the_causal_path_without_mask_or_dropout_and_steps_f
     window_logits(model, torch.randint(0, VOCAB, (2, 32)), None)
     assert calls == [{"attn_mask": None, "is_causal": True, "dropout_p": 0.0}] * 2
 
-    assert build_optimizer(model, options).adamw.defaults["fused"] is True  # Muon's companion, by default
-    adamw = build_optimizer(model, TrainOptions(output_dir="unused", optimizer="adamw"))
+    assert build_optimizer(model, OptimisationOptions()).adamw.defaults["fused"] is True  # Muon's companion, by default
+    adamw = build_optimizer(model, OptimisationOptions(optimizer="adamw"))
     assert adamw.defaults["fused"] is True
 
-    asked = build_config(TrainOptions(output_dir="unused", attention_dropout=0.1), vocab_size=VOCAB, eos_token_id=0)
+    asked = build_config(ModelOptions(attention_dropout=0.1), vocab_size=VOCAB, eos_token_id=0)
     assert asked.attention_dropout_rate == 0.1
 
 

@@ -19,7 +19,10 @@ from safetensors.torch import load_file
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train import cli
+from train import corpus as C
 from train import data as D
+from train import vocabulary as V
+from train import windows as W
 from train.checkpoints import RunDirectory
 from train.metrics import TIMING_FIELDS
 
@@ -97,8 +100,8 @@ def test_train_model_simple_matches_the_books_on_the_same_weights(corpus, cache,
     from train.book import calc_loss_loader, train_model_simple
 
     text = corpus.read_text(encoding="utf-8")[:12_000]
-    local = D.local_corpus([str(corpus)])
-    tokenizer = D.train_bpe_tokenizer(D.training_text(local, D.scan_corpus(local, progress=False), 0.9), 300)
+    local = C.local_corpus([str(corpus)])
+    tokenizer = V.train_bpe_tokenizer(C.training_text(local, C.scan_corpus(local, progress=False), 0.9), 300)
     cfg = {
         "vocab_size": 300,
         "context_length": 32,
@@ -116,8 +119,8 @@ def test_train_model_simple_matches_the_books_on_the_same_weights(corpus, cache,
 
     def run(model, train_function):
         torch.manual_seed(123)
-        train_loader = D.create_dataloader(text[:split_idx], tokenizer, batch_size=2, max_length=32, stride=32)
-        val_loader = D.create_dataloader(
+        train_loader = W.create_dataloader(text[:split_idx], tokenizer, batch_size=2, max_length=32, stride=32)
+        val_loader = W.create_dataloader(
             text[split_idx:], tokenizer, batch_size=2, max_length=32, stride=32, shuffle=False, drop_last=False
         )
         optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
@@ -270,8 +273,9 @@ def test_an_output_directory_inside_the_data_directory_is_left_out_of_the_data(t
 def test_config_values_take_the_model_fields_types(tmp_path, corpus, cache):
     """--config tie_word_embeddings=False unties the head (it was the string "False", and the head stayed tied);
     numbers become ints and floats, from the command line and from a config file alike."""
-    from train.options import TrainOptions, parse_arguments
-    from train.run import check_model_options
+    from train.cli import parse_arguments
+    from train.model_config import typed_model_options
+    from train.options import ModelOptions
 
     output = tmp_path / "run"
     assert (
@@ -297,13 +301,13 @@ def test_config_values_take_the_model_fields_types(tmp_path, corpus, cache):
 
     config_file = tmp_path / "run.yaml"
     config_file.write_text("config:\n  qkv_bias: no\n  n_layers: 3\n  drop_rate: 0\n", encoding="utf-8")
-    from_file = check_model_options(parse_arguments(["--config-file", str(config_file), "--output-dir", "x"]))
+    from_file = typed_model_options(parse_arguments(["--config-file", str(config_file), "--output-dir", "x"]).model)
     assert from_file.config == {"qkv_bias": False, "n_layers": 3, "drop_rate": 0}
     spelled = {"True": True, "false": False, "1": True, "0": False}
     for text, value in spelled.items():
-        options = check_model_options(TrainOptions(output_dir="x", config={"use_cache": text}))
+        options = typed_model_options(ModelOptions(config={"use_cache": text}))
         assert options.config["use_cache"] is value
-    assert check_model_options(TrainOptions(output_dir="x", config={"drop_rate": "0.25"})).config == {"drop_rate": 0.25}
+    assert typed_model_options(ModelOptions(config={"drop_rate": "0.25"})).config == {"drop_rate": 0.25}
 
 
 def test_gptscratch_prepare_makes_the_token_files_a_run_then_maps(tmp_path, corpus, capsys, monkeypatch):
@@ -413,7 +417,7 @@ def test_a_config_file_sets_the_options_and_flags_win(tmp_path, corpus, cache, c
     "content, expected",
     [
         ("batch_size: 8\ncolour: red\n", "--config-file {file}: 'colour' is not an option"),
-        ("batch_size: eight\n", "--config-file {file}: argument --batch-size: invalid int value: 'eight'"),
+        ("batch_size: eight\n", "--config-file {file}: batch_size eight: expected an integer"),
         ("[1, 2]\n", "--config-file {file} does not hold a mapping"),
         ("batch_size: [\n", "--config-file {file} is not valid YAML"),
     ],
@@ -744,11 +748,11 @@ def test_a_streamed_run_resumed_from_a_checkpoint_reproduces_the_uninterrupted_r
 
 
 def test_document_positions_restart_at_each_separator_and_keep_attention_inside_documents():
-    from train.book import window_logits
+    from train.loss import window_logits
 
     eos = 7
     window = torch.tensor([[5, 6, eos, 8, 9, 3, eos, 4], [eos, 1, 2, 3, 4, 5, 6, 8]])
-    assert D.document_position_ids(window, eos).tolist() == [[0, 1, 0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]]
+    assert W.document_position_ids(window, eos).tolist() == [[0, 1, 0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]]
     torch.manual_seed(0)
     model = GPTScratchForCausalLM(
         GPTScratchConfig(vocab_size=10, context_length=8, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0)

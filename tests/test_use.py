@@ -23,17 +23,18 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast, TextStreamer
 
 import convert.gpt2_export
-import convert.push
-import train.evaluate
-import train.generate
-from common.commands import UsageError
+import use.evaluate
+import use.generate
+import use.push
+import use.scoring
+from common.errors import InputError
 from common.model_dir import inference_device, load_model_directory, save_model_directory
 from common.tokenizer import load_tokenizer
 from convert.gpt2_export import export_gpt2, to_gpt2
-from convert.push import push_to_local_hub, repo_path
 from modeling_gptscratch import GPTScratchForCausalLM
-from train.evaluate import check_text_file, evaluate_text, score_token_ids, sliding_windows, text_token_ids
-from train.generate import EndOfTextStreamer, encode_prompt, generate_text
+from use.generate import EndOfTextStreamer, encode_prompt, generate_text
+from use.push import push_to_local_hub, repo_path
+from use.scoring import check_text_file, evaluate_text, score_token_ids, sliding_windows, text_token_ids
 
 PARAGRAPH = (
     "I had always thought Jack Gisburn rather a cheap genius--though a good fellow enough--so it was no great "
@@ -256,7 +257,7 @@ def test_generate_cli_streams_what_the_api_returns(eos_dir, tokenizer, monkeypat
         "--seed",
         "42",
     ] + ([] if stop_at_eos else ["--no-stop-at-eos"])
-    result = run_main(train.generate.main, argv, capsys)
+    result = run_main(use.generate.main, argv, capsys)
     expected = generate_text(directory, prompt, 12, temperature=1.0, top_k=20, seed=42, stop_at_eos=stop_at_eos)
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected + "\n"
@@ -270,7 +271,7 @@ def test_generate_cli_streams_what_the_api_returns(eos_dir, tokenizer, monkeypat
 
 
 def test_generate_text_with_a_directory_refuses_a_second_tokenizer(model_dir, tokenizer):
-    with pytest.raises(UsageError, match="a model directory and a tokenizer; .* leave tokenizer out"):
+    with pytest.raises(InputError, match="a model directory and a tokenizer; .* leave tokenizer out"):
         generate_text(model_dir, PROMPT, 4, tokenizer=tokenizer)
 
 
@@ -279,31 +280,31 @@ def test_decoding_settings_are_refused_before_the_model_loads(tmp_path, capsys):
     absent = tmp_path / "absent"
     cases = {
         "--max-new-tokens must be >= 0, got -1": ["--max-new-tokens", "-1"],
-        "--temperature must be >= 0 (0 is greedy decoding), got -0.5": ["--temperature", "-0.5"],
+        "--temperature must be a finite number >= 0 (0 is greedy decoding), got -0.5": ["--temperature", "-0.5"],
         "--top-k must be >= 1 (or unset to keep every token), got 0": ["--top-k", "0"],
     }
     for message, flags in cases.items():
-        result = run_main(train.generate.main, ["--model", absent, "--prompt", PROMPT, *flags], capsys)
+        result = run_main(use.generate.main, ["--model", absent, "--prompt", PROMPT, *flags], capsys)
         assert_one_line_error(result, "gptscratch-generate", message)
     for message, arguments in {
         "max_new_tokens must be >= 0": dict(max_new_tokens=-1),
-        "temperature must be >= 0": dict(temperature=-0.5),
+        "temperature must be a finite number >= 0": dict(temperature=-0.5),
         "top_k must be >= 1": dict(top_k=0),
     }.items():
-        with pytest.raises(UsageError, match=f"^{message}"):
+        with pytest.raises(InputError, match=f"^{message}"):
             generate_text(absent, PROMPT, **arguments)
 
 
 def test_prompts_the_tokenizer_cannot_handle_are_refused(tokenizer):
-    with pytest.raises(UsageError, match="encodes to no tokens"):
+    with pytest.raises(InputError, match="encodes to no tokens"):
         encode_prompt(tokenizer, "", len(tokenizer))
-    with pytest.raises(UsageError, match="does not belong to its model"):
+    with pytest.raises(InputError, match="does not belong to its model"):
         encode_prompt(tokenizer, PROMPT, 10)
     chars = ascii_char_tokenizer()
-    with pytest.raises(UsageError, match="'é', '日'"):
+    with pytest.raises(InputError, match="'é', '日'"):
         encode_prompt(chars, "café 日", len(chars))
     # Python decodes command-line bytes that are not UTF-8 (b"caf\xe9", Latin-1) to lone surrogates.
-    with pytest.raises(UsageError, match=r"the prompt 'caf\\udce9' is not valid text: '\\udce9' at position 3"):
+    with pytest.raises(InputError, match=r"the prompt 'caf\\udce9' is not valid text: '\\udce9' at position 3"):
         encode_prompt(tokenizer, "caf\udce9", len(tokenizer))
     # GPT-2 spells its unknown token <|endoftext|>: written out in a prompt it is that special token, not unknown.
     assert encode_prompt(tokenizer, "a<|endoftext|>b", len(tokenizer))[1] == tokenizer.eos_token_id
@@ -403,7 +404,7 @@ def test_eval_cli_prints_one_json_object(model_dir, tmp_path):
     data.write_text(TEXT, encoding="utf-8")
     result = run_cli(
         "-m",
-        "train.evaluate",
+        "use.evaluate",
         "--model",
         str(model_dir),
         "--data",
@@ -426,7 +427,7 @@ def test_eval_scores_files_read_in_pieces_as_the_whole_texts(tmp_path, monkeypat
     """gptscratch-eval reads each file in pieces and scores windows as their tokens arrive (memory holds a piece and
     a batch): the figures of each whole text tokenised at once and scored in one stream, here with pieces
     (paragraphs) shorter than a window."""
-    import train.data
+    import train.corpus
 
     tokenizer = byte_level_bpe(TEXT, vocab_size=300)
     model = tiny_model_for(tokenizer, context_length=128)
@@ -435,8 +436,8 @@ def test_eval_scores_files_read_in_pieces_as_the_whole_texts(tmp_path, monkeypat
     for index, text in enumerate(texts):
         paths.append(tmp_path / f"{index}.txt")
         paths[-1].write_text(text, encoding="utf-8")
-    monkeypatch.setattr(train.data, "READ_BLOCK_BYTES", 700)
-    streamed = train.evaluate.evaluate_files(model, tokenizer, paths, context_length=128, stride=48, batch_size=3)
+    monkeypatch.setattr(train.corpus, "READ_BLOCK_BYTES", 700)
+    streamed = use.scoring.evaluate_files(model, tokenizer, paths, context_length=128, stride=48, batch_size=3)
     nats = tokens = 0
     for text in texts:
         ids = [tokenizer.eos_token_id] + tokenizer.encode(text, add_special_tokens=False)
@@ -449,18 +450,18 @@ def test_eval_scores_files_read_in_pieces_as_the_whole_texts(tmp_path, monkeypat
 
 def test_a_text_with_no_token_to_score_is_a_usage_error(tokenizer):
     model = tiny_model_for(tokenizer)
-    with pytest.raises(UsageError, match="the texts hold no token to score"):
+    with pytest.raises(InputError, match="the texts hold no token to score"):
         evaluate_text(model, tokenizer, [""])
 
 
 def test_data_files_that_are_not_text_are_refused(tmp_path):
     (tmp_path / "binary.bin").write_bytes(b"ok\xff\xfe")
     (tmp_path / "empty.txt").write_text("  \n")
-    with pytest.raises(UsageError, match=r"binary.bin is not UTF-8 text \(byte offset 2\)"):
+    with pytest.raises(InputError, match=r"binary.bin is not UTF-8 text \(byte offset 2\)"):
         check_text_file(tmp_path / "binary.bin")
-    with pytest.raises(UsageError, match="empty.txt is empty"):
+    with pytest.raises(InputError, match="empty.txt is empty"):
         check_text_file(tmp_path / "empty.txt")
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         check_text_file(tmp_path / "absent.txt")
 
 
@@ -549,7 +550,7 @@ def test_push_again_replaces_atomically_and_keeps_earlier_versions(model_dir, tr
     # A push that fails half-way leaves the last good version in place and no staging folder behind.
     head, tree = git(repo, "rev-parse", "HEAD"), file_tree(repo)
     with monkeypatch.context() as patch:
-        patch.setattr("convert.push.model_card", lambda *args, **kwargs: 1 / 0)
+        patch.setattr("use.push.model_card", lambda *args, **kwargs: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             push_to_local_hub(model_dir, hub, "alice/tiny-gpt")
     assert git(repo, "rev-parse", "HEAD") == head and file_tree(repo) == tree
@@ -582,7 +583,7 @@ def test_pushed_repositories_load_without_the_project(model_dir, tokenizer, tmp_
     repo = push_to_local_hub(model_dir, hub, "alice/tiny-gpt")
     # The plain GPT-2 one through the command: --format reaches the Python API.
     pushed = run_main(
-        convert.push.main,
+        use.push.main,
         ["--model", model_dir, "--hub-dir", hub, "--repo-id", "alice/tiny-gpt2", "--format", "gpt2"],
         capsys,
     )
@@ -670,10 +671,10 @@ def test_gpt2_export_command_writes_the_directory_and_shares_untransposed_weight
 
 def test_gpt2_export_refuses_an_untied_head_with_the_reason(tokenizer, tmp_path):
     model = tiny_model_for(tokenizer, tie_word_embeddings=False)
-    with pytest.raises(UsageError, match=r"GPT-2 cannot express.*tie_word_embeddings=false"):
+    with pytest.raises(InputError, match=r"GPT-2 cannot express.*tie_word_embeddings=false"):
         to_gpt2(model)
     source = save_model_directory(model, tokenizer, tmp_path / "model")
-    with pytest.raises(UsageError, match="GPT-2 cannot express"):
+    with pytest.raises(InputError, match="GPT-2 cannot express"):
         export_gpt2(source, tmp_path / "gpt2")
     assert not (tmp_path / "gpt2").exists()
 
@@ -683,7 +684,7 @@ def test_gpt2_export_refuses_an_untied_head_with_the_reason(tokenizer, tmp_path)
 
 @pytest.mark.parametrize("repo_id", ["a/b/c", "a", "a/", "./b", "a/b..c", "a/-b", "a\\b/c"])
 def test_repo_ids_that_are_not_two_plain_names_are_refused(repo_id, tmp_path):
-    with pytest.raises(UsageError, match="is not NAMESPACE/NAME"):
+    with pytest.raises(InputError, match="is not NAMESPACE/NAME"):
         repo_path(tmp_path, repo_id)
 
 
@@ -694,38 +695,30 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(model_dir, tokenizer
     hub = tmp_path / "hub"
     push = ["--model", model_dir, "--hub-dir", hub]
     cases = {
-        "repo id ../x": (convert.push.main, push + ["--repo-id", "../x"], "'../x' is not NAMESPACE/NAME"),
-        "absolute repo id": (convert.push.main, push + ["--repo-id", tmp_path / "x"], "is not NAMESPACE/NAME"),
-        "empty part": (convert.push.main, push + ["--repo-id", "alice//x"], "'alice//x' is not NAMESPACE/NAME"),
-        "hub is a file": (
-            convert.push.main,
-            push[:-1] + [tmp_path / "a-file", "--repo-id", "a/b"],
-            "is not a directory",
-        ),
+        "repo id ../x": (use.push.main, push + ["--repo-id", "../x"], "'../x' is not NAMESPACE/NAME"),
+        "absolute repo id": (use.push.main, push + ["--repo-id", tmp_path / "x"], "is not NAMESPACE/NAME"),
+        "empty part": (use.push.main, push + ["--repo-id", "alice//x"], "'alice//x' is not NAMESPACE/NAME"),
+        "hub is a file": (use.push.main, push[:-1] + [tmp_path / "a-file", "--repo-id", "a/b"], "is not a directory"),
         "hub under a file": (
-            convert.push.main,
+            use.push.main,
             push[:-1] + [tmp_path / "a-file" / "hub", "--repo-id", "a/b"],
             "is not a directory",
         ),
         "push missing model": (
-            convert.push.main,
+            use.push.main,
             ["--model", tmp_path / "absent", "--hub-dir", hub, "--repo-id", "a/b"],
             "does not exist",
         ),
-        "generate foreign model": (
-            train.generate.main,
-            ["--model", foreign, "--prompt", PROMPT],
-            "holds a 'gpt2' model",
-        ),
-        "empty prompt": (train.generate.main, ["--model", model_dir, "--prompt", ""], "encodes to no tokens"),
+        "generate foreign model": (use.generate.main, ["--model", foreign, "--prompt", PROMPT], "holds a 'gpt2' model"),
+        "empty prompt": (use.generate.main, ["--model", model_dir, "--prompt", ""], "encodes to no tokens"),
         # What Python makes of the bytes of a Latin-1 "café" on the command line.
         "prompt that is not UTF-8": (
-            train.generate.main,
+            use.generate.main,
             ["--model", model_dir, "--prompt", "caf\udce9"],
             "the prompt 'caf\\udce9' is not valid text",
         ),
         "eval missing data": (
-            train.evaluate.main,
+            use.evaluate.main,
             ["--model", model_dir, "--data", tmp_path / "absent"],
             "does not exist",
         ),
@@ -739,9 +732,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(model_dir, tokenizer
     for main, argv, message in cases.values():
         prog = {
             convert.gpt2_export.main: convert.gpt2_export.PROG,
-            convert.push.main: convert.push.PROG,
-            train.generate.main: train.generate.PROG,
-            train.evaluate.main: train.evaluate.PROG,
+            use.push.main: use.push.PROG,
+            use.generate.main: use.generate.PROG,
+            use.evaluate.main: use.evaluate.PROG,
         }[main]
         result = run_main(main, argv, capfd)
         assert_one_line_error(result, prog, message)
@@ -750,11 +743,11 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(model_dir, tokenizer
 
 def test_an_unwritable_hub_directory_is_refused(model_dir, tmp_path, monkeypatch, capfd):
     # os.access, not chmod: the tests may run as root, whom permissions do not stop.
-    monkeypatch.setattr("convert.push.os.access", lambda path, mode: False)
+    monkeypatch.setattr("use.push.os.access", lambda path, mode: False)
     argv = ["--model", model_dir, "--hub-dir", tmp_path / "hub", "--repo-id", "alice/tiny-gpt"]
     assert_one_line_error(
-        run_main(convert.push.main, argv, capfd),
-        convert.push.PROG,
+        run_main(use.push.main, argv, capfd),
+        use.push.PROG,
         f"hub directory {tmp_path / 'hub'} is not writable",
         "choose a writable --hub-dir",
     )
@@ -772,7 +765,7 @@ def test_refusals_after_reading_the_model_directory_print_one_line(model_dir, to
     hub = str(tmp_path / "hub")
     cases = {
         "untied as gpt2": (
-            ["-m", "convert.push", "--model", str(untied), "--hub-dir", hub, "--repo-id", "a/b", "--format", "gpt2"],
+            ["-m", "use.push", "--model", str(untied), "--hub-dir", hub, "--repo-id", "a/b", "--format", "gpt2"],
             "gptscratch-push",
             "GPT-2 cannot express",
         ),
@@ -782,12 +775,12 @@ def test_refusals_after_reading_the_model_directory_print_one_line(model_dir, to
             "GPT-2 cannot express",
         ),
         "unknown characters": (
-            ["-m", "train.generate", "--model", str(unknown_chars), "--prompt", "naïve"],
+            ["-m", "use.generate", "--model", str(unknown_chars), "--prompt", "naïve"],
             "gptscratch-generate",
             "cannot represent 'ï'",
         ),
         "stride over context": (
-            ["-m", "train.evaluate", "--model", str(model_dir), "--data", str(tmp_path / "a-file"), "--stride", "33"],
+            ["-m", "use.evaluate", "--model", str(model_dir), "--data", str(tmp_path / "a-file"), "--stride", "33"],
             "gptscratch-eval",
             "--stride must be between 1 and the context length 32",
         ),
@@ -804,9 +797,8 @@ def test_eval_on_the_training_windows_equals_the_training_loops_validation_loss(
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
-    from train.data import TokenWindows
-    from train.evaluate import score_token_ids
     from train.loop import evaluate_loss
+    from train.windows import TokenWindows
 
     context, windows = 16, 7
     ids = torch.randint(0, 97, (windows * context + 1,), generator=torch.Generator().manual_seed(9)).tolist()

@@ -11,9 +11,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "create_dataloader": "train.data",
+    "create_dataloader": "train.windows",
     "prepare_data": "train.data",
-    "TokenWindows": "train.data",
+    "TokenWindows": "train.windows",
     "calc_loss_batch": "train.book",
     "calc_loss_loader": "train.book",
     "evaluate_model": "train.book",

@@ -1,10 +1,9 @@
-"""The book's chapter 5 functions for GPTScratchForCausalLM, and the pieces both training engines share with them.
+"""The book's chapter 5 functions for GPTScratchForCausalLM, and the seeded sample both training engines print.
 
 `calc_loss_batch`, `calc_loss_loader`, `evaluate_model`, `generate_and_print_sample` and `train_model_simple` keep
-the book's names, arguments and printed lines, so chapter 5's code runs with this package's model and loaders.
-Under them: the loss of a batch of windows (`lm_loss`, `window_logits`), the per-token losses evaluation computes
-without a whole batch's logits (`token_losses`), and a seeded sample (`generate_sample`), which the Accelerate loop,
-the Trainer engine and gptscratch-eval use too.
+the book's names, arguments and printed lines, so chapter 5's code runs with this package's model and loaders. The
+loss they compute is `train.loss.lm_loss`, the engines' own; `generate_sample` draws from a generator of its own,
+so a sample never moves the training's random state.
 """
 
 from __future__ import annotations
@@ -12,54 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from modeling_gptscratch import GPTScratchForCausalLM, causal_lm_loss, text_to_token_ids, token_ids_to_text
-from train.data import document_position_ids
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits [batch, tokens, vocab] against targets [batch, tokens] (already shifted)."""
-    return causal_lm_loss(logits, labels=None, shift_labels=targets)
-
-
-def window_logits(model: torch.nn.Module, inputs: torch.Tensor, document_eos_id: int | None) -> torch.Tensor:
-    """The model's logits [batch, tokens, vocab] for windows [batch, tokens]; with `document_eos_id` (the
-    `--document-mask` option), attention stays inside each document the `<|endoftext|>` separators delimit."""
-    position_ids = None if document_eos_id is None else document_position_ids(inputs, document_eos_id)
-    return model(inputs, position_ids=position_ids, use_cache=False).logits
-
-
-# Logits computed at a time when scoring: 16 M values (64 MB in fp32), whatever the batch, the window and the
-# vocabulary; large enough that the output head's matrix products run as fast as on a whole batch.
-HEAD_BLOCK_LOGITS = 1 << 24
-
-
-def token_losses(
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    document_eos_id: int | None = None,
-    scored: int | None = None,
-) -> torch.Tensor:
-    """Cross-entropy of each position's prediction against its target: inputs, targets [batch, tokens] -> losses
-    [batch, tokens] fp32 (only the last `scored` positions, [batch, scored], when given; -100 targets get 0).
-
-    The values of `F.cross_entropy(logits.float(), targets, reduction="none")` without the [batch, tokens, vocab]
-    logits: the final hidden states [batch, tokens, emb] go through the output head HEAD_BLOCK_LOGITS logits at a
-    time. `model` is the model itself (not a DDP or compile wrapper); the caller turns gradients off and sets up
-    autocast. With `document_eos_id`, attention stays inside each document, as in `window_logits`.
-    """
-    position_ids = None if document_eos_id is None else document_position_ids(inputs, document_eos_id)
-    hidden = model.base_model(inputs, position_ids=position_ids, use_cache=False).last_hidden_state
-    if scored is not None:
-        hidden, targets = hidden[:, -scored:], targets[:, -scored:]
-    head = model.get_output_embeddings()
-    rows = max(1, HEAD_BLOCK_LOGITS // head.out_features)
-    blocks = zip(hidden.reshape(-1, hidden.shape[-1]).split(rows), targets.reshape(-1).split(rows))
-    losses = [F.cross_entropy(head(block).float(), block_targets, reduction="none") for block, block_targets in blocks]
-    return torch.cat(losses).view(targets.shape)
+from modeling_gptscratch import GPTScratchForCausalLM, text_to_token_ids, token_ids_to_text
+from train.loss import lm_loss
 
 
 def calc_loss_batch(

@@ -7,9 +7,9 @@ Output directory layout (the same for both engines)::
     OUTPUT/metrics.jsonl          one JSON object per evaluation
     OUTPUT/loss_plot.png|pdf      the book's loss plot
     OUTPUT/training_summary.json  what was trained on, and the final figures
-    OUTPUT/checkpoints/           run.json (the options), checkpoint-<step>/ (the newest --save-total-limit),
-                                  best-model/ (unless --early-stopping-patience 0)
-    OUTPUT/tensorboard/           with --report-to tensorboard
+    OUTPUT/checkpoints/           run.json (the options), checkpoint-<step>/ (the newest `save_total_limit`),
+                                  best-model/ (unless `early_stopping_patience` 0)
+    OUTPUT/tensorboard/           with `report_to` tensorboard
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from common.commands import UsageError
+from common.errors import InputError, field
 from common.files import atomic_directory, check_writable, publish, recover_interrupted_writes, writing_output
 from common.model_dir import save_model_directory, weights_size
 from modeling_gptscratch import GPTScratchForCausalLM
@@ -60,33 +60,38 @@ class RunDirectory:
         return [path for _, path in sorted(found)]
 
     def resolve_resume(self, spec: str) -> Path:
-        """The checkpoint `--resume` names: "latest" is the newest complete one in this directory."""
+        """The checkpoint `resume` names: "latest" is the newest complete one in this directory."""
         if spec == "latest":
             found = self.checkpoint_dirs()
             if not found:
-                raise UsageError(
-                    f"--resume: {self.checkpoints} holds no complete checkpoint; start without --resume "
-                    "(or pass --resume PATH to a checkpoint directory)"
+                raise InputError(
+                    f"{field('resume')}: {self.checkpoints} holds no complete checkpoint; start without "
+                    f"{field('resume')} "
+                    f"(or pass {field('resume')} PATH to a checkpoint directory)"
                 )
             return found[-1]
         path = Path(spec).absolute()
         if not path.is_dir():
-            raise UsageError(f"--resume {spec}: no such checkpoint directory; pass a checkpoints/checkpoint-N one")
+            raise InputError(
+                f"{field('resume')} {spec}: no such checkpoint directory; pass a checkpoints/checkpoint-N one"
+            )
         if not is_complete_checkpoint(path) or not (path.parent / RUN_FILE).is_file():
-            raise UsageError(
-                f"--resume {spec}: not a complete gptscratch checkpoint (no {LOOP_STATE_FILE} or {TRAINER_STATE_FILE}, "
+            raise InputError(
+                f"{field('resume')} {spec}: not a complete gptscratch checkpoint (no {LOOP_STATE_FILE} or "
+                f"{TRAINER_STATE_FILE}, "
                 f"or no {RUN_FILE} beside it); pass a checkpoints/checkpoint-N directory of a gptscratch run"
             )
         return path
 
     def check_fresh(self, overwrite: bool) -> None:
-        """Refuses a non-empty output directory unless `overwrite` (a resumable run is pointed at --resume)."""
+        """Refuses a non-empty output directory unless `overwrite` (a resumable run is pointed at `resume`)."""
         if self.root.exists() and not self.root.is_dir():
-            raise UsageError(f"--output-dir {self.root} exists and is not a directory; choose another path")
+            raise InputError(f"{field('output_dir')} {self.root} exists and is not a directory; choose another path")
         if self.root.is_dir() and any(self.root.iterdir()) and not overwrite:
-            hint = " or --resume to continue its run" if self.checkpoint_dirs() else ""
-            raise UsageError(
-                f"--output-dir {self.root} exists and is not empty; pass --overwrite to replace it{hint}, "
+            hint = f" or {field('resume')} to continue its run" if self.checkpoint_dirs() else ""
+            raise InputError(
+                f"{field('output_dir')} {self.root} exists and is not empty; pass {field('overwrite')} to replace "
+                f"it{hint}, "
                 "or choose another directory"
             )
 
@@ -103,7 +108,7 @@ class RunDirectory:
     def check_writable(self) -> None:
         """Refuses an output directory that cannot be written (a read-only file system, no permission), before the
         run prepares its data."""
-        check_writable(self.root, "--output-dir", "--output-dir")
+        check_writable(self.root, field("output_dir"), "output_dir")
 
     @contextlib.contextmanager
     def starting(self, overwrite: bool) -> Iterator[None]:
@@ -112,7 +117,7 @@ class RunDirectory:
         a run that could not start leaves nothing behind."""
         created = not self.root.exists()
         try:
-            with writing_output(self.root, "output directory", flag="--output-dir"):
+            with writing_output(self.root, "output directory", option="output_dir"):
                 if overwrite and self.root.is_dir():
                     for entry in self.root.iterdir():
                         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
@@ -155,7 +160,7 @@ class RunDirectory:
         holder = self.checkpoints / f".tmp-checkpoint-{step}"
         # The weights and at most two optimizer moments of their size (AdamW's; Muon keeps one for the matrices);
         # the rest (RNG, scheduler, tokenizer) is small.
-        with writing_output(final, "checkpoint", size=3 * weights_size(model), flag="--output-dir"):
+        with writing_output(final, "checkpoint", size=3 * weights_size(model), option="output_dir"):
             if state.is_main_process:
                 shutil.rmtree(holder, ignore_errors=True)
                 holder.mkdir()
@@ -186,7 +191,7 @@ class RunDirectory:
         staging = self.root.parent / self._model_staging(str(os.getpid()))
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            with writing_output(self.root, "model directory", flag="--output-dir"):
+            with writing_output(self.root, "model directory", option="output_dir"):
                 save_model_directory(model, tokenizer, staging)
             (self.root / "config.json").unlink(missing_ok=True)
             for stale in self.root.glob("model*.safetensors*"):  # shards of an earlier save
@@ -204,7 +209,7 @@ def is_complete_checkpoint(path: Path) -> bool:
 
 
 def budget_spent(path: Path) -> float | None:
-    """The --max-time budget the checkpoint at `path` had spent (None when its run was not stopped by its budget),
+    """The `max_time` budget the checkpoint at `path` had spent (None when its run was not stopped by its budget),
     from either engine's state file."""
     if (path / LOOP_STATE_FILE).is_file():
         state = json.loads((path / LOOP_STATE_FILE).read_text(encoding="utf-8"))
@@ -217,7 +222,7 @@ def budget_spent(path: Path) -> float | None:
 def checkpoint_step(path: Path) -> int:
     match = CHECKPOINT_PATTERN.fullmatch(path.name)
     if not match:
-        raise UsageError(f"--resume {path}: the directory name is not checkpoint-<step>")
+        raise InputError(f"{field('resume')} {path}: the directory name is not checkpoint-<step>")
     return int(match.group(1))
 
 

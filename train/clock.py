@@ -1,4 +1,4 @@
-"""The training clock: the time a run's loop spends, its `--max-time` budget, and its throughput (tokens/s, MFU).
+"""The training clock: the time a run's loop spends, its `max_time` budget, and its throughput (tokens/s, MFU).
 
 Both engines report to it at the same moments: `step_ended` after each optimizer update (before the schedule sets
 the next step's learning rate), `paused(kind)` after each evaluation, sample and checkpoint. The time between two
@@ -25,7 +25,7 @@ class TrainingClock:
     """Time used, the budget, and tokens/s and MFU since the last evaluation.
 
     tokens_per_step: tokens of one optimizer step over all processes; flops_per_token: the model FLOPs of a trained
-    token; peak_flops: what all processes' devices can do per second (the denominator of MFU); budget: --max-time
+    token; peak_flops: what all processes' devices can do per second (the denominator of MFU); budget: `max_time`
     in seconds, or None.
     """
 
@@ -88,7 +88,7 @@ class TrainingClock:
     def reserve(self) -> float:
         """Seconds the final evaluation, sample and checkpoint are expected to take: as long as the last ones. A
         sample not timed yet (before the first epoch ends) counts as long as an evaluation, which runs about as many
-        forward passes; a checkpoint not timed yet (before the first --save-steps) as nothing."""
+        forward passes; a checkpoint not timed yet (before the first `save_steps`) as nothing."""
         evaluation = self._pauses.get("evaluation", 0.0)
         return evaluation + self._pauses.get("sample", evaluation) + self._pauses.get("checkpoint", 0.0)
 

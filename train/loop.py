@@ -9,8 +9,6 @@ processes and machines (Accelerate), checkpoints that resume exactly, Ctrl-C / S
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +20,20 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from common.commands import UsageError
-from train.book import generate_sample, lm_loss, token_losses, window_logits
+from common.compat import ACCELERATE_SHARED_TENSOR, drop_log_messages
+from common.errors import InputError, field
+from train.book import generate_sample
 from train.checkpoints import LOOP_STATE_FILE
+from train.context import RunContext, TrainResult
+from train.distributed import full_model, use_cpu, weights_are_sharded
+from train.loss import lm_loss, token_losses, window_logits
 from train.metrics import throughput_postfix
 from train.optimization import build_optimizer, build_scheduler
-from train.processes import full_model, use_cpu, weights_are_sharded
-from train.state import RunContext, TrainResult
+from train.stopping import StopReason
+from train.windows import TrainingBatches
 
 # Accelerate warns that checkpoints store the tied output head once; loading ties it again, so the warning is noise.
-logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed shared tensor" not in record.getMessage())
+drop_log_messages(*ACCELERATE_SHARED_TENSOR)
 
 
 def fit(context: RunContext) -> TrainResult:
@@ -40,11 +42,12 @@ def fit(context: RunContext) -> TrainResult:
     Per optimizer step: `grad_accum` micro-batches of `batch_size` windows per process, the book's loss,
     clipping, the optimizer, the scheduler. Evaluates at step 0, every `eval_freq` steps and at the end; prints a
     sample after each epoch; saves checkpoints every `save_steps` steps, at the end and when stopped by a signal.
-    The end is the step limit or, with --max-time, the last step the time budget has room for.
+    The end is the step limit or, with a time budget, the last step the budget has room for.
     """
-    options, plan, clock = context.options, context.plan, context.clock
+    plan, clock = context.plan, context.clock
+    evaluation, logging = context.options.evaluation, context.options.logging
     run = prepare(context)
-    position = LoopPosition.resume(context, run.accelerator)
+    position = LoopPosition.resume(context, run)
     clock.start(position.time_used)
     progress = tqdm(
         total=plan.total_steps,
@@ -56,42 +59,30 @@ def fit(context: RunContext) -> TrainResult:
     )
     if position.step == 0 and not context.metrics.records:
         evaluate(context, run, position.step)
-    reason = "completed"
+    reason = None
     run.model.train()
-    while not plan.is_last_step(position.step) and reason == "completed":
-        for inputs, targets in epoch_batches(run, position):
-            step_loss = train_micro_batch(context, run, position, inputs, targets)
-            if step_loss is None:  # the accumulation goes on
-                continue
-            show_progress(progress, context, position.step, step_loss)
-            if options.report_to:
-                run.accelerator.log(
-                    {"train/step_loss": step_loss, "train/lr": run.scheduler.get_last_lr()[0]}, step=position.step
-                )
-            end_of_epoch = position.micro_batches_in_epoch >= run.micro_batches_per_epoch
-            last_step = plan.is_last_step(position.step) or clock.out_of_time
-            evaluate_now = position.step % options.eval_freq == 0 or last_step
-            if evaluate_now:
-                evaluate(context, run, position.step)
-                if context.early_stopping.should_stop:
-                    reason = "early-stopped"
-            if end_of_epoch:
-                sample(context, run, position)
-            if context.stop_requested():
-                reason = "interrupted"
-            elif clock.out_of_time and reason == "completed":
-                reason = "time-limit"
-            save_now = (options.save_steps and position.step % options.save_steps == 0) or last_step
-            if save_now or reason != "completed":
-                save_checkpoint(context, run, position, reason)
-            if reason != "completed" or last_step or end_of_epoch:
-                break
-        if position.micro_batches_in_epoch >= run.micro_batches_per_epoch:
-            position.epoch, position.micro_batches_in_epoch = position.epoch + 1, 0
+    for inputs, targets in run.batches:
+        step_loss = train_micro_batch(context, run, position, inputs, targets)
+        if step_loss is None:  # the accumulation goes on
+            continue
+        show_progress(progress, context, position.step, step_loss)
+        if logging.report_to:
+            run.accelerator.log(
+                {"train/step_loss": step_loss, "train/lr": run.scheduler.get_last_lr()[0]}, step=position.step
+            )
+        if position.step % evaluation.eval_freq == 0 or plan.is_last_step(position.step) or clock.out_of_time:
+            evaluate(context, run, position.step)
+        if run.batches.epoch_ended:
+            sample(context, run, position)
+        reason = context.stop_reason(position.step)
+        if (logging.save_steps and position.step % logging.save_steps == 0) or reason is not None:
+            save_checkpoint(context, run, position, reason)
+        if reason is not None:
+            break
     progress.close()
     if position.sampled_at != position.step:
         sample(context, run, position)  # the run ended inside an epoch: show where it got to
-    if options.report_to:
+    if logging.report_to:
         run.accelerator.end_training()
     run.accelerator.wait_for_everyone()
     context.model = full_model(run.accelerator, run.model, context.config)
@@ -110,50 +101,33 @@ class LoopObjects:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    train_loader: DataLoader | Iterator[tuple[torch.Tensor, torch.Tensor]]  # a stream's endless batches
+    batches: TrainingBatches
     train_eval_loader: DataLoader
     val_loader: DataLoader
-    micro_batches_per_epoch: int
     accumulated_loss: torch.Tensor
 
 
 @dataclass
 class LoopPosition:
-    """Where the loop is: optimizer steps done, the epoch, the micro-batches of it consumed and the seconds of
-    training used when it was last saved or resumed (saved in every checkpoint as loop_state.json); also the step
-    of the last sample printed (not saved)."""
+    """Where the loop is: optimizer steps done and the seconds of training used when it was last saved or resumed
+    (saved in every checkpoint as loop_state.json, with the position of the training batches); also the step of
+    the last sample printed (not saved)."""
 
     step: int = 0
-    epoch: int = 0
-    micro_batches_in_epoch: int = 0
     time_used: float = 0.0
     sampled_at: int = -1
 
     @classmethod
-    def resume(cls, context: RunContext, accelerator: Accelerator) -> LoopPosition:
+    def resume(cls, context: RunContext, run: LoopObjects) -> LoopPosition:
         """The start: step 0, or the state of the checkpoint the run resumes from (loaded into every object)."""
         if context.resume_from is None:
             return cls()
-        accelerator.load_state(str(context.resume_from))
-        if context.data.streamed:
-            context.data.train.load(context.resume_from)
+        run.accelerator.load_state(str(context.resume_from))
         saved = json.loads((context.resume_from / LOOP_STATE_FILE).read_text(encoding="utf-8"))
-        position = cls(saved["step"], saved["epoch"], saved["micro_batches_in_epoch"], saved.get("time_used", 0.0))
-        context.log(f"resumed from {context.resume_from} at step {position.step} (epoch {position.epoch + 1})")
+        run.batches.load(context.resume_from, saved)
+        position = cls(saved["step"], saved.get("time_used", 0.0))
+        context.log(f"resumed from {context.resume_from} at step {position.step} (epoch {run.batches.epoch + 1})")
         return position
-
-    def state_dict(self, micro_batches_per_epoch: int, reason: str) -> dict[str, Any]:
-        """What a checkpoint records; a finished epoch resumes at the start of the next."""
-        state = {
-            "step": self.step,
-            "epoch": self.epoch,
-            "micro_batches_in_epoch": self.micro_batches_in_epoch,
-            "time_used": self.time_used,
-            "reason": reason,
-        }
-        if self.micro_batches_in_epoch >= micro_batches_per_epoch:
-            state.update(epoch=self.epoch + 1, micro_batches_in_epoch=0)
-        return state
 
 
 def show_progress(progress: tqdm, context: RunContext, step: int, step_loss: float) -> None:
@@ -166,75 +140,61 @@ def show_progress(progress: tqdm, context: RunContext, step: int, step_loss: flo
 
 
 def prepare(context: RunContext) -> LoopObjects:
-    """The accelerator, the optimizer and the scheduler, and the loaders, all through `accelerator.prepare`."""
-    options = context.options
+    """The accelerator, the training batches, the optimizer and the scheduler, and the evaluation loaders, all
+    through `accelerator.prepare`."""
+    optimisation = context.options.optimisation
     accelerator = make_accelerator(context)
-    optimizer = build_optimizer(context.model, options)
-    scheduler = build_scheduler(optimizer, options, context.plan.total_steps, context.clock)
+    # Each process draws its own share of the windows (a stream keeps its position in its checkpoints).
+    batches = context.data.train.training_batches(
+        accelerator, optimisation.batch_size, context.plan.steps_per_epoch * optimisation.grad_accum
+    )
+    optimizer = build_optimizer(context.model, optimisation)
+    scheduler = build_scheduler(optimizer, optimisation, context.plan.total_steps, context.clock)
     # Each loader has its own generator: creating an iterator then draws nothing from the global one, which the
     # dropout masks use, so a resumed run sees the masks the uninterrupted run saw.
-    train_eval_loader = DataLoader(context.train_eval, batch_size=options.batch_size, generator=torch.Generator())
-    val_loader = DataLoader(context.val_eval, batch_size=options.batch_size, generator=torch.Generator())
-    if context.data.streamed:  # each process draws its own windows, and its checkpoints keep the stream's position
-        train_loader = context.data.train.batches(options.batch_size, accelerator.device)
-        model, optimizer, train_eval_loader, val_loader, scheduler = accelerator.prepare(
-            context.model, optimizer, train_eval_loader, val_loader, scheduler
-        )
-    else:
-        train_loader = DataLoader(
-            context.data.train, batch_size=options.batch_size, shuffle=True, drop_last=True, generator=torch.Generator()
-        )
-        model, optimizer, train_loader, train_eval_loader, val_loader, scheduler = accelerator.prepare(
-            context.model, optimizer, train_loader, train_eval_loader, val_loader, scheduler
-        )
-    if options.report_to:
-        accelerator.init_trackers("gptscratch", config=_tracker_config(options))
+    loaders = [
+        DataLoader(windows, batch_size=optimisation.batch_size, generator=torch.Generator())
+        for windows in (context.train_eval, context.val_eval)
+    ]
+    model, optimizer, train_eval_loader, val_loader, scheduler = accelerator.prepare(
+        context.model, optimizer, *loaders, scheduler
+    )
+    if context.options.logging.report_to:
+        accelerator.init_trackers("gptscratch", config=_tracker_config(context.options.fields()))
     return LoopObjects(
         accelerator,
         model,
         optimizer,
         scheduler,
-        train_loader,
+        batches,
         train_eval_loader,
         val_loader,
-        micro_batches_per_epoch=context.plan.steps_per_epoch * options.grad_accum,
         accumulated_loss=torch.zeros((), device=accelerator.device),
     )
 
 
 def make_accelerator(context: RunContext) -> Accelerator:
     """Accelerator for the run: mixed precision, accumulation, seedable shuffling, trackers, torch.compile."""
-    options = context.options
+    optimisation, report_to = context.options.optimisation, context.options.logging.report_to
     try:
         return Accelerator(
             cpu=use_cpu(),
-            mixed_precision=options.mixed_precision,
-            gradient_accumulation_steps=options.grad_accum,
+            mixed_precision=optimisation.mixed_precision,
+            gradient_accumulation_steps=optimisation.grad_accum,
             # The shuffle order of epoch e comes from seed + e, the same on every process and after a resume.
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=options.seed),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=optimisation.seed),
             # The scheduler steps once per optimizer step; Accelerate would otherwise step it once per process.
             step_scheduler_with_optimizer=False,
-            log_with=options.report_to or None,
+            log_with=report_to or None,
             project_config=ProjectConfiguration(
                 project_dir=str(context.directory.root), logging_dir=str(context.directory.root / "tensorboard")
             ),
-            dynamo_backend="inductor" if options.compile else None,
+            dynamo_backend="inductor" if optimisation.compile else None,
         )
     except (ValueError, ImportError, RuntimeError) as error:
-        raise UsageError(
-            f"--mixed-precision {options.mixed_precision} / --report-to {options.report_to}: {error}"
+        raise InputError(
+            f"{field('mixed_precision')} {optimisation.mixed_precision} / {field('report_to')} {report_to}: {error}"
         ) from error
-
-
-def epoch_batches(run: LoopObjects, position: LoopPosition) -> Any:
-    """The micro-batches of `position`'s epoch, shuffled by seed + epoch; those a resumed epoch consumed are skipped.
-    A stream goes on from where it is (a resumed one from its checkpoint's position)."""
-    if not isinstance(run.train_loader, DataLoader):
-        return run.train_loader
-    run.train_loader.set_epoch(position.epoch)
-    if position.micro_batches_in_epoch:
-        return run.accelerator.skip_first_batches(run.train_loader, position.micro_batches_in_epoch)
-    return run.train_loader
 
 
 def train_micro_batch(
@@ -247,14 +207,14 @@ def train_micro_batch(
         loss = lm_loss(window_logits(run.model, inputs, context.document_eos_id), targets)
         run.accumulated_loss += loss.detach()
         if accelerator.sync_gradients:
-            step_loss = accelerator.reduce(run.accumulated_loss, reduction="mean").item() / context.options.grad_accum
+            grad_accum = context.options.optimisation.grad_accum
+            step_loss = accelerator.reduce(run.accumulated_loss, reduction="mean").item() / grad_accum
             context.check_loss(step_loss, position.step + 1)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(run.model.parameters(), context.options.max_grad_norm)
+            accelerator.clip_grad_norm_(run.model.parameters(), context.options.optimisation.max_grad_norm)
         run.optimizer.step()
         run.optimizer.zero_grad()
-    position.micro_batches_in_epoch += 1
     if not accelerator.sync_gradients:
         return None
     position.step += 1
@@ -296,7 +256,7 @@ def evaluate(context: RunContext, run: LoopObjects, step: int) -> None:
         run.accelerator,
         run.model,
     )
-    if context.options.report_to:  # trackers take numbers: the first evaluation has no throughput yet
+    if context.options.logging.report_to:  # trackers take numbers: the first evaluation has no throughput yet
         run.accelerator.log(
             {key: value for key, value in record.items() if key != "step" and value is not None}, step=step
         )
@@ -306,23 +266,24 @@ def evaluate(context: RunContext, run: LoopObjects, step: int) -> None:
 def sample(context: RunContext, run: LoopObjects, position: LoopPosition) -> None:
     """Prints a continuation of the run's start context. Every process generates: under FSDP or DeepSpeed ZeRO-3
     each forward pass gathers the weights from all."""
-    options = context.options
+    evaluation = context.options.evaluation
     text = generate_sample(
         run.accelerator.unwrap_model(run.model),
         context.data.tokenizer,
         context.start_context,
-        options.max_new_tokens,
-        options.temperature,
-        options.top_k,
-        options.seed,
+        evaluation.max_new_tokens,
+        evaluation.temperature,
+        evaluation.sampling_top_k(),
+        context.options.optimisation.seed,
     )
     position.sampled_at = position.step
     context.log(f"Sample: {text!r}")
     context.clock.paused("sample")
 
 
-def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPosition, reason: str) -> Path:
-    """`accelerator.save_state` (model, optimizer, scheduler, RNG of every process) into checkpoint-<step>.
+def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPosition, reason: StopReason | None) -> Path:
+    """`accelerator.save_state` (model, optimizer, scheduler, RNG of every process) into checkpoint-<step>, with the
+    training batches' position.
 
     Written through `RunDirectory.writing_checkpoint`, completed by the loop state file, then renamed: an
     interrupted write leaves the previous checkpoints as they were. The tokenizer and config go along, so a
@@ -331,10 +292,9 @@ def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPositio
     """
     accelerator, directory = run.accelerator, context.directory
     context.check_weights(run.model, position.step)
-    with directory.writing_checkpoint(position.step, run.model, context.options.save_total_limit) as staging:
+    with directory.writing_checkpoint(position.step, run.model, context.options.logging.save_total_limit) as staging:
         accelerator.save_state(str(staging))
-        if context.data.streamed:
-            context.data.train.save(staging)
+        batches_position = run.batches.save(staging)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             context.data.tokenizer.save_pretrained(staging)
@@ -342,7 +302,10 @@ def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPositio
             with open(staging / LOOP_STATE_FILE, "w", encoding="utf-8") as stream:
                 position.time_used = context.clock.used()
                 state = {
-                    **position.state_dict(run.micro_batches_per_epoch, reason),
+                    "step": position.step,
+                    **batches_position,
+                    "time_used": position.time_used,
+                    "reason": reason,  # why the run stopped here; null for a checkpoint on the way
                     "budget_spent": context.clock.spent_budget(),
                 }
                 json.dump(state, stream, indent=2)
@@ -350,6 +313,6 @@ def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPositio
     return directory.checkpoints / f"checkpoint-{position.step}"
 
 
-def _tracker_config(options: Any) -> dict[str, Any]:
+def _tracker_config(fields: dict[str, Any]) -> dict[str, Any]:
     """Hyperparameters for TensorBoard's hparams view: scalars only."""
-    return {key: value for key, value in vars(options).items() if isinstance(value, (int, float, str, bool))}
+    return {key: value for key, value in fields.items() if isinstance(value, (int, float, str, bool))}

@@ -1,4 +1,4 @@
-"""What a run measures and keeps: metrics.jsonl, the book's progress line, perplexity, and early stopping."""
+"""What a run measures and keeps: metrics.jsonl, the book's progress line, perplexity, throughput figures."""
 
 from __future__ import annotations
 
@@ -93,36 +93,3 @@ def throughput_postfix(figures: dict[str, float | None]) -> dict[str, str]:
     if figures["tokens_per_second"] is None:
         return {}
     return {"tok_s": f"{figures['tokens_per_second']:,.0f}", "mfu": format_mfu(figures["mfu"])}
-
-
-class EarlyStopping:
-    """Stops when the validation loss has not improved for `patience` evaluations (0 or None: never); tracks the
-    best one.
-
-    Its state is a function of the metrics so far, so a resumed run picks it up from metrics.jsonl.
-    """
-
-    def __init__(self, patience: int | None, records: list[dict[str, Any]] = ()):
-        self.patience = patience
-        self.best_loss = math.inf
-        self.best_step: int | None = None
-        self.since_best = 0
-        for record in records:
-            self.update(record)
-
-    def update(self, record: dict[str, Any]) -> bool:
-        """Takes an evaluation; True when it is a new best."""
-        if record["val_loss"] < self.best_loss:
-            self.best_loss, self.best_step, self.since_best = record["val_loss"], record["step"], 0
-            return True
-        self.since_best += 1
-        return False
-
-    @property
-    def keeps_best(self) -> bool:
-        """Whether the run keeps its best model (any patience but 0 or None)."""
-        return bool(self.patience)
-
-    @property
-    def should_stop(self) -> bool:
-        return self.keeps_best and self.since_best >= self.patience

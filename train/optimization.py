@@ -1,36 +1,36 @@
 """The optimizer and the learning-rate schedule of a run, built by the same code for both engines.
 
-`build_optimizer`: AdamW (`--optimizer adamw`), with weight decay on 2-D weights only; or (`--optimizer muon`)
+`build_optimizer`: AdamW (optimizer `adamw`), with weight decay on 2-D weights only; or (optimizer `muon`)
 PyTorch's `torch.optim.Muon` for the transformer blocks' weight matrices and AdamW for everything else (the token
 and position embeddings, which are also the tied output head, the LayerNorms and the biases), the split
 modded-nanogpt makes. Muon's update is scaled to the RMS of AdamW's (`adjust_lr_fn="match_rms_adamw"`, Moonshot's
-"Muon is Scalable"), so it takes AdamW's learning rate and weight decay unless `--muon-lr` says otherwise; the
+"Muon is Scalable"), so it takes AdamW's learning rate and weight decay unless `muon_lr` says otherwise; the
 scaling depends on a matrix's shape alone, not on whether it is stored [in, out] (this model's `Conv1D`) or
 [out, in]. On a CPU, Muon's Newton-Schulz iteration runs in float32 instead of torch's bf16 (`newton_schulz_float32`).
 Both optimizers step, save and are scheduled as one `torch.optim.Optimizer` (`MuonWithAdamW`), which is
 what the Trainer and Accelerate take.
 
 `build_scheduler`: transformers' schedules (constant, linear, cosine with a floor, warmup-stable-decay). Over the
-run's steps; or, with `--max-time`, over its time: the warmup stays in steps, then the decay's progress is the share
+run's steps; or, with `max_time`, over its time: the warmup stays in steps, then the decay's progress is the share
 of the budget used (with a step limit too, whichever share is larger), so the decay ends when the time runs out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
 import torch
-import torch.optim._muon as torch_muon
+from accelerate import PartialState
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
+from common.compat import muon_orthogonalization
 from modeling_gptscratch import TransformerBlock
 from train.clock import TrainingClock
-from train.options import TrainOptions
-from train.processes import fused_adamw
+from train.options import OptimisationOptions
 
 ADAMW_BETAS, ADAMW_EPS = (0.9, 0.999), 1e-8
 TIME_HORIZON = 1_000_000  # the "steps" a time-based schedule is built over: its progress in millionths
@@ -43,8 +43,7 @@ def newton_schulz_float32(
     and step count of its param group), computed in float32 instead of bf16.
 
     torch casts to bf16, which CPUs without native bf16 (AVX-512 BF16, AMX) emulate at a fraction of their float32
-    speed: on this project's CPU a tiny-preset step with torch's Muon took 8.2 times AdamW's, 1.3 times in float32
-    (benchmarks/bench_step.py).
+    speed (benchmarks/bench_step.py measures a step both ways).
     """
     a, b, c = ns_coefficients
     tall = grad.size(0) > grad.size(1)
@@ -56,16 +55,9 @@ def newton_schulz_float32(
     return matrix.T if tall else matrix
 
 
-@contextmanager
-def muon_in_float32() -> Iterator[None]:
-    """Within it, torch.optim.Muon orthogonalises with `newton_schulz_float32` (torch looks the function up by its
-    module-level name at every step)."""
-    torch_own = torch_muon._zeropower_via_newtonschulz
-    torch_muon._zeropower_via_newtonschulz = newton_schulz_float32
-    try:
-        yield
-    finally:
-        torch_muon._zeropower_via_newtonschulz = torch_own
+def fused_adamw() -> bool:
+    """Whether both engines use torch's fused AdamW kernel (one kernel for all parameters; CPU and CUDA have it)."""
+    return PartialState().device.type in ("cpu", "cuda")
 
 
 def muon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -98,7 +90,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def __init__(self, adamw: torch.optim.Optimizer, muon: torch.optim.Optimizer):
         self.adamw, self.muon = adamw, muon
-        # defaults["lr"] is what transformers' schedules take --min-lr as a ratio of.
+        # defaults["lr"] is what transformers' schedules take min_lr as a ratio of.
         super().__init__([*adamw.param_groups, *muon.param_groups], {"lr": adamw.defaults["lr"]})
 
     @torch.no_grad()
@@ -110,7 +102,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.adamw.step()
         # Asked at each step: the Accelerate loop builds the optimizer before `prepare` moves the weights.
         on_cpu = self.muon.param_groups[0]["params"][0].device.type == "cpu"
-        with muon_in_float32() if on_cpu else nullcontext():
+        with muon_orthogonalization(newton_schulz_float32) if on_cpu else nullcontext():
             self.muon.step()
         return loss
 
@@ -124,8 +116,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.param_groups = [*self.adamw.param_groups, *self.muon.param_groups]
 
 
-def build_optimizer(model: torch.nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
-    """AdamW, or Muon for the blocks' weight matrices with AdamW for the rest (`--optimizer`)."""
+def build_optimizer(model: torch.nn.Module, options: OptimisationOptions) -> torch.optim.Optimizer:
+    """AdamW, or Muon for the blocks' weight matrices with AdamW for the rest (`options.optimizer`)."""
     matrices = muon_parameters(model) if options.optimizer == "muon" else []
     muon_ids = {id(parameter) for parameter in matrices}
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in muon_ids]
@@ -150,9 +142,9 @@ def build_optimizer(model: torch.nn.Module, options: TrainOptions) -> torch.opti
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, options: TrainOptions, total_steps: int | None, clock: TrainingClock
+    optimizer: torch.optim.Optimizer, options: OptimisationOptions, total_steps: int | None, clock: TrainingClock
 ) -> LambdaLR:
-    """The learning-rate schedule over `total_steps` steps, or, with --max-time, over the budget of `clock`.
+    """The learning-rate schedule over `total_steps` steps, or, with max_time, over the budget of `clock`.
 
     `total_steps` is the run's step limit (None: only the time limits it).
     """

@@ -1,117 +1,106 @@
-"""A training run's options, each declared once: its flag's help, default, check and resume rule.
+"""A training run's options in groups, each field declared once: its kind, default, help, check and resume rule.
 
-`TrainOptions` is what `train.run.train` takes from Python. `gptscratch-train` builds its parser from these fields
-(`build_parser`): the flag is the field's name with dashes, grouped as the `group` says; `--config-file run.yaml`
-(or .json) sets the same fields, and flags on the command line win. `check_options` runs every field's check,
-`resume_differences` compares the fields a resumed run must keep. Standard library only, so the command checks its
-arguments before importing torch.
+`TrainOptions` holds one dataclass per group (`run`, `data`, `model`, `optimisation`, `evaluation`, `logging`: the
+checkpoints and logging); library functions take the group they need. From Python,
+`TrainOptions.from_fields(output_dir="out", max_steps=100)` fills the groups by field name; a YAML or JSON file of the
+same names maps onto them (`train.option_values.fields_from_file`), each value typed as strictly as the flag would
+type it. `gptscratch-train` derives its flags from these declarations (`train.cli`): a flag is its field's name with
+dashes. `TrainOptions.check` runs every field's own check and those of fields that go together;
+`resume_differences` names the fields a resumed run changed that must stay. Errors name the field
+(`common.errors.field`), never a flag. Standard library only, so the command checks its arguments before importing
+torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
-from collections.abc import Callable, Iterable, Sequence
+import difflib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from common.commands import ArgumentParser, UsageError
-from common.files import read_utf8_file
+from common.errors import InputError, field
 
-PROGRAM = "gptscratch-train"
 ENGINES = ("accelerate", "trainer")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "wsd")
-FLOOR_SCHEDULERS = ("cosine", "wsd")  # the schedules that decay to --min-lr (linear decays to 0, constant never)
-# Tuned by measurement (README, Defaults that learn): AdamW for every weight learns worse at Muon's rate.
+FLOOR_SCHEDULERS = ("cosine", "wsd")  # the schedules that decay to min_lr (linear decays to 0, constant never)
+# Tuned by measurement (benchmarks/RESULTS.md, Defaults that learn): AdamW for every weight learns worse at Muon's rate.
 DEFAULT_LR = {"muon": 4e-3, "adamw": 1.5e-3}
-MIN_LR_DIVISOR = 10  # --min-lr's default is --lr over this
+MIN_LR_DIVISOR = 10  # min_lr's default is lr over this
 # A run that repeats a small corpus overfits within minutes; one that keeps learning never waits 5 evaluations for
-# a better validation loss (README, "Defaults that learn").
+# a better validation loss (benchmarks/RESULTS.md, Defaults that learn).
 DEFAULT_PATIENCE = 5
 # A small corpus overfits within a few epochs: evaluating every epoch there lets early stopping keep the best model.
 DEFAULT_EVAL_FREQ = 50
-DEFAULT_VOCAB_SIZE = 8192  # of a fitted tokenizer (--tokenizer train): the yardstick in README's "Defaults that learn"
+DEFAULT_VOCAB_SIZE = 8192  # of a fitted tokenizer (tokenizer "train"): the yardstick of benchmarks/RESULTS.md
 # A pair of tokens seen once in the text a tokenizer is fitted on is a memorised word, not a pattern: on a small
-# corpus, merging it makes tokens the model sees once and the validation text rarely (README, "Defaults that learn").
+# corpus, merging it makes tokens the model sees once and the validation text rarely.
 DEFAULT_MIN_FREQUENCY = 2
 OPTIMIZERS = ("adamw", "muon")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 EMBEDDED_CORPORA = ("pydoc", "stdlib")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 PRESET_NAMES = ("tiny", "gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1558m")  # modeling_gptscratch.PRESETS
-GROUPS = ("run", "data", "model", "optimisation", "evaluation and samples", "checkpoints and logging")
-DEFAULT_EPOCHS = 6  # without --max-steps, --epochs or --max-time
+DEFAULT_EPOCHS = 6  # without max_steps, epochs or max_time
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+# The most tokens a sample or a command generates. 100,000 tokens is a novel's length and hours of decoding for
+# GPT-2 124M on a CPU, well past any use of a model whose window holds 1,024: a larger number is a typo.
+MAX_NEW_TOKENS = 100_000
 
 # Resume rules. A resumed run continues exactly only with the options that shape its numbers as they were; the
 # others (how long it runs, how often it evaluates and saves, where it writes) may change.
 MUST_MATCH = "must match"
 MAY_CHANGE = "may change"
 
-
-def flag_name(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
+# Kinds of field: how a value is typed, from a flag's text or a configuration file's value.
+SWITCH = "switch"  # False unless set: a flag without a value, true or false in a file
+TOGGLE = "toggle"  # None (the model's own), true or false: --name / --no-name
+INTEGER, NUMBER, TEXT, TEXTS = "integer", "number", "text", "texts"  # TEXTS: one or more
+DURATION = "duration"  # seconds, or text with a unit (90s, 10m, 2h)
+PAIRS = "pairs"  # KEY=VALUE settings, a mapping in a file
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Checks: each gets the flag and the value, and raises UsageError naming both.
+# Checks: each gets the field's name and value, and raises InputError naming both and the fix.
 
 
-def positive(flag: str, value: int | None) -> None:
+def positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
-        raise UsageError(f"{flag} {value}: must be a positive integer")
+        raise InputError(f"{field(name)} {value}: must be a positive integer")
 
 
-def greater_than_zero(flag: str, value: float) -> None:
-    if not value > 0:
-        raise UsageError(f"{flag} {value}: must be greater than 0")
+def greater_than_zero(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise InputError(f"{field(name)} {value}: must be greater than 0")
 
 
-def greater_than_zero_if_set(flag: str, value: float | None) -> None:
-    if value is not None:
-        greater_than_zero(flag, value)
+def not_negative(name: str, value: float | None) -> None:
+    if value is not None and value < 0:
+        raise InputError(f"{field(name)} {value}: must not be negative")
 
 
-def not_negative(flag: str, value: float) -> None:
-    if value < 0:
-        raise UsageError(f"{flag} {value}: must not be negative")
-
-
-def not_negative_if_set(flag: str, value: float | None) -> None:
-    if value is not None:
-        not_negative(flag, value)
-
-
-def below_one(flag: str, value: float | None) -> None:
+def below_one(name: str, value: float | None) -> None:
     if value is not None and not 0 <= value < 1:
-        raise UsageError(f"{flag} {value}: must be in [0, 1)")
+        raise InputError(f"{field(name)} {value}: must be in [0, 1)")
 
 
-def ratio(flag: str, value: float) -> None:
+def ratio(name: str, value: float) -> None:
     if not 0 < value < 1:
-        raise UsageError(f"{flag} {value}: must be between 0 and 1 (0.9 keeps 10% for validation)")
+        raise InputError(f"{field(name)} {value}: must be between 0 and 1 (0.9 keeps 10% for validation)")
 
 
-# The most tokens a command generates. 100,000 tokens is a novel's length (about 75,000 English words) and over an
-# hour of decoding for GPT-2 124M on a CPU (24 tokens/s in `make bench`), well past any use of a model whose window
-# holds 1,024; a larger number is a typo for a smaller one, and would decode for days before anyone noticed.
-MAX_NEW_TOKENS = 100_000
+def fraction(name: str, value: float) -> None:
+    if not 0 < value <= 1:
+        raise InputError(f"{field(name)} {value}: must be in (0, 1]")
 
 
-def new_tokens(flag: str, value: int) -> None:
+def new_tokens(name: str, value: int) -> None:
     if not 0 <= value <= MAX_NEW_TOKENS:
-        raise UsageError(
-            f"{flag} {value}: must be between 0 and {MAX_NEW_TOKENS:,} (a novel's length, hours of decoding); "
+        raise InputError(
+            f"{field(name)} {value}: must be between 0 and {MAX_NEW_TOKENS:,} (a novel's length, hours of decoding); "
             "ask for fewer tokens"
         )
-
-
-def fraction(flag: str, value: float) -> None:
-    if not 0 < value <= 1:
-        raise UsageError(f"{flag} {value}: must be in (0, 1]")
 
 
 def parse_duration(value: str | float) -> float:
@@ -124,41 +113,59 @@ def parse_duration(value: str | float) -> float:
     return seconds
 
 
-def duration(flag: str, value: str | float | None) -> None:
+def duration(name: str, value: str | float | None) -> None:
     if value is None:
         return
     try:
         parse_duration(value)
     except ValueError:
-        raise UsageError(
-            f"{flag} {value}: expected a positive duration in seconds (90) or with a unit (90s, 10m, 2h)"
+        raise InputError(
+            f"{field(name)} {value}: expected a positive duration in seconds (90) or with a unit (90s, 10m, 2h)"
         ) from None
 
 
 def one_of(choices: Sequence[str], what: str) -> Callable[[str, str], None]:
-    def check(flag: str, value: str) -> None:
+    def check(name: str, value: str) -> None:
         if value not in choices:
-            raise UsageError(f"{flag} {value}: unknown {what}; choose one of: {', '.join(choices)}")
+            raise InputError(f"{field(name)} {value}: unknown {what}; choose one of: {', '.join(choices)}")
 
     return check
 
 
-REQUIRED = object()  # an option with no default: TrainOptions needs it, and so does the command line
+def finite(name: str, value: float | None) -> None:
+    """Every number field's first check: nan and inf are refused, whatever the field's own check would say."""
+    if value is not None and not math.isfinite(value):
+        raise InputError(f"{field(name)} {value}: must be a finite number")
+
+
+REQUIRED = object()  # a field without a default: the run cannot go without it
 
 
 def option(
     default: Any = None,
     help: str = "",
     *,
-    group: str,
+    kind: str = TEXT,
     check: Callable[[str, Any], None] | None = None,
     resume: str = MUST_MATCH,
-    **flag: Any,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    bare: Any = None,
 ) -> Any:
-    """A TrainOptions field: `default`, the flag's `help` and argparse settings (`flag`), the `group` it is listed
-    under, its `check` and its `resume` rule."""
-    assert group in GROUPS, group
-    metadata = {"help": help, "group": group, "check": check, "resume": resume, "flag": flag}
+    """A field of an options group: its `default`, `help`, `kind`, own `check` (a `choices` field checks its value is
+    one of them) and `resume` rule. `metavar` names the value in help texts; `bare` is the value of the flag given
+    without one."""
+    if choices is not None and check is None:
+        check = one_of(choices, "value")
+    metadata = {
+        "help": help,
+        "kind": kind,
+        "check": check,
+        "resume": resume,
+        "choices": choices,
+        "metavar": metavar,
+        "bare": bare,
+    }
     if default is REQUIRED:
         return dataclasses.field(metadata=metadata)
     if isinstance(default, (list, dict)):
@@ -166,491 +173,412 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# The groups
+
+
 @dataclass
-class TrainOptions:
-    """Everything a run needs; `gptscratch-train` fills it from its flags (same names, dashes for underscores)."""
+class RunOptions:
+    """Where the run writes, and whether it starts, continues or only plans."""
 
     output_dir: str = option(
-        REQUIRED, "the model directory to write (metrics, plot and checkpoints inside)", group="run", resume=MAY_CHANGE
+        REQUIRED, "the model directory to write (metrics, plot and checkpoints inside)", resume=MAY_CHANGE
     )
-    overwrite: bool = option(
-        False, "replace a non-empty --output-dir", group="run", resume=MAY_CHANGE, action="store_true"
-    )
+    overwrite: bool = option(False, "replace a non-empty output directory", kind=SWITCH, resume=MAY_CHANGE)
     resume: str | None = option(
-        help="continue from the newest checkpoint in --output-dir, or from checkpoint PATH",
-        group="run",
+        help="continue from the newest checkpoint in the output directory (latest), or from checkpoint PATH",
         resume=MAY_CHANGE,
-        nargs="?",
-        const="latest",
         metavar="PATH",
+        bare="latest",
     )
-    dry_run: bool = option(False, "print the plan and exit", group="run", resume=MAY_CHANGE, action="store_true")
+    dry_run: bool = option(False, "print the plan and exit", kind=SWITCH, resume=MAY_CHANGE)
 
-    # Data
-    data: list[str] | None = option(
-        help="UTF-8 text files, directories or globs", group="data", nargs="+", metavar="PATH"
-    )
-    dataset: str | None = option(help="a Hugging Face dataset name (online, or cached)", group="data")
-    dataset_config: str | None = option(help="the dataset's configuration", group="data")
-    dataset_split: str = option("train", "the dataset's split", group="data")
-    text_column: str = option("text", "the dataset's text column", group="data")
+
+@dataclass
+class DataOptions:
+    """What the run reads and how it cuts it into training windows."""
+
+    data: list[str] | None = option(help="UTF-8 text files, directories or globs", kind=TEXTS, metavar="PATH")
+    dataset: str | None = option(help="a Hugging Face dataset name (online, or cached)")
+    dataset_config: str | None = option(help="the dataset's configuration")
+    dataset_split: str = option("train", "the dataset's split")
+    text_column: str = option("text", "the dataset's text column")
     embedded: str = option(
         "pydoc",
-        "the embedded corpus, used without --data/--dataset: Python's pydoc topics (465 KB) or the standard "
+        "the embedded corpus, used without data or dataset: Python's pydoc topics (465 KB) or the standard "
         "library's sources",
-        group="data",
         choices=EMBEDDED_CORPORA,
     )
-    dedup: bool = option(False, "drop exact duplicate documents before tokenising", group="data", action="store_true")
+    dedup: bool = option(False, "drop exact duplicate documents before tokenising", kind=SWITCH)
     tokenizer: str = option(
         "train",
         "train: fit a byte-level BPE on the training split; gpt2: GPT-2's from the Hub; PATH: a directory "
         "with encoder.json + vocab.bpe or a saved tokenizer",
-        group="data",
         metavar="gpt2|PATH|train",
     )
     vocab_size: int = option(
         DEFAULT_VOCAB_SIZE,
-        "vocabulary of --tokenizer train (at most; see --min-frequency)",
-        group="data",
+        "vocabulary of a fitted tokenizer (at most; see min_frequency)",
+        kind=INTEGER,
         check=positive,
-        type=int,
     )
     min_frequency: int = option(
         DEFAULT_MIN_FREQUENCY,
-        "--tokenizer train merges a pair of tokens only where it occurs at least this often in "
-        "the text it is fitted on, so a small corpus gets fewer than --vocab-size tokens (1: every pair)",
-        group="data",
+        "a fitted tokenizer merges a pair of tokens only where it occurs at least this often in "
+        "the text it is fitted on, so a small corpus gets fewer tokens than vocab_size (1: every pair)",
+        kind=INTEGER,
         check=positive,
-        type=int,
     )
     train_ratio: float = option(
-        0.9, "share of the text (in characters) for training; the rest validates", group="data", check=ratio, type=float
+        0.9, "share of the text (in characters) for training; the rest validates", kind=NUMBER, check=ratio
     )
     context_length: int | None = option(
-        help="window length in tokens (default: the model's)", group="data", check=positive, type=int
+        help="window length in tokens (default: the model's)", kind=INTEGER, check=positive
     )
     stride: int | None = option(
-        help="tokens between window starts (default: the window length)", group="data", check=positive, type=int
+        help="tokens between window starts (default: the window length)", kind=INTEGER, check=positive
     )
     document_mask: bool = option(
         False,
         "keep attention inside each <|endoftext|>-separated document of a window (positions restart at each document)",
-        group="data",
-        action="store_true",
+        kind=SWITCH,
     )
     num_proc: int | None = option(
         help="tokenising processes (default: 1 below 64 M characters, else all CPUs)",
-        group="data",
+        kind=INTEGER,
         check=positive,
         resume=MAY_CHANGE,
-        type=int,
     )
     cache_dir: str | None = option(
         help="where prepared token files and fitted tokenizers are kept, and hub datasets downloaded (default: HF's "
         "datasets cache)",
-        group="data",
         resume=MAY_CHANGE,
     )
     streaming: bool = option(
         False,
-        "with --dataset: tokenise on the fly from datasets' streaming mode instead of preparing token files "
-        "(needs --max-steps; validation is the split's first documents)",
-        group="data",
-        action="store_true",
+        "with a dataset: tokenise on the fly from datasets' streaming mode instead of preparing token files "
+        "(needs max_steps; validation is the split's first documents)",
+        kind=SWITCH,
     )
-    shuffle_buffer: int = option(
-        1000, "with --streaming: windows in the shuffle buffer", group="data", check=positive, type=int
-    )
+    shuffle_buffer: int = option(1000, "when streaming: windows in the shuffle buffer", kind=INTEGER, check=positive)
 
-    # Model
+    def corpus_fields(self) -> dict[str, Any]:
+        """The fields that decide a corpus's tokens (what `train.data.prepare_tokens` takes); window sizes and
+        streaming decide only how a run reads them."""
+        return {name: getattr(self, name) for name in CORPUS_FIELDS}
+
+
+# What gptscratch-prepare takes: the data fields that decide the tokens.
+CORPUS_FIELDS = (
+    "data",
+    "dataset",
+    "dataset_config",
+    "dataset_split",
+    "text_column",
+    "embedded",
+    "dedup",
+    "tokenizer",
+    "vocab_size",
+    "min_frequency",
+    "train_ratio",
+    "num_proc",
+    "cache_dir",
+)
+
+
+@dataclass
+class ModelOptions:
+    """The model's size and shape; the training-time dropout."""
+
     preset: str = option(
         "tiny",
         "model size: tiny, gpt2-124m, gpt2-355m, gpt2-774m or gpt2-1558m",
-        group="model",
-        check=one_of(PRESET_NAMES, "preset"),
         metavar="NAME",
+        check=one_of(PRESET_NAMES, "preset"),
     )
-    n_layers: int | None = option(help="override the preset's number of transformer blocks", group="model", type=int)
-    n_heads: int | None = option(help="override the preset's attention heads", group="model", type=int)
-    emb_dim: int | None = option(help="override the preset's embedding size", group="model", type=int)
-    qkv_bias: bool | None = option(
-        help="override the preset's qkv bias", group="model", action=argparse.BooleanOptionalAction
-    )
-    dropout: float | None = option(
-        help="dropout after the embeddings and on the residual branches (default: 0; the book trains with 0.1)",
-        group="model",
+    n_layers: int | None = option(help="override the preset's number of transformer blocks", kind=INTEGER)
+    n_heads: int | None = option(help="override the preset's attention heads", kind=INTEGER)
+    emb_dim: int | None = option(help="override the preset's embedding size", kind=INTEGER)
+    qkv_bias: bool | None = option(help="override the preset's qkv bias", kind=TOGGLE)
+    # Pretraining on a budget sees its text a few times at most, where dropout only slows learning (measured:
+    # benchmarks/RESULTS.md); and dropout on the attention weights costs SDPA its fused kernel. Both are off unless
+    # asked for (config's drop_rate and attention_dropout set them too, and win).
+    dropout: float = option(
+        0.0,
+        "dropout after the embeddings and on the residual branches (the book trains with 0.1)",
+        kind=NUMBER,
         check=below_one,
-        type=float,
     )
-    attention_dropout: float | None = option(
-        help="dropout on the attention weights (default: 0, which keeps SDPA's fused kernel; the book applies "
-        "--dropout there too)",
-        group="model",
+    attention_dropout: float = option(
+        0.0,
+        "dropout on the attention weights (0 keeps SDPA's fused kernel; the book applies dropout there too)",
+        kind=NUMBER,
         check=below_one,
-        type=float,
     )
     config: dict[str, Any] = option(
         {},
         "override any model field, e.g. context_length=512 or layer_norm_eps=1e-6 (repeatable)",
-        group="model",
-        action="append",
+        kind=PAIRS,
         metavar="KEY=VALUE",
     )
 
-    # Optimisation
+    def overrides(self) -> dict[str, Any]:
+        """The model fields this run sets over its preset: `config`, then the shape fields, which win (dropout
+        aside)."""
+        shape = {name: getattr(self, name) for name in ("n_layers", "n_heads", "emb_dim", "qkv_bias")}
+        return {**self.config, **{name: value for name, value in shape.items() if value is not None}}
+
+
+@dataclass
+class OptimisationOptions:
+    """The engine, how long it trains, and the optimizer, schedule and precision of its steps."""
+
     engine: str = option(
-        "accelerate",
-        "accelerate: the manual loop; trainer: the Hugging Face Trainer",
-        group="optimisation",
-        check=one_of(ENGINES, "engine"),
-        choices=ENGINES,
+        "accelerate", "accelerate: the manual loop; trainer: the Hugging Face Trainer", choices=ENGINES
     )
     epochs: int | None = option(
-        help=f"passes over the training windows (default: {DEFAULT_EPOCHS}; with --max-time, no limit)",
-        group="optimisation",
+        help=f"passes over the training windows (default: {DEFAULT_EPOCHS}; with max_time, no limit)",
+        kind=INTEGER,
         check=positive,
         resume=MAY_CHANGE,
-        type=int,
     )
     max_steps: int | None = option(
-        help="optimizer steps to run (overrides --epochs)",
-        group="optimisation",
-        check=positive,
-        resume=MAY_CHANGE,
-        type=int,
+        help="optimizer steps to run (overrides epochs)", kind=INTEGER, check=positive, resume=MAY_CHANGE
     )
     max_time: str | None = option(
         help="train for this long: seconds (90) or a duration (90s, 10m, 2h); the schedule decays over it and the "
-        "final evaluation and checkpoint fit in it. With --max-steps or --epochs, the first limit reached ends the "
-        "run",
-        group="optimisation",
+        "final evaluation and checkpoint fit in it. With max_steps or epochs, the first limit reached ends the run",
+        kind=DURATION,
         check=duration,
         resume=MAY_CHANGE,
         metavar="DURATION",
     )
-    batch_size: int = option(4, "windows per batch and process", group="optimisation", check=positive, type=int)
+    batch_size: int = option(4, "windows per batch and process", kind=INTEGER, check=positive)
     optimizer: str = option(
         "muon",
         "muon: torch.optim.Muon for the blocks' weight matrices, AdamW for the embeddings, norms and biases; "
         "adamw: AdamW for every weight",
-        group="optimisation",
-        check=one_of(OPTIMIZERS, "optimizer"),
         choices=OPTIMIZERS,
     )
     lr: float | None = option(
-        help=f"peak learning rate, AdamW's and Muon's unless --muon-lr (default: {DEFAULT_LR['muon']:g} with "
-        f"--optimizer muon, {DEFAULT_LR['adamw']:g} with adamw)",
-        group="optimisation",
+        help=f"peak learning rate, AdamW's and Muon's unless muon_lr (default: {DEFAULT_LR['muon']:g} with the muon "
+        f"optimizer, {DEFAULT_LR['adamw']:g} with adamw)",
+        kind=NUMBER,
         check=greater_than_zero,
-        type=float,
     )
     muon_lr: float | None = option(
-        help="Muon's peak learning rate (default: --lr; Muon's update is scaled to AdamW's size)",
-        group="optimisation",
-        check=greater_than_zero_if_set,
-        type=float,
+        help="Muon's peak learning rate (default: lr; Muon's update is scaled to AdamW's size)",
+        kind=NUMBER,
+        check=greater_than_zero,
     )
     muon_momentum: float = option(
         0.8,
         "Muon's Nesterov momentum (torch's and modded-nanogpt's is 0.95, for runs of thousands of steps; 0.8 "
         "learned more in runs of minutes)",
-        group="optimisation",
+        kind=NUMBER,
         check=below_one,
-        type=float,
     )
-    weight_decay: float = option(0.1, "on weight matrices only", group="optimisation", check=not_negative, type=float)
-    warmup_steps: int = option(20, "linear warmup steps", group="optimisation", check=not_negative, type=int)
+    weight_decay: float = option(0.1, "on weight matrices only", kind=NUMBER, check=not_negative)
+    warmup_steps: int = option(20, "linear warmup steps", kind=INTEGER, check=not_negative)
     lr_scheduler: str = option(
         "cosine",
-        "the learning rate after warmup: constant, linear (to 0), cosine (to --min-lr) or wsd "
-        "(warmup-stable-decay: constant, then a linear decay to --min-lr over the last --decay-ratio)",
-        group="optimisation",
-        check=one_of(LR_SCHEDULERS, "scheduler"),
+        "the learning rate after warmup: constant, linear (to 0), cosine (to min_lr) or wsd "
+        "(warmup-stable-decay: constant, then a linear decay to min_lr over the last decay_ratio)",
         choices=LR_SCHEDULERS,
     )
     min_lr: float | None = option(
-        help=f"the learning rate cosine and wsd end at (default: --lr / {MIN_LR_DIVISOR:g})",
-        group="optimisation",
-        check=not_negative_if_set,
-        type=float,
-    )
-    decay_ratio: float = option(
-        0.2, "wsd: the share of the run its decay takes", group="optimisation", check=fraction, type=float
-    )
-    grad_accum: int = option(1, "micro-batches per optimizer step", group="optimisation", check=positive, type=int)
-    max_grad_norm: float = option(1.0, "gradient clipping", group="optimisation", check=greater_than_zero, type=float)
-    mixed_precision: str = option(
-        "no",
-        "autocast precision (the weights stay fp32)",
-        group="optimisation",
-        check=one_of(MIXED_PRECISION, "precision"),
-        choices=MIXED_PRECISION,
-    )
-    seed: int = option(123, "seeds weights, shuffling and dropout", group="optimisation", type=int)
-    compile: bool = option(
-        False, "torch.compile the model (pays off on GPUs)", group="optimisation", action="store_true"
-    )
-
-    # Evaluation and samples
-    eval_freq: int | None = option(
-        help=f"evaluate every N steps (default: {DEFAULT_EVAL_FREQ}, or every epoch where an epoch is shorter)",
-        group="evaluation and samples",
-        check=positive,
-        resume=MAY_CHANGE,
-        type=int,
-    )
-    eval_iter: int = option(
-        5, "batches per evaluation", group="evaluation and samples", check=positive, resume=MAY_CHANGE, type=int
-    )
-    start_context: str | None = option(
-        help="prompt of the samples (default: one that suits the corpus)",
-        group="evaluation and samples",
-        resume=MAY_CHANGE,
-    )
-    temperature: float = option(
-        0.8, "0 is greedy", group="evaluation and samples", check=not_negative, resume=MAY_CHANGE, type=float
-    )
-    top_k: int | None = option(
-        40,
-        "sample from the k most likely tokens (0: from all)",
-        group="evaluation and samples",
-        check=positive,
-        resume=MAY_CHANGE,
-        type=int,
-    )
-    max_new_tokens: int = option(
-        50, "sample length", group="evaluation and samples", check=new_tokens, resume=MAY_CHANGE, type=int
-    )
-    early_stopping_patience: int = option(
-        DEFAULT_PATIENCE,
-        "stop after N evaluations without a better validation loss, and keep the best model (0: "
-        "never stop, keep the last)",
-        group="evaluation and samples",
+        help=f"the learning rate cosine and wsd end at (default: lr / {MIN_LR_DIVISOR:g})",
+        kind=NUMBER,
         check=not_negative,
-        resume=MAY_CHANGE,
-        type=int,
     )
-
-    # Checkpoints and logging
-    save_steps: int | None = option(
-        100, "checkpoint every N steps", group="checkpoints and logging", check=positive, resume=MAY_CHANGE, type=int
-    )
-    save_total_limit: int = option(
-        2, "checkpoints kept", group="checkpoints and logging", check=positive, resume=MAY_CHANGE, type=int
-    )
-    report_to: list[str] = option(
-        [], "experiment trackers", group="checkpoints and logging", resume=MAY_CHANGE, nargs="+", choices=TRACKERS
-    )
-    peak_flops: float | None = option(
-        help="the FLOP/s one process's device can do (e.g. 989e12 for an H100's bf16), the denominator of MFU "
-        "(default: this machine's matmul throughput, measured at start in the training precision)",
-        group="checkpoints and logging",
-        check=greater_than_zero_if_set,
-        resume=MAY_CHANGE,
-        type=float,
-    )
+    decay_ratio: float = option(0.2, "wsd: the share of the run its decay takes", kind=NUMBER, check=fraction)
+    grad_accum: int = option(1, "micro-batches per optimizer step", kind=INTEGER, check=positive)
+    max_grad_norm: float = option(1.0, "gradient clipping", kind=NUMBER, check=greater_than_zero)
+    mixed_precision: str = option("no", "autocast precision (the weights stay fp32)", choices=MIXED_PRECISION)
+    seed: int = option(123, "seeds weights, shuffling and dropout", kind=INTEGER)
+    compile: bool = option(False, "torch.compile the model (pays off on GPUs)", kind=SWITCH)
 
     def __post_init__(self) -> None:
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.optimizer)  # an unknown optimizer is refused by its own check
 
     def floor_lr(self) -> float:
-        """Where the schedule ends: --min-lr, by default a MIN_LR_DIVISOR-th of --lr for cosine and wsd; 0 for the
+        """Where the schedule ends: min_lr, by default a MIN_LR_DIVISOR-th of lr for cosine and wsd; 0 for the
         others (linear decays to 0; constant does not decay)."""
         if self.lr_scheduler not in FLOOR_SCHEDULERS:
             return 0.0
         return self.lr / MIN_LR_DIVISOR if self.min_lr is None else self.min_lr
 
     def time_budget(self) -> float | None:
-        """--max-time in seconds, or None."""
+        """max_time in seconds, or None."""
         return None if self.max_time is None else parse_duration(self.max_time)
 
-    def model_overrides(self) -> dict[str, Any]:
-        """The model fields this run sets over its preset: `config`, then the shape flags (dropout aside)."""
-        flags = {name: getattr(self, name) for name in ("n_layers", "n_heads", "emb_dim", "qkv_bias")}
-        return {**self.config, **{name: value for name, value in flags.items() if value is not None}}
+
+@dataclass
+class EvaluationOptions:
+    """When the run measures itself, and the samples it prints."""
+
+    eval_freq: int | None = option(
+        help=f"evaluate every N steps (default: {DEFAULT_EVAL_FREQ}, or every epoch where an epoch is shorter)",
+        kind=INTEGER,
+        check=positive,
+        resume=MAY_CHANGE,
+    )
+    eval_iter: int = option(5, "batches per evaluation", kind=INTEGER, check=positive, resume=MAY_CHANGE)
+    start_context: str | None = option(
+        help="prompt of the samples (default: one that suits the corpus)", resume=MAY_CHANGE
+    )
+    temperature: float = option(0.8, "0 is greedy", kind=NUMBER, check=not_negative, resume=MAY_CHANGE)
+    top_k: int | None = option(
+        40, "sample from the k most likely tokens (0: from all)", kind=INTEGER, check=not_negative, resume=MAY_CHANGE
+    )
+    max_new_tokens: int = option(50, "sample length", kind=INTEGER, check=new_tokens, resume=MAY_CHANGE)
+    early_stopping_patience: int = option(
+        DEFAULT_PATIENCE,
+        "stop after N evaluations without a better validation loss, and keep the best model (0: "
+        "never stop, keep the last)",
+        kind=INTEGER,
+        check=not_negative,
+        resume=MAY_CHANGE,
+    )
+
+    def sampling_top_k(self) -> int | None:
+        """top_k as decoding takes it: None keeps every token (0 here)."""
+        return self.top_k or None
 
 
-OPTION_FIELDS = {spec.name: spec for spec in dataclasses.fields(TrainOptions)}
+@dataclass
+class LoggingOptions:
+    """Checkpoints, experiment trackers and the throughput figures."""
+
+    save_steps: int | None = option(100, "checkpoint every N steps", kind=INTEGER, check=positive, resume=MAY_CHANGE)
+    save_total_limit: int = option(2, "checkpoints kept", kind=INTEGER, check=positive, resume=MAY_CHANGE)
+    report_to: list[str] = option([], "experiment trackers", kind=TEXTS, resume=MAY_CHANGE, choices=TRACKERS)
+    peak_flops: float | None = option(
+        help="the FLOP/s one process's device can do (e.g. 989e12 for an H100's bf16), the denominator of MFU "
+        "(default: this machine's matmul throughput, measured at start in the training precision)",
+        kind=NUMBER,
+        check=greater_than_zero,
+        resume=MAY_CHANGE,
+    )
 
 
-def check_fields(options: Any, names: Iterable[str]) -> None:
-    """Runs the own checks of the options `names` (TrainOptions fields) on `options`, which has them as attributes."""
-    for name in names:
-        check = OPTION_FIELDS[name].metadata["check"]
+# The groups in the order `--help` lists them, with their titles.
+GROUPS = {
+    "run": (RunOptions, "run"),
+    "data": (DataOptions, "data"),
+    "model": (ModelOptions, "model"),
+    "optimisation": (OptimisationOptions, "optimisation"),
+    "evaluation": (EvaluationOptions, "evaluation and samples"),
+    "logging": (LoggingOptions, "checkpoints and logging"),
+}
+# Every field by name (names are unique across groups), and the group that holds it.
+FIELDS: dict[str, dataclasses.Field] = {}
+FIELD_GROUPS: dict[str, str] = {}
+for _group, (_options, _title) in GROUPS.items():
+    for _spec in dataclasses.fields(_options):
+        FIELDS[_spec.name], FIELD_GROUPS[_spec.name] = _spec, _group
+
+
+@dataclass
+class TrainOptions:
+    """Everything a run needs, in its groups; `from_fields` builds it from field names (those of the flags)."""
+
+    run: RunOptions
+    data: DataOptions = dataclasses.field(default_factory=DataOptions)
+    model: ModelOptions = dataclasses.field(default_factory=ModelOptions)
+    optimisation: OptimisationOptions = dataclasses.field(default_factory=OptimisationOptions)
+    evaluation: EvaluationOptions = dataclasses.field(default_factory=EvaluationOptions)
+    logging: LoggingOptions = dataclasses.field(default_factory=LoggingOptions)
+
+    @classmethod
+    def from_fields(cls, **values: Any) -> TrainOptions:
+        """Options from field names and values, each put in its group; the rest keep their defaults."""
+        unknown = sorted(set(values) - set(FIELDS))
+        if unknown:
+            raise InputError(f"{unknown[0]} is {not_an_option(unknown[0])}")
+        if "output_dir" not in values:
+            raise InputError(f"{field('output_dir')} is required: the directory the run writes")
+        grouped: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+        for name, value in values.items():
+            grouped[FIELD_GROUPS[name]][name] = value
+        return cls(**{group: GROUPS[group][0](**grouped[group]) for group in GROUPS})
+
+    def fields(self) -> dict[str, Any]:
+        """Every field by name, flat (what run.json keeps, and `from_fields` takes back)."""
+        return {name: getattr(getattr(self, FIELD_GROUPS[name]), name) for name in FIELDS}
+
+    def replace(self, **values: Any) -> TrainOptions:
+        """A copy with the named fields changed."""
+        return TrainOptions.from_fields(**{**self.fields(), **values})
+
+    def check(self) -> None:
+        """Runs every field's own check, then those of fields that go together; each error names its field."""
+        check_fields(self.fields())
+        optimisation = self.optimisation
+        if optimisation.min_lr is not None and optimisation.lr_scheduler not in FLOOR_SCHEDULERS:
+            raise InputError(
+                f"{field('min_lr')} {optimisation.min_lr}: {field('lr_scheduler')} {optimisation.lr_scheduler} has no "
+                f"floor; use {' or '.join(FLOOR_SCHEDULERS)}"
+            )
+        if optimisation.min_lr is not None and optimisation.min_lr >= optimisation.lr:
+            raise InputError(f"{field('min_lr')} {optimisation.min_lr} must be below {field('lr')} {optimisation.lr}")
+        if self.data.streaming:
+            self.check_streaming()
+
+    def check_streaming(self) -> None:
+        """Streaming reads a hub dataset as it trains, with the Accelerate loop, for a given number of steps."""
+        if not self.data.dataset:
+            raise InputError(
+                f"{field('streaming')} streams a {field('dataset')} NAME; local files ({field('data')}) are tokenised "
+                "once into token files instead (see gptscratch-prepare)"
+            )
+        if self.optimisation.max_steps is None:
+            raise InputError(
+                f"{field('streaming')} needs {field('max_steps')} N: a stream has no length to count epochs in"
+            )
+        if self.optimisation.engine == "trainer":
+            raise InputError(
+                f"{field('engine')} trainer does not take {field('streaming')}: the Trainer resumes a stream by "
+                "reading it again from the start; use the accelerate engine, whose checkpoints keep the stream's "
+                "position"
+            )
+        if self.data.dedup:
+            raise InputError(
+                f"{field('dedup')} compares whole documents before training; it does not apply to {field('streaming')}"
+            )
+
+
+def not_an_option(name: str) -> str:
+    """The end of the sentence that refuses `name`: not an option, with the nearest one."""
+    close = difflib.get_close_matches(name, FIELDS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"not an option{hint}; docs/training.md lists the options"
+
+
+def check_fields(values: Mapping[str, Any]) -> None:
+    """Runs the own checks of the fields in `values` (names of TrainOptions fields): a number is finite first."""
+    for name, value in values.items():
+        spec = FIELDS[name]
+        if spec.metadata["kind"] == NUMBER:
+            finite(name, value)
+        check = spec.metadata["check"]
         if check is not None:
-            check(flag_name(name), getattr(options, name))
-
-
-def check_options(options: TrainOptions) -> None:
-    """Runs every option's own check, then those of options that go together; each error names its flag and the
-    fix."""
-    check_fields(options, OPTION_FIELDS)
-    if options.min_lr is not None and options.lr_scheduler not in FLOOR_SCHEDULERS:
-        raise UsageError(
-            f"--min-lr {options.min_lr}: --lr-scheduler {options.lr_scheduler} has no floor; use "
-            f"{' or '.join(FLOOR_SCHEDULERS)}"
-        )
-    if options.min_lr is not None and options.min_lr >= options.lr:
-        raise UsageError(f"--min-lr {options.min_lr} must be below --lr {options.lr}")
-    if options.streaming:
-        check_streaming(options)
-
-
-def check_streaming(options: TrainOptions) -> None:
-    """--streaming reads a hub dataset as it trains, with the Accelerate loop, for a given number of steps."""
-    if not options.dataset:
-        raise UsageError(
-            "--streaming streams a --dataset NAME; local files (--data) are tokenised once into token "
-            "files instead (see gptscratch-prepare)"
-        )
-    if options.max_steps is None:
-        raise UsageError("--streaming needs --max-steps N: a stream has no length to count epochs in")
-    if options.engine == "trainer":
-        raise UsageError(
-            "--engine trainer does not take --streaming: the Trainer resumes a stream by reading it "
-            "again from the start; use --engine accelerate, whose checkpoints keep the stream's position"
-        )
-    if options.dedup:
-        raise UsageError("--dedup compares whole documents before training; it does not apply to --streaming")
+            for item in (value or []) if spec.metadata["kind"] == TEXTS else [value]:
+                check(name, item)
 
 
 def resume_differences(options: TrainOptions, original: TrainOptions) -> list[str]:
-    """The options a resumed run sets otherwise than the run it continues, of those that must match (field names)."""
+    """The fields a resumed run sets otherwise than the run it continues, of those that must match."""
+    now, before = options.fields(), original.fields()
     return [
-        name
-        for name, spec in OPTION_FIELDS.items()
-        if spec.metadata["resume"] == MUST_MATCH and getattr(options, name) != getattr(original, name)
+        name for name, spec in FIELDS.items() if spec.metadata["resume"] == MUST_MATCH and now[name] != before[name]
     ]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The command line: the parser, derived from the fields, and --config-file
-
-
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default only when it has one: not for unset options (None) or off switches (False)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, [], {}):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """`gptscratch-train`'s parser: one flag per TrainOptions field, in its group, plus --config-file."""
-    parser = ArgumentParser(
-        prog=PROGRAM,
-        description="Pretrain a GPT from scratch on unlabeled text (next-token prediction). With no data flags it "
-        "trains on an embedded corpus that ships with Python, with a tokenizer fitted on it.",
-        formatter_class=DefaultsFormatter,
-    )
-    parser.add_argument(
-        "--config-file",
-        metavar="FILE",
-        help="a YAML or JSON file of options (the flags' names, e.g. batch_size: 8); flags given here win",
-    )
-    add_option_flags(parser, OPTION_FIELDS)
-    return parser
-
-
-def add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    """Adds the flags of the TrainOptions fields `names` to `parser`, each in its group (the "run" group is the
-    parser's own)."""
-    groups: dict[str, Any] = {"run": parser}
-    for name in names:
-        spec = OPTION_FIELDS[name]
-        if spec.metadata["flag"].get("action") == "append":
-            default = []  # KEY=VALUE strings, read into the field's dict by parse_arguments
-        elif spec.default_factory is not dataclasses.MISSING:
-            default = spec.default_factory()
-        else:
-            default = None if spec.default is dataclasses.MISSING else spec.default
-        group = spec.metadata["group"]
-        if group not in groups:
-            groups[group] = parser.add_argument_group(group)
-        groups[group].add_argument(
-            flag_name(name), dest=name, default=default, help=spec.metadata["help"] or None, **spec.metadata["flag"]
-        )
-
-
-def parse_config_pairs(pairs: Sequence[str]) -> dict[str, str]:
-    """`KEY=VALUE` strings -> dict of strings; each value is parsed by its model field's type once the model's fields
-    are at hand (`train.run.check_model_options`: this module imports no torch)."""
-    overrides = {}
-    for pair in pairs:
-        key, separator, value = pair.partition("=")
-        if not separator or not key:
-            raise UsageError(f"--config {pair}: expected KEY=VALUE, e.g. --config context_length=512")
-        overrides[key] = value
-    return overrides
-
-
-def config_file_arguments(path: str) -> list[str]:
-    """The options in a YAML or JSON file as the command-line arguments that set them, so the file's values go
-    through the same parsing and checks as flags (and flags after them win)."""
-    fix = "write a mapping of option names to values, e.g. batch_size: 8"
-    text = read_utf8_file(path, "--config-file", fix)
-    if Path(path).suffix.lower() == ".json":
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"--config-file {path} is not valid JSON ({error}); {fix}") from None
-    else:
-        import yaml  # PyYAML comes with datasets
-
-        try:
-            values = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            reason = str(error).splitlines()[0]
-            raise UsageError(f"--config-file {path} is not valid YAML ({reason}); {fix}") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"--config-file {path} does not hold a mapping; {fix}")
-    arguments = []
-    for key, value in values.items():
-        name = str(key).replace("-", "_")
-        if name not in OPTION_FIELDS:
-            raise UsageError(f"--config-file {path}: {key!r} is not an option; see {PROGRAM} --help for their names")
-        flag = flag_name(name)
-        action = OPTION_FIELDS[name].metadata["flag"].get("action")
-        if action == "store_true":
-            arguments += [flag] if value is True else []
-        elif action is argparse.BooleanOptionalAction:
-            arguments += [flag if value else "--no-" + flag[2:]] if value is not None else []
-        elif name == "config":
-            if not isinstance(value, dict):
-                raise UsageError(f"--config-file {path}: config must be a mapping of model fields, e.g. n_layers: 4")
-            for field_name, field_value in value.items():
-                # As typed on the command line: YAML's true and null as true and null, numbers and text as they are.
-                if isinstance(field_value, bool) or field_value is None:
-                    field_value = json.dumps(field_value)
-                arguments += ["--config", f"{field_name}={field_value}"]
-        elif isinstance(value, list):
-            arguments += [flag, *map(str, value)]
-        elif value is not None:
-            arguments += [flag, str(value)]
-    return arguments
-
-
-def parse_arguments(argv: Sequence[str] | None) -> TrainOptions:
-    """The command line (and its --config-file) as TrainOptions, after argparse's and every option's checks."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config_file:
-        from_file = config_file_arguments(args.config_file)
-        try:
-            parser.parse_args(from_file)
-        except UsageError as error:
-            raise UsageError(f"--config-file {args.config_file}: {error}") from None
-        args = parser.parse_args([*from_file, *argv])
-    values = vars(args)
-    del values["config_file"]
-    if values["output_dir"] is None:
-        raise UsageError(f"the following arguments are required: --output-dir; see {PROGRAM} --help")
-    values["config"] = parse_config_pairs(values["config"])
-    values["top_k"] = values["top_k"] or None  # 0 keeps every token
-    options = TrainOptions(**values)
-    check_options(options)
-    return options
+def iterate_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:
+    """(group title, name, declaration) of every field, group by group, in declaration order."""
+    for group, (_, title) in GROUPS.items():
+        for name, spec in FIELDS.items():
+            if FIELD_GROUPS[name] == group:
+                yield title, name, spec

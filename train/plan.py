@@ -14,22 +14,23 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from common.errors import field
 from common.files import format_size
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train.optimization import muon_parameters
-from train.options import DEFAULT_EPOCHS, FLOOR_SCHEDULERS, TrainOptions
+from train.options import DEFAULT_EPOCHS, FLOOR_SCHEDULERS, DataOptions, ModelOptions, OptimisationOptions
 
 if TYPE_CHECKING:  # at run time the plan needs no datasets import (benchmarks/bench_model.py measures memory)
     from train.data import PreparedData
 
 PRECISION_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-EXPECTATION_STEPS = 10  # with --max-time, the steps after which the expected step count is logged
+EXPECTATION_STEPS = 10  # with max_time, the steps after which the expected step count is logged
 
 
 @dataclass
 class Plan:
     """The run's sizes: optimizer steps per epoch and in all, tokens per step (all processes), the model FLOPs of
-    a trained token, and the printout. `total_steps` is None when only --max-time limits the run."""
+    a trained token, and the printout. `total_steps` is None when only `max_time` limits the run."""
 
     steps_per_epoch: int
     total_steps: int | None
@@ -96,64 +97,69 @@ def steps_per_epoch(windows: int, batch_size: int, num_processes: int, grad_accu
     return max(1, batches // grad_accum)
 
 
-def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedData, num_processes: int) -> Plan:
+def make_plan(
+    data_options: DataOptions,
+    model_options: ModelOptions,
+    optimisation: OptimisationOptions,
+    config: GPTScratchConfig,
+    data: PreparedData,
+    num_processes: int,
+) -> Plan:
     """Sizes, memory, tokens and steps of the run, and the Chinchilla-optimal token count for the model's size."""
     with torch.device("meta"):  # counts parameters without allocating them
         model = GPTScratchForCausalLM(config)
     total = sum(p.numel() for p in model.parameters())
     embeddings = model.model.tok_emb.weight.numel() + model.model.pos_emb.weight.numel()
-    if data.streamed:  # a stream has no length: its epoch is the run
-        per_epoch = options.max_steps
+    windows_per_epoch = data.train.windows_per_epoch
+    if windows_per_epoch is None:  # a stream has no length: its epoch is the run
+        per_epoch = optimisation.max_steps
     else:
         per_epoch = steps_per_epoch(
-            len(data.train), options.batch_size, num_processes, options.grad_accum, options.engine
+            windows_per_epoch, optimisation.batch_size, num_processes, optimisation.grad_accum, optimisation.engine
         )
-    budget = options.time_budget()
-    if options.max_steps or options.epochs or budget is None:
-        total_steps = options.max_steps or per_epoch * (options.epochs or DEFAULT_EPOCHS)
+    budget = optimisation.time_budget()
+    if optimisation.max_steps or optimisation.epochs or budget is None:
+        total_steps = optimisation.max_steps or per_epoch * (optimisation.epochs or DEFAULT_EPOCHS)
     else:
-        total_steps = None  # as many as --max-time allows
+        total_steps = None  # as many as the time budget allows
     window = data.train.context_length
-    tokens_per_step = options.batch_size * window * num_processes * options.grad_accum
+    tokens_per_step = optimisation.batch_size * window * num_processes * optimisation.grad_accum
     flops_per_token = training_flops_per_token(config, window)
     chinchilla = 20 * total
 
     # Memory per process, fp32 master weights as Accelerate and the Trainer keep them under mixed precision.
     weights = gradients = 4 * total
-    muon_weights = sum(p.numel() for p in muon_parameters(model)) if options.optimizer == "muon" else 0
+    muon_weights = sum(p.numel() for p in muon_parameters(model)) if optimisation.optimizer == "muon" else 0
     optimizer_states = 8 * total - 4 * muon_weights  # AdamW: two fp32 moments per parameter; Muon: one momentum
-    activation_bytes = 2 if options.mixed_precision != "no" else 4
+    activation_bytes = 2 if optimisation.mixed_precision != "no" else 4
     # Per layer and token ~ (34 * emb_dim + 5 * heads * tokens) 16-bit values kept for backward (Korthikanti et
     # al. 2022, no recomputation; the second term is the attention matrix, which fused attention kernels avoid),
     # plus the fp32 logits and their gradient.
     activations = (
-        options.batch_size
+        optimisation.batch_size
         * window
         * (
             config.n_layers * (34 * config.emb_dim + 5 * config.n_heads * window) * activation_bytes / 2
             + 2 * 4 * config.vocab_size
         )
     )
-    precision = {"no": "fp32", "bf16": "bf16 mixed", "fp16": "fp16 mixed"}[options.mixed_precision]
-    overrides = "".join(f", {key}={value}" for key, value in options.model_overrides().items())
+    precision = {"no": "fp32", "bf16": "bf16 mixed", "fp16": "fp16 mixed"}[optimisation.mixed_precision]
+    overrides = "".join(f", {key}={value}" for key, value in model_options.overrides().items())
     windows = f"context {window}, stride {data.train.stride}" + (
-        ", attention within each document" if options.document_mask else ""
+        ", attention within each document" if data_options.document_mask else ""
     )
-    if data.streamed:
+    validation = f"validation {data.val.describe()} ({windows}"
+    if data.token_files is None:  # a stream: validation is its first documents
         data_lines = [
             f"  data        {data.source}",
-            f"  split       train: windows tokenised as the stream is read, drawn through a shuffle buffer of "
-            f"{options.shuffle_buffer:,}; validation: the split's first documents, {data.val.num_tokens:,} tokens -> "
-            f"{len(data.val):,} windows ({windows})",
+            f"  split       train: {data.train.describe()}; {validation}, the split's first documents)",
         ]
     else:
         files = data.token_files
         data_lines = [
             f"  data        {data.source}; {data.documents:,} documents"
-            + (f", {data.duplicates_dropped:,} duplicates dropped" if options.dedup else ""),
-            f"  split       train {data.train.num_tokens:,} tokens -> {len(data.train):,} windows; "
-            f"validation {data.val.num_tokens:,} tokens -> {len(data.val):,} windows "
-            f"({windows}, ratio {options.train_ratio})",
+            + (f", {data.duplicates_dropped:,} duplicates dropped" if data_options.dedup else ""),
+            f"  split       train {data.train.describe()}; {validation}, ratio {data_options.train_ratio})",
             f"  token files {files.directory} ({format_size(files.size)}, {files.meta['dtype']})",
         ]
     lines = [
@@ -161,20 +167,20 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
         data_lines[0],
         f"  tokenizer   {data.tokenizer_description}",
         *data_lines[1:],
-        f"  model       {options.preset}{overrides}: {config.n_layers} layers, {config.n_heads} heads, "
+        f"  model       {model_options.preset}{overrides}: {config.n_layers} layers, {config.n_heads} heads, "
         f"{config.emb_dim} dims, context {config.context_length}, vocab {config.vocab_size}, "
         f"dropout {config.drop_rate} (attention {config.attention_dropout_rate})",
         f"  parameters  {total:,} ({total / 1e6:.2f} M), {total - embeddings:,} without embeddings",
         f"  memory      weights {_mb(weights)}, gradients {_mb(gradients)}, "
         f"optimizer states {_mb(optimizer_states)}, activations ~{_mb(activations)} "
-        f"(batch {options.batch_size} x {window}, {precision}); "
+        f"(batch {optimisation.batch_size} x {window}, {precision}); "
         f"~{_mb(weights + gradients + optimizer_states + activations)} per process",
-        f"  schedule    {options.engine} engine, {num_processes} process{'es' * (num_processes > 1)}: "
-        f"{per_epoch} steps/epoch, {_length(options, total_steps, budget)}, {tokens_per_step:,} tokens/step",
-        f"  optimizer   {_optimizer(options)}; lr {options.lr} {options.lr_scheduler}"
-        + (f" (decaying over the last {options.decay_ratio:.0%})" if options.lr_scheduler == "wsd" else "")
-        + (f" to {options.floor_lr():g}" if options.lr_scheduler in FLOOR_SCHEDULERS else "")
-        + f", warmup {options.warmup_steps}, weight decay {options.weight_decay}",
+        f"  schedule    {optimisation.engine} engine, {num_processes} process{'es' * (num_processes > 1)}: "
+        f"{per_epoch} steps/epoch, {_length(optimisation, total_steps, budget)}, {tokens_per_step:,} tokens/step",
+        f"  optimizer   {_optimizer(optimisation)}; lr {optimisation.lr} {optimisation.lr_scheduler}"
+        + (f" (decaying over the last {optimisation.decay_ratio:.0%})" if optimisation.lr_scheduler == "wsd" else "")
+        + (f" to {optimisation.floor_lr():g}" if optimisation.lr_scheduler in FLOOR_SCHEDULERS else "")
+        + f", warmup {optimisation.warmup_steps}, weight decay {optimisation.weight_decay}",
         f"  compute     {flops_per_token:.3g} model FLOPs per token (6 per weight + attention), "
         f"{flops_per_token * tokens_per_step:.3g} per step",
     ]
@@ -192,25 +198,24 @@ def make_plan(options: TrainOptions, config: GPTScratchConfig, data: PreparedDat
     return Plan(per_epoch, total_steps, tokens_per_step, flops_per_token, lines)
 
 
-def _length(options: TrainOptions, total_steps: int | None, budget: float | None) -> str:
+def _length(optimisation: OptimisationOptions, total_steps: int | None, budget: float | None) -> str:
     """How long the run is, as the schedule line says it."""
     if total_steps is None:
         return (
-            f"as many steps as {budget:g} s allow (--max-time; the count it expects is logged after "
+            f"as many steps as {budget:g} s allow ({field('max_time')}; the count it expects is logged after "
             f"{EXPECTATION_STEPS} steps)"
         )
     steps = f"{total_steps} steps" + (
-        " (max steps)" if options.max_steps else f" ({options.epochs or DEFAULT_EPOCHS} epochs)"
+        " (max steps)" if optimisation.max_steps else f" ({optimisation.epochs or DEFAULT_EPOCHS} epochs)"
     )
-    return steps if budget is None else f"{steps} or {budget:g} s (--max-time), whichever ends first"
+    return steps if budget is None else f"{steps} or {budget:g} s ({field('max_time')}), whichever ends first"
 
 
-def _optimizer(options: TrainOptions) -> str:
-    if options.optimizer == "muon":
+def _optimizer(optimisation: OptimisationOptions) -> str:
+    if optimisation.optimizer == "muon":
         return (
-            f"Muon for the blocks' weight matrices (lr {options.muon_lr or options.lr}, momentum "
-            f"{options.muon_momentum:g}), AdamW for the "
-            "embeddings, norms and biases"
+            f"Muon for the blocks' weight matrices (lr {optimisation.muon_lr or optimisation.lr}, momentum "
+            f"{optimisation.muon_momentum:g}), AdamW for the embeddings, norms and biases"
         )
     return "AdamW"
 

@@ -1,4 +1,4 @@
-"""Hub datasets streamed (`--dataset NAME --streaming`): documents tokenised as training reads them, into shuffled
+"""Hub datasets streamed (`dataset NAME `streaming``): documents tokenised as training reads them, into shuffled
 windows whose position every checkpoint keeps.
 
 Nothing is prepared ahead: `datasets.load_dataset(..., streaming=True)` reads the split as training goes (a local
@@ -28,19 +28,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from common.errors import field
 from common.files import write_atomic
-from train.data import (
-    TOKENIZER_SAMPLE_CHARS,
-    DataError,
-    PreparedData,
-    TokenWindows,
-    default_cache_root,
-    fit_tokenizer,
-    load_hub_split,
-    resolve_tokenizer,
-)
+from train.corpus import DataError, load_hub_split
+from train.data import PreparedData, default_cache_root
 from train.options import DEFAULT_MIN_FREQUENCY, DEFAULT_VOCAB_SIZE
 from train.tokenizing import PieceTokenizer, token_dtype
+from train.vocabulary import TOKENIZER_SAMPLE_CHARS, fit_tokenizer, resolve_tokenizer
+from train.windows import TokenWindows
 
 
 class DocumentTokens:
@@ -81,7 +76,7 @@ class DocumentTokens:
                 if self._tokens_this_epoch == 0:
                     raise DataError(
                         f"the stream holds no text for process {self.rank}: every document it reached "
-                        "is empty; check --dataset-split and --text-column"
+                        f"is empty; check {field('dataset_split')} and {field('text_column')}"
                     ) from None
                 self.epoch, self.read, self._iterator, self._tokens_this_epoch = self.epoch + 1, 0, None, 0
                 self._loaded_position = None  # the next epoch starts at its beginning
@@ -133,8 +128,17 @@ class StreamedWindows:
     to come; `save` and `load` keep it in a checkpoint directory, one file per process.
     """
 
-    def __init__(self, source: DocumentTokens, context_length: int, stride: int, shuffle_buffer: int, seed: int):
+    def __init__(
+        self,
+        source: DocumentTokens,
+        context_length: int,
+        stride: int,
+        shuffle_buffer: int,
+        seed: int,
+        head: TokenWindows | None = None,
+    ):
         self.source = source
+        self.head = head  # the stream's first windows, read ahead: what the training loss of each evaluation measures
         self.context_length, self.stride = context_length, stride
         self.shuffle_buffer = shuffle_buffer
         self.random = np.random.default_rng(seed + source.rank)
@@ -163,6 +167,18 @@ class StreamedWindows:
         self.buffer[index] = self.buffer[-1]
         self.buffer.pop()
         return window
+
+    windows_per_epoch = None  # a stream has no length: its epoch is the run
+
+    def describe(self) -> str:
+        return f"windows tokenised as the stream is read, drawn through a shuffle buffer of {self.shuffle_buffer:,}"
+
+    def evaluation_windows(self, count: int) -> TokenWindows:
+        """The stream's first windows (`count` of them were read ahead), the training loss's every evaluation."""
+        return self.head
+
+    def training_batches(self, accelerator: Any, batch_size: int, micro_batches_per_epoch: int) -> StreamBatches:
+        return StreamBatches(self, batch_size, accelerator.device)
 
     def batches(
         self, batch_size: int, device: torch.device | str = "cpu"
@@ -210,8 +226,8 @@ class StreamedWindows:
         path = self.state_file(directory, self.source.rank)
         if not path.is_file():
             raise DataError(
-                f"--resume: {directory} has no stream position for process {self.source.rank} "
-                f"({path.name}); it was not written by a --streaming run"
+                f"{field('resume')}: {directory} has no stream position for process {self.source.rank} "
+                f"({path.name}); it was not written by a {field('streaming')} run"
             )
         with np.load(path, allow_pickle=False) as saved:
             state = json.loads(str(saved["state"]))
@@ -241,14 +257,14 @@ def prepare_streamed_data(
     """A run's data from a streamed dataset: validation windows (the split's first documents), the training
     loss's windows (the first windows after them) and the StreamedWindows of this process.
 
-    `evaluation_windows`: windows each evaluation measures (in all processes). `--tokenizer train` fits the BPE on
+    `evaluation_windows`: windows each evaluation measures (in all processes). `tokenizer train` fits the BPE on
     the training documents the stream yields first, `TOKENIZER_SAMPLE_CHARS` characters of them at most.
     """
     stride = stride or context_length
     stream = load_hub_split(dataset, dataset_config, dataset_split, text_column, cache_dir, streaming=True)
     label = dataset + (f" ({dataset_config})" if dataset_config else "") + f", split {dataset_split}"
 
-    def sample() -> tuple[Iterator[str], None]:  # for --tokenizer train: the first documents, up to the cap
+    def sample() -> tuple[Iterator[str], None]:  # for tokenizer train: the first documents, up to the cap
         def texts() -> Iterator[str]:
             seen = 0
             for example in stream:
@@ -270,8 +286,10 @@ def prepare_streamed_data(
     val = stream_head(validation_source, evaluation_windows, context_length, stride)
     if validation_source.epoch > 0:
         raise DataError(
-            f"--dataset {dataset} --streaming: the whole split holds fewer than the {evaluation_windows} validation "
-            "windows an evaluation measures; lower --eval-iter or --batch-size, or prepare it with --data instead"
+            f"{field('dataset')} {dataset} {field('streaming')}: the whole split holds fewer than the "
+            f"{evaluation_windows} validation "
+            f"windows an evaluation measures; lower {field('eval_iter')} or {field('batch_size')}, or prepare it "
+            f"with {field('data')} instead"
         )
     # Each reader gets its own copy of the stream: a datasets stream tracks the position of its latest iterator.
     train_head = stream_head(
@@ -281,6 +299,27 @@ def prepare_streamed_data(
         stride,
     )
     source = DocumentTokens(stream.skip(validation_source.read), text_column, chosen, rank, processes)
-    train = StreamedWindows(source, context_length, stride, shuffle_buffer, seed)
+    train = StreamedWindows(source, context_length, stride, shuffle_buffer, seed, head=train_head)
     description = f"Hugging Face dataset {label}, column {text_column} (streamed)"
-    return PreparedData(chosen, train, val, description, tokenizer_description, None, 0, train_head=train_head)
+    return PreparedData(chosen, train, val, description, tokenizer_description, None, 0)
+
+
+class StreamBatches:
+    """A stream's windows as the Accelerate loop's `TrainingBatches`: batches of this process's windows on its
+    device; the position is kept in a file of each process's own (`StreamedWindows.save`)."""
+
+    epoch = 0
+    epoch_ended = False  # the run is the stream's one epoch
+
+    def __init__(self, windows: StreamedWindows, batch_size: int, device: torch.device):
+        self.windows, self.batch_size, self.device = windows, batch_size, device
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.windows.batches(self.batch_size, self.device)
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        self.windows.save(directory)
+        return {}
+
+    def load(self, directory: Path, recorded: dict[str, Any]) -> None:
+        self.windows.load(directory)

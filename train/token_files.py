@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from common.commands import UsageError, storage_failure
+from common.errors import InputError, field, storage_failure
 from common.files import default_mode, write_json_atomic
 
 FORMAT_VERSION = 1
@@ -102,7 +102,7 @@ class EntryBuilder:
     build: build.writers["train"].append(...); ...; entry = build.finish(meta)`.
 
     Leaving the block without `finish` (an error, Ctrl-C) removes the temporary directory. A full disk (or quota,
-    or a read-only file system) becomes a UsageError naming the cache directory, how much was written, and the fix.
+    or a read-only file system) becomes an InputError naming the cache directory, how much was written, and the fix.
     """
 
     def __init__(self, root: Path, key: str, dtype: np.dtype):
@@ -160,9 +160,9 @@ class EntryBuilder:
         if storage_failure(error, writing=True) is None:
             return error
         written = sum(writer.count for writer in self.writers.values()) * self.dtype.itemsize
-        return UsageError(
+        return InputError(
             f"cannot write token files under {self.root} ({error.strerror}, after {written / 1e6:.1f} MB); free "
-            "space there or pass --cache-dir on a disk with room (nothing was kept)"
+            f"space there or pass {field('cache_dir')} on a disk with room (nothing was kept)"
         )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
+EOS_TOKEN = "<|endoftext|>"  # the document separator of every tokenizer a run uses
 # Text per call to the tokenizer: small enough that its working memory stays in the tens of megabytes (one call on
 # 9 MB of text takes over 1 GB), large enough that the per-call overhead vanishes.
 SUB_PIECE_CHARS = 64 << 10

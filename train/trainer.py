@@ -1,8 +1,8 @@
-"""The Hugging Face Trainer engine (`--engine trainer`): the same data, model and options on `transformers.Trainer`.
+"""The Hugging Face Trainer engine (`engine trainer`): the same data, model and options on `transformers.Trainer`.
 
 Options map onto `TrainingArguments` (clipping, accumulation, bf16/fp16, evaluation, saving and logging steps,
 seeds); the optimizer and learning-rate schedule are the Accelerate loop's (`train.optimization`), through
-`create_optimizer` and `create_scheduler`, and the run's clock stops it at the end of `--max-time`. The windows are
+`create_optimizer` and `create_scheduler`, and the run's clock stops it at the end of `max_time`. The windows are
 already the book's (input, target) pairs, so rows go to the model as `input_ids` and `labels` through
 `default_data_collator` (the pre-windowed equivalent of the
 causal-LM collator with mlm=False), and the loss is the book's: cross-entropy of every position against its
@@ -12,12 +12,15 @@ matches the Accelerate loop's.
 
 Evaluations measure the same fixed windows as the Accelerate loop (the Trainer's dict `eval_dataset`: `train` and
 `val`), add perplexity to the metrics, and write the same metrics.jsonl records; checkpoints live in
-OUTPUT/checkpoints/checkpoint-<step> as the Trainer writes them, and `--resume` hands one to
+OUTPUT/checkpoints/checkpoint-<step> as the Trainer writes them, and `resume` hands one to
 `resume_from_checkpoint`.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,19 +29,22 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, default_da
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
-from train.book import generate_sample, lm_loss, token_losses
-from train.data import document_position_ids
+from common.compat import CheckpointFolder
+from train.book import generate_sample
+from train.context import RunContext, TrainResult
+from train.distributed import full_model, use_cpu, weights_are_sharded
+from train.loss import lm_loss, token_losses
 from train.metrics import perplexity, throughput_postfix
 from train.optimization import build_optimizer, build_scheduler
-from train.processes import full_model, use_cpu, weights_are_sharded
-from train.state import RunContext, TrainResult
+from train.stopping import StopReason
+from train.windows import document_position_ids
 
-UNLIMITED_STEPS = 2**62  # the Trainer needs a step count: with --max-time alone, the clock ends the run
+UNLIMITED_STEPS = 2**62  # the Trainer needs a step count: with max_time alone, the clock ends the run
 
 
 class WindowFeatures(Dataset):
     """Windows as Trainer rows: {"input_ids": [tokens], "labels": [tokens]}, the labels already shifted by one;
-    with `document_eos_id` (`--document-mask`) also "position_ids" that restart at each document."""
+    with `document_eos_id` (`document_mask`) also "position_ids" that restart at each document."""
 
     def __init__(self, windows: Dataset, document_eos_id: int | None = None):
         self.windows = windows
@@ -55,9 +61,9 @@ class WindowFeatures(Dataset):
         return row
 
 
-class GPTScratchTrainer(Trainer):
+class GPTScratchTrainer(CheckpointFolder, Trainer):
     """Trainer with the book's loss on pre-shifted labels, the run's optimizer and schedule (the Accelerate loop's),
-    perplexity in eval metrics, tokens/s and MFU in training logs, and the run's NaN stop."""
+    perplexity in eval metrics, tokens/s and MFU in training logs, the run's NaN stop, and atomic checkpoints."""
 
     # compute_loss returns a per-batch mean; the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
@@ -65,33 +71,27 @@ class GPTScratchTrainer(Trainer):
     def __init__(self, *args: Any, run_context: RunContext, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.run_context = run_context
-        self._checkpoint_parent: str | None = None  # where the checkpoint being saved goes, while it is saved
 
-    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        """The Trainer's checkpoint, written atomically as the Accelerate loop writes its own: into a temporary
-        folder (`RunDirectory.writing_checkpoint`), renamed to checkpoint-<step> once complete. The Trainer would
-        write checkpoint-<step> in place, and a kill mid-way would leave a checkpoint that fails to load."""
+    @contextlib.contextmanager
+    def checkpoint_parent(self, step: int) -> Iterator[Path]:
+        """Where the Trainer writes checkpoint-<step>: a temporary folder (`RunDirectory.writing_checkpoint`), renamed
+        once complete, as the Accelerate loop writes its own. In place, a kill mid-way would leave a checkpoint that
+        fails to load."""
         directory, keep = self.run_context.directory, self.args.save_total_limit
-        with directory.writing_checkpoint(self.state.global_step, self.model, keep) as staging:
-            self._checkpoint_parent = str(staging.parent)
-            try:
-                super()._save_checkpoint(model, trial)  # writes <_get_output_dir()>/checkpoint-<step>: the staging
-            finally:
-                self._checkpoint_parent = None
-
-    def _get_output_dir(self, trial: Any) -> str:
-        return self._checkpoint_parent or super()._get_output_dir(trial)
+        with directory.writing_checkpoint(step, self.model, keep) as staging:
+            yield staging.parent
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
-            self.optimizer = build_optimizer(self.model if model is None else model, self.run_context.options)
+            optimisation = self.run_context.options.optimisation
+            self.optimizer = build_optimizer(self.model if model is None else model, optimisation)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         if self.lr_scheduler is None:
             context = self.run_context
             self.lr_scheduler = build_scheduler(
-                optimizer or self.optimizer, context.options, context.plan.total_steps, context.clock
+                optimizer or self.optimizer, context.options.optimisation, context.plan.total_steps, context.clock
             )
         return self.lr_scheduler
 
@@ -167,13 +167,13 @@ class GPTScratchTrainer(Trainer):
 
 class RunCallback(TrainerCallback, ExportableState):
     """metrics.jsonl records, progress lines, samples, early stopping, the stop on Ctrl-C / SIGTERM or at the end of
-    --max-time, and the run's clock (its time used is kept in trainer_state.json)."""
+    `max_time`, and the run's clock (its time used is kept in trainer_state.json)."""
 
     def __init__(self, context: RunContext):
         self.context = context
         self.trainer: Trainer | None = None  # set once the Trainer exists: best models are gathered through it
         self.pending: dict[str, float] = {}
-        self.reason = "completed"
+        self.reason = StopReason.COMPLETED
 
     def state(self) -> dict[str, Any]:
         clock = self.context.clock
@@ -201,19 +201,19 @@ class RunCallback(TrainerCallback, ExportableState):
             state.global_step, train_loss, val_loss, self.trainer.accelerator, self.trainer.model_wrapped
         )
         self.context.clock.paused("evaluation")
-        if self.context.early_stopping.should_stop:
-            self.reason = "early-stopped"
-            control.should_training_stop = True
-            control.should_save = True
+        if self.context.stop_reason(state.global_step) == StopReason.EARLY_STOPPED:
+            self.reason = StopReason.EARLY_STOPPED
+            control.should_training_stop = control.should_save = True
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.context.stop_requested():
-            self.reason = "interrupted"
-            control.should_training_stop = True
-            control.should_save = True
-        elif self.context.clock.out_of_time and self.reason == "completed":
-            self.reason = "time-limit"
+        # The Trainer ends at its last step by itself; a stop request or the time budget end it here.
+        reason = self.context.stop_reason(state.global_step)
+        if reason == StopReason.INTERRUPTED:
+            control.should_training_stop = control.should_save = True
+        elif reason == StopReason.TIME_LIMIT:
             control.should_training_stop = control.should_evaluate = control.should_save = True
+        if reason is not None:
+            self.reason = reason
         if control.should_save:
             self.context.check_weights(kwargs["model"], state.global_step)
 
@@ -222,15 +222,15 @@ class RunCallback(TrainerCallback, ExportableState):
 
     def on_epoch_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         # Every process generates (sharded weights are gathered by each forward pass); the main one prints.
-        options = self.context.options
+        evaluation = self.context.options.evaluation
         text = generate_sample(
             kwargs["model"],
             self.context.data.tokenizer,
             self.context.start_context,
-            options.max_new_tokens,
-            options.temperature,
-            options.top_k,
-            options.seed,
+            evaluation.max_new_tokens,
+            evaluation.temperature,
+            evaluation.sampling_top_k(),
+            self.context.options.optimisation.seed,
         )
         self.context.log(f"Sample: {text!r}")
         self.context.clock.paused("sample")
@@ -238,7 +238,7 @@ class RunCallback(TrainerCallback, ExportableState):
 
 class RunProgress(ProgressCallback):
     """The Trainer's progress bar with tokens/s and MFU since the last evaluation; its total is the steps the run
-    is expected to end at (with --max-time, as the clock learns the pace)."""
+    is expected to end at (with `max_time`, as the clock learns the pace)."""
 
     def __init__(self, context: RunContext):
         super().__init__()
@@ -263,32 +263,33 @@ def training_arguments(context: RunContext) -> TrainingArguments:
     (`GPTScratchTrainer.create_optimizer` / `create_scheduler`); lr, weight decay and warmup are set here too for
     the Trainer's logs and saved arguments."""
     options = context.options
+    optimisation, evaluation, logging = options.optimisation, options.evaluation, options.logging
     total_steps = context.plan.total_steps or UNLIMITED_STEPS
     return TrainingArguments(
         output_dir=str(context.directory.checkpoints),
-        per_device_train_batch_size=options.batch_size,
-        per_device_eval_batch_size=options.batch_size,
+        per_device_train_batch_size=optimisation.batch_size,
+        per_device_eval_batch_size=optimisation.batch_size,
         max_steps=total_steps,
-        learning_rate=options.lr,
-        weight_decay=options.weight_decay,
-        warmup_steps=options.warmup_steps,
-        max_grad_norm=options.max_grad_norm,
-        gradient_accumulation_steps=options.grad_accum,
-        bf16=options.mixed_precision == "bf16",
-        fp16=options.mixed_precision == "fp16",
-        torch_compile=options.compile,
+        learning_rate=optimisation.lr,
+        weight_decay=optimisation.weight_decay,
+        warmup_steps=optimisation.warmup_steps,
+        max_grad_norm=optimisation.max_grad_norm,
+        gradient_accumulation_steps=optimisation.grad_accum,
+        bf16=optimisation.mixed_precision == "bf16",
+        fp16=optimisation.mixed_precision == "fp16",
+        torch_compile=optimisation.compile,
         use_cpu=use_cpu(),
         eval_strategy="steps",
-        eval_steps=options.eval_freq,
+        eval_steps=evaluation.eval_freq,
         eval_on_start=context.resume_from is None,
         prediction_loss_only=True,  # evaluation keeps each batch's loss, never its logits
         save_strategy="steps",
-        save_steps=options.save_steps or total_steps,  # the Trainer also saves at the last step
-        save_total_limit=options.save_total_limit,
-        logging_steps=options.eval_freq,
-        report_to=[name for name in options.report_to if name != "tensorboard"] or "none",
-        seed=options.seed,
-        data_seed=options.seed,
+        save_steps=logging.save_steps or total_steps,  # the Trainer also saves at the last step
+        save_total_limit=logging.save_total_limit,
+        logging_steps=evaluation.eval_freq,
+        report_to=[name for name in logging.report_to if name != "tensorboard"] or "none",
+        seed=optimisation.seed,
+        data_seed=optimisation.seed,
         dataloader_drop_last=True,
         remove_unused_columns=False,
         # compute_loss is the book's per-batch mean: no token counts to gather across processes.
@@ -299,10 +300,9 @@ def training_arguments(context: RunContext) -> TrainingArguments:
 
 def fit(context: RunContext) -> TrainResult:
     """Trains `context.model` with transformers' Trainer; the same outputs as `train.loop.fit`."""
-    options = context.options
     callback = RunCallback(context)
     callbacks: list[TrainerCallback] = [callback]
-    if "tensorboard" in options.report_to:
+    if "tensorboard" in context.options.logging.report_to:
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is an optional extra
 
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(context.directory.root / "tensorboard"))))

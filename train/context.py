@@ -16,14 +16,16 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from common.errors import field
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train.checkpoints import RunDirectory, save_best_model
 from train.clock import TrainingClock
 from train.data import PreparedData
-from train.metrics import EarlyStopping, MetricsLog, format_evaluation, metrics_record
+from train.distributed import any_process, full_model, max_over_processes
+from train.metrics import MetricsLog, format_evaluation, metrics_record
 from train.options import TrainOptions
 from train.plan import EXPECTATION_STEPS, Plan
-from train.processes import StopSignals, any_process, full_model, max_over_processes
+from train.stopping import EarlyStopping, StopReason, StopSignals, stop_reason
 
 
 class TrainingDiverged(RuntimeError):
@@ -32,11 +34,10 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """How a run ended. `reason`: completed, time-limit (--max-time), early-stopped or interrupted (then
-    `signal_number` is set); `already_finished`: a --resume of a run that had ended and written its model directory,
-    so nothing was done."""
+    """How a run ended: `reason` (with `signal_number` when interrupted); `already_finished`: a resume of a run that
+    had ended and written its model directory, so nothing was done."""
 
-    reason: str
+    reason: StopReason
     steps: int
     epochs: float
     tokens_seen: int
@@ -76,8 +77,8 @@ class RunContext:
 
     @property
     def document_eos_id(self) -> int | None:
-        """The separator `--document-mask` splits windows at, or None without it."""
-        return self.data.tokenizer.eos_token_id if self.options.document_mask else None
+        """The separator `document_mask` splits windows at, or None without it."""
+        return self.data.tokenizer.eos_token_id if self.options.data.document_mask else None
 
     def last_checkpoint(self) -> Path | None:
         """The newest complete checkpoint of this run (the one it resumed from, before it saves its own)."""
@@ -109,7 +110,7 @@ class RunContext:
 
     def step_ended(self, step: int) -> None:
         """Tells the clock an optimizer step ended (`step` steps done), before the schedule sets the next step's
-        learning rate; with --max-time, logs once how many steps the budget is expected to allow."""
+        learning rate; with `max_time`, logs once how many steps the budget is expected to allow."""
         clock = self.clock
         clock.step_ended(step, agree=max_over_processes)
         if clock.budget is not None and step == clock.first_step[0] + EXPECTATION_STEPS:
@@ -133,7 +134,7 @@ class RunContext:
             raise TrainingDiverged(
                 f"the training loss became {loss} at step {step}; stopped without updating the weights. The last "
                 f"good checkpoint is {self.last_checkpoint() or 'none (no save yet)'}; resume from it with a lower "
-                "--lr, more --warmup-steps or --max-grad-norm"
+                f"{field('lr')}, more {field('warmup_steps')} or {field('max_grad_norm')}"
             )
 
     def check_weights(self, model: torch.nn.Module, step: int) -> None:
@@ -143,14 +144,22 @@ class RunContext:
         if any_process(not finite):
             raise TrainingDiverged(
                 f"the weights stopped being finite at step {step}; not saving them. The last good checkpoint is "
-                f"{self.last_checkpoint() or 'none'}; resume from it with a lower --lr or more --warmup-steps"
+                f"{self.last_checkpoint() or 'none'}; resume from it with a lower {field('lr')} or more "
+                f"{field('warmup_steps')}"
             )
 
-    def stop_requested(self) -> bool:
-        """Whether Ctrl-C or SIGTERM reached any process (all agree, so all save together)."""
-        return any_process(self.stop.requested)
+    def stop_reason(self, step: int) -> StopReason | None:
+        """Why the run stops after `step` optimizer steps, or None: what both engines ask after every step (and the
+        Trainer after every evaluation). Every process must call it: a stop request reaching any process stops all,
+        so all save together."""
+        return stop_reason(
+            interrupted=any_process(self.stop.requested),
+            early_stopped=self.early_stopping.should_stop,
+            out_of_time=self.clock.out_of_time,
+            last_step=self.plan.is_last_step(step),
+        )
 
-    def result(self, reason: str, step: int) -> TrainResult:
+    def result(self, reason: StopReason, step: int) -> TrainResult:
         """The engine's result after `step` optimizer steps; the clock stops."""
         self.clock.stop()
         return TrainResult(

@@ -1,13 +1,11 @@
 """One run over several processes: what every process must agree on, and the model gathered back on the main one.
 
 Data parallelism (torchrun, accelerate launch), FSDP and DeepSpeed all run the same code on every process; these
-helpers are where that shows. Ctrl-C and SIGTERM are here too: the stop they ask for is agreed on by all processes.
+helpers are where that shows.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
 from typing import Any
 
 import torch
@@ -15,11 +13,6 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
-
-
-def fused_adamw() -> bool:
-    """Whether both engines use torch's fused AdamW kernel (one kernel for all parameters; CPU and CUDA have it)."""
-    return PartialState().device.type in ("cpu", "cuda")
 
 
 def use_cpu() -> bool:
@@ -72,34 +65,3 @@ def full_model(accelerator: Any, model: torch.nn.Module, config: GPTScratchConfi
     gathered = GPTScratchForCausalLM(config)
     gathered.load_state_dict(state_dict)
     return gathered
-
-
-class StopSignals:
-    """While active, SIGINT and SIGTERM ask the run to stop at the end of the current step (a second one aborts).
-
-    The engines check `requested` after each optimizer step, save a checkpoint and return.
-    """
-
-    def __init__(self) -> None:
-        self.signal_number: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM):
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-
-    def _handle(self, number: int, frame: Any) -> None:
-        if self.signal_number is not None:
-            raise KeyboardInterrupt  # a second signal: stop now; checkpoints are written atomically
-        self.signal_number = number
-        print(f"\n{signal.Signals(number).name} received: stopping after this step and saving a checkpoint", flush=True)
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_number is not None

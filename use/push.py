@@ -25,7 +25,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.commands import ArgumentParser, UsageError, run_command
+from common.commands import ArgumentParser, run_command
+from common.errors import InputError, field
 from common.files import check_writable, read_json_object
 
 if TYPE_CHECKING:
@@ -45,13 +46,13 @@ _GIT_IDENTITY = ("-c", "user.name=gptscratch-push", "-c", "user.email=gptscratch
 
 
 def repo_path(hub_dir: str | os.PathLike, repo_id: str) -> Path:
-    """`HUB/NAMESPACE/NAME` for a valid repo id; a UsageError for any id that is not two plain names (so `../x`,
+    """`HUB/NAMESPACE/NAME` for a valid repo id; an InputError for any id that is not two plain names (so `../x`,
     absolute paths, empty parts and extra parts, which could land outside HUB, are refused)."""
     parts = repo_id.split("/")
     if len(parts) != 2 or not all(_REPO_PART.fullmatch(part) and ".." not in part for part in parts):
-        raise UsageError(
+        raise InputError(
             f"repo id {repo_id!r} is not NAMESPACE/NAME (two names of letters, digits, '-', '_' or '.', each starting "
-            "and ending with a letter or digit); pass for example --repo-id alice/tiny-gpt"
+            f"and ending with a letter or digit); pass for example {field('repo_id')} alice/tiny-gpt"
         )
     return Path(hub_dir).absolute() / parts[0] / parts[1]
 
@@ -75,7 +76,9 @@ def _repo_lock(target: Path) -> Iterator[None]:
         target.parent.mkdir(parents=True, exist_ok=True)
         lock = open(target.parent / f".{target.name}.lock", "a")
     except OSError as error:
-        raise UsageError(f"cannot write to {target.parent}: {error.strerror}; choose a writable --hub-dir") from error
+        raise InputError(
+            f"cannot write to {target.parent}: {error.strerror}; choose a writable {field('hub_dir')}"
+        ) from error
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
@@ -234,20 +237,20 @@ def push_to_local_hub(
     modeling_gptscratch.py) and the tokenizer; "gpt2": the plain GPT-2 export (see convert.gpt2_export). Both get a
     README.md model card and, when `model_dir` has them, training_summary.json, metrics.jsonl and the loss plots.
     A repeated push replaces the repository atomically as a new git commit. Bad input (repo id, hub directory,
-    model directory, a model GPT-2 cannot express) raises UsageError before anything is written.
+    model directory, a model GPT-2 cannot express) raises InputError before anything is written.
     """
     if format not in FORMATS:
-        raise UsageError(f"format {format!r} is unknown; choose one of: {', '.join(FORMATS)}")
+        raise InputError(f"format {format!r} is unknown; choose one of: {', '.join(FORMATS)}")
     if not _LICENSE.fullmatch(license):
-        raise UsageError(f"license {license!r} is not a Hub license identifier; pass e.g. apache-2.0, mit or other")
+        raise InputError(f"license {license!r} is not a Hub license identifier; pass e.g. apache-2.0, mit or other")
     target = repo_path(hub_dir, repo_id)
-    check_writable(hub_dir, "hub directory", "--hub-dir")
+    check_writable(hub_dir, "hub directory", "hub_dir")
     if target.exists() and not (target / ".git").is_dir() and (not target.is_dir() or any(target.iterdir())):
-        raise UsageError(
+        raise InputError(
             f"{target} exists and is not a repository written by gptscratch-push; move it or pick another repo id"
         )
     if shutil.which("git") is None:
-        raise UsageError("git is not installed; install it (the local hub keeps each push as a git commit)")
+        raise InputError("git is not installed; install it (the local hub keeps each push as a git commit)")
     # Imported only now: the checks above refuse a mistyped repo id or hub directory at once, not after the
     # seconds that torch and transformers take to load.
     from common.files import atomic_directory, recover_interrupted_writes
@@ -318,7 +321,7 @@ def _main(argv: Sequence[str] | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of `gptscratch-push` (also `python -m convert.push`); `argv` defaults to the command line."""
+    """Entry point of `gptscratch-push` (also `python -m use.push`); `argv` defaults to the command line."""
     run_command(PROG, lambda: _main(argv))
 
 

@@ -10,35 +10,34 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase, TextStreamer
 from transformers.generation.streamers import BaseStreamer
 
-import modeling_gptscratch
-from common.commands import ArgumentParser, UsageError, run_command
+from common.commands import ArgumentParser, run_command
+from common.errors import InputError, field
 from common.model_dir import inference_device, load_model_weights, read_model_directory
-from modeling_gptscratch import GPTScratchForCausalLM
+from modeling_gptscratch import GPTScratchForCausalLM, decoding_args_problem
 from train.options import new_tokens
 
 PROG = "gptscratch-generate"
 
 
-def check_decoding_args(
-    max_new_tokens: int, temperature: float, top_k: int | None, name: Callable[[str], str] = str
-) -> None:
-    """The model's own check of the decoding settings, as a UsageError, so a command refuses before loading; and
-    at most MAX_NEW_TOKENS new tokens (the model itself, like transformers, sets no bound)."""
-    try:
-        modeling_gptscratch.check_decoding_args(max_new_tokens, temperature, top_k, name)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    new_tokens(name("max_new_tokens"), max_new_tokens)
+def check_decoding_args(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    """The model's own check of the decoding settings (`decoding_args_problem`), as an InputError naming the field,
+    so a command refuses before loading; and at most MAX_NEW_TOKENS new tokens (the model itself, like
+    transformers, sets no bound)."""
+    problem = decoding_args_problem(max_new_tokens, temperature, top_k)
+    if problem is not None:
+        name, requirement = problem
+        raise InputError(f"{field(name)} {requirement}")
+    new_tokens("max_new_tokens", max_new_tokens)
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, vocab_size: int) -> list[int]:
-    """The prompt's token IDs, or a UsageError when the tokenizer cannot represent the prompt.
+    """The prompt's token IDs, or an InputError when the tokenizer cannot represent the prompt.
 
     Refused: text that is not valid Unicode (lone surrogates: Python's stand-ins for command-line bytes that are not
     UTF-8), a prompt that encodes to no tokens, characters the tokenizer maps to its unknown token (a byte-level
@@ -48,14 +47,14 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, vocab_size: i
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError as error:
-        raise UsageError(
+        raise InputError(
             f"the prompt {prompt!r} is not valid text: {prompt[error.start]!r} at position {error.start} stands for "
             "a byte that is not UTF-8; pass the prompt as UTF-8 text"
         ) from None
     encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
     ids: list[int] = encoding["input_ids"]
     if not ids:
-        raise UsageError(f"the prompt {prompt!r} encodes to no tokens; pass a prompt with some text to continue")
+        raise InputError(f"the prompt {prompt!r} encodes to no tokens; pass a prompt with some text to continue")
     unk_id = tokenizer.unk_token_id
     if unk_id is not None:
         # GPT-2 names <|endoftext|> as its unknown token too, so an unknown ID only counts when the text under it is
@@ -67,12 +66,12 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, vocab_size: i
             if token_id == unk_id and (span is None or prompt[span[0] : span[1]] != tokenizer.unk_token)
         ]
         if unknown:
-            raise UsageError(
+            raise InputError(
                 f"the tokenizer cannot represent {', '.join(map(repr, unknown))} in the prompt (it becomes "
                 f"{tokenizer.unk_token}); remove those characters or use a model whose tokenizer covers them"
             )
     if max(ids) >= vocab_size:
-        raise UsageError(
+        raise InputError(
             f"the prompt encodes to token ID {max(ids)} but the model has {vocab_size} embeddings; "
             "the model directory's tokenizer does not belong to its model, save the matching one beside it"
         )
@@ -140,25 +139,25 @@ def generate_text(
     """The prompt followed by up to `max_new_tokens` generated tokens, as text.
 
     model_dir_or_model: a model directory, loaded with its own tokenizer by `load_for_generation` (on the GPU when
-    there is one; passing `tokenizer` too is a UsageError, since it would be ignored), or a loaded model, which
+    there is one; passing `tokenizer` too is an InputError, since it would be ignored), or a loaded model, which
     needs `tokenizer` and is used where it is. temperature 0 is greedy; above 0 samples from
     softmax(logits / temperature), from the `top_k` highest logits when set. `seed` makes sampling reproducible.
     With `stop_at_eos` generation ends at the end-of-text token, which is left out of the text; without,
     `<|endoftext|>` appears where the model emits it and decoding goes on. An `<|endoftext|>` in the prompt stays.
     `streamer` (e.g. `EndOfTextStreamer`) is passed to `model.generate`: it receives the prompt IDs [1, tokens],
     then each new ID [1] as it is chosen, then `end()`. Bad arguments or a prompt the tokenizer cannot represent
-    raise `UsageError`, before a model directory is loaded.
+    raise `InputError`, before a model directory is loaded.
     """
     check_decoding_args(max_new_tokens, temperature, top_k)
     if isinstance(model_dir_or_model, (str, os.PathLike)):
         if tokenizer is not None:
-            raise UsageError(
+            raise InputError(
                 "generate_text got a model directory and a tokenizer; a directory is used with its own tokenizer, "
                 "so leave tokenizer out (or pass a loaded model with it)"
             )
         model, tokenizer = load_for_generation(model_dir_or_model, prompt)
     elif tokenizer is None:
-        raise UsageError("generate_text got a model object without a tokenizer; pass tokenizer=...")
+        raise InputError("generate_text got a model object without a tokenizer; pass tokenizer=...")
     else:
         model = model_dir_or_model
     prompt_ids = encode_prompt(tokenizer, prompt, model.config.vocab_size)
@@ -206,8 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
-    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
-    check_decoding_args(args.max_new_tokens, args.temperature, args.top_k, name=flag)
+    check_decoding_args(args.max_new_tokens, args.temperature, args.top_k)
     model, tokenizer = load_for_generation(args.model, args.prompt)
     streamer = EndOfTextStreamer(tokenizer, end_of_text_ids(model, tokenizer, args.stop_at_eos))
     generate_text(
@@ -224,7 +222,7 @@ def _main(argv: Sequence[str] | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of `gptscratch-generate` (also `python -m train.generate`); `argv` defaults to the command line."""
+    """Entry point of `gptscratch-generate` (also `python -m use.generate`); `argv` defaults to the command line."""
     run_command(PROG, lambda: _main(argv))
 
 
