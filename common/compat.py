@@ -51,6 +51,25 @@ def parse_size(size: str) -> int:
     return parse_size_to_int(size)
 
 
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Within it, the Hub's clients work offline (from their local cache alone), as under HF_HUB_OFFLINE=1: those
+    read the variable once, at import, into the module constants set here, and offer no other switch."""
+    import huggingface_hub.constants
+
+    modules = [huggingface_hub.constants]
+    if "datasets.config" in sys.modules:  # datasets copies the constant at import (and is imported only where used)
+        modules.append(sys.modules["datasets.config"])
+    before = [module.HF_HUB_OFFLINE for module in modules]
+    for module in modules:
+        module.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for module, value in zip(modules, before):
+            module.HF_HUB_OFFLINE = value
+
+
 def dataset_fingerprint(table: Any) -> str:
     """datasets' fingerprint of a `Dataset` (its private `_fingerprint`): a hash of its files and the transforms that
     made it, which changes whenever its rows may have; the key of the token files cached for it."""

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,29 @@ def check_writable(path: str | os.PathLike, what: str, option: str | None = None
         read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
         reason = f"{existing} is on a read-only file system" if read_only else str(existing)
         raise InputError(f"{what} {path} is not writable ({reason}); choose a writable {where}")
+
+
+def check_apart(output: str | os.PathLike, inputs: Mapping[str, Iterable[str | os.PathLike]], named: str) -> None:
+    """An InputError when the `output` location is, contains or lies inside one of the `inputs` (paths by the field
+    that named them): writing there, let alone replacing a whole output directory, could change or delete the input.
+    `named` is how the message names the output (`--output-dir out`). Paths are compared resolved, links followed;
+    whatever `overwrite` says."""
+    target = Path(output).resolve()
+    for name, paths in inputs.items():
+        for path in paths:
+            source = Path(path).resolve()
+            if target == source:
+                relation = "is"
+            elif source in target.parents:
+                relation = "lies inside"
+            elif target in source.parents:
+                relation = "contains"
+            else:
+                continue
+            raise InputError(
+                f"{named} {relation} {field(name)} {path}: writing there could change or delete the input; write "
+                "elsewhere"
+            )
 
 
 def _existing_ancestor(path: Path) -> Path:

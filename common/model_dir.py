@@ -102,9 +102,12 @@ def load_tokenizer_or_refuse(
 
     try:
         return load_tokenizer(source)
-    except (OSError, ValueError) as error:
-        # json.JSONDecodeError and UnicodeDecodeError are ValueErrors: a damaged encoder.json lands here too.
-        raise error_class(f"{failure} ({first_line(error)}); {fix}") from None
+    except Exception as error:
+        # A damaged file fails wherever its readers first trip: a ValueError (not JSON, not UTF-8), a KeyError (a
+        # tokenizer.json without 'added_tokens'), a TypeError (a field of another type), or the Rust tokenizer's bare
+        # Exception ("missing field `unk_token`"). Whichever it is, the files cannot make a tokenizer.
+        reason = first_line(error) if not isinstance(error, KeyError) else f"no {error}"
+        raise error_class(f"{failure} ({reason}); {fix}") from None
 
 
 def load_model_weights(

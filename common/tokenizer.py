@@ -1,31 +1,18 @@
 """GPT-2's byte-level BPE tokenizer from wherever a user keeps it: OpenAI's files, a saved directory, or the Hub.
 
-The Hub is probed (a TCP connection, a few seconds at most) before it is asked: offline, transformers' hub client
-would otherwise retry for about a minute before failing.
+The Hub is probed (`common.hub`) before it is asked: offline, transformers' hub client would otherwise retry for about a
+minute before failing.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import urllib.parse
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from common.hub import HF_ENDPOINT, can_reach
 from modeling_gptscratch import gpt2_tokenizer_from_openai_files
-
-HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-def can_reach(url: str, timeout: float = 5.0) -> bool:
-    """Whether a TCP connection to `url`'s host opens within `timeout` seconds (False at once without DNS)."""
-    parsed = urllib.parse.urlparse(url)
-    try:
-        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
 
 
 def load_tokenizer(source: str | os.PathLike = "gpt2") -> PreTrainedTokenizerBase:

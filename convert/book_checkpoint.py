@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import InputError, field, first_line
-from common.files import check_output_directory, parse_json_object, read_json_object
+from common.files import check_apart, check_output_directory, parse_json_object, read_json_object
 from convert.weights import check_dtype, check_shapes, check_shard_size, save_converted_model, torch_dtype
 
 if TYPE_CHECKING:
@@ -189,6 +189,10 @@ def convert_book_checkpoint(
         raise InputError(
             f"tokenizer directory {tokenizer_dir} does not exist; pass the directory holding encoder.json and vocab.bpe"
         )
+    inputs = {"book_checkpoint": [checkpoint], "tokenizer": [tokenizer_dir]}
+    if isinstance(book_config, (str, os.PathLike)) and Path(book_config).is_file():
+        inputs["book_config"] = [book_config]
+    check_apart(output_dir, inputs, named=f"{field('output_dir')} {output_dir}")
     check_output_directory(output_dir, overwrite)
     state_dict = load_book_state_dict(checkpoint)
     check_shapes(

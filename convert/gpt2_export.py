@@ -27,8 +27,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from common.commands import ArgumentParser, run_command
-from common.errors import InputError
-from common.files import atomic_directory, check_output_directory
+from common.errors import InputError, field
+from common.files import atomic_directory, check_apart, check_output_directory
 from common.model_dir import load_model_weights, read_model_directory, weights_size
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 
@@ -130,6 +130,7 @@ def write_gpt2_directory(
 def export_gpt2(model_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Writes `output_dir` atomically: a GPT2LMHeadModel directory (config.json with model_type gpt2,
     model.safetensors with GPT-2's tensor names, generation_config.json, tokenizer) from the model directory."""
+    check_apart(output_dir, {"model": [model_dir]}, named=f"{field('output_dir')} {output_dir}")
     check_output_directory(output_dir, overwrite)  # refuse a taken output before loading the model
     config, tokenizer = read_model_directory(model_dir)
     gpt2_config(config)  # refuse what GPT-2 cannot express before the weights load

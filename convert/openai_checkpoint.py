@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from common.errors import InputError, field, first_line
-from common.files import check_output_directory, read_json_object
+from common.files import check_apart, check_output_directory, read_json_object
 from convert.weights import check_dtype, check_shapes, check_shard_size, save_converted_model, torch_dtype
 
 if TYPE_CHECKING:
@@ -218,6 +218,7 @@ def convert_openai_checkpoint(
     TensorFlow is imported where the files and options alone show it; on any error `output_dir` is left as it was.
     """
     checkpoint_dir = check_checkpoint_directory(checkpoint_dir)
+    check_apart(output_dir, {"checkpoint_dir": [checkpoint_dir]}, named=f"{field('output_dir')} {output_dir}")
     hparams = read_hparams(checkpoint_dir / "hparams.json")
     check_dtype(dtype)
     check_shard_size(max_shard_size)
@@ -365,6 +366,7 @@ def download_and_convert_openai_checkpoint(
     check_dtype(dtype)
     check_shard_size(max_shard_size)
     check_output_directory(output_dir, overwrite)
+    check_apart(output_dir, {"models_dir": [Path(models_dir) / size]}, named=f"{field('output_dir')} {output_dir}")
     checkpoint_dir = download_openai_checkpoint(size, models_dir, base_urls=base_urls)
     return convert_openai_checkpoint(
         checkpoint_dir, output_dir, dtype=dtype, overwrite=overwrite, max_shard_size=max_shard_size

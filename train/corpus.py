@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from common.compat import dataset_fingerprint
 from common.errors import InputError, field, first_line
 from common.files import format_size
+from common.hub import offline_unless_reachable
 from train.tokenizing import safe_cut
 
 # Files are read, checked and stored in pieces of about this many bytes, so one huge file never sits in memory whole.
@@ -142,6 +143,17 @@ def expand_data_paths(paths: Sequence[str], log: Callable[[str], None] | None = 
         else:
             raise DataError(f"{field('data')} {spec}: no such file or directory; check the path")
     return files
+
+
+def data_roots(paths: Sequence[str]) -> list[Path]:
+    """What `data` paths name on disk, without reading them: a file or directory itself, a glob's fixed part (the
+    directory before its first wildcard). The places a run's outputs must stay out of."""
+    roots = []
+    for spec in paths:
+        parts = Path(spec).parts
+        fixed = next((index for index, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+        roots.append(Path(*parts[:fixed]) if fixed else Path("."))
+    return roots
 
 
 # What a directory of text may hold beside it that is no text: weights, optimizer and RNG states, arrays, the plots of
@@ -328,15 +340,14 @@ def load_hub_split(
     import datasets
 
     try:
-        table = datasets.load_dataset(
-            name, config, split=split, streaming=streaming, cache_dir=None if cache_dir is None else str(cache_dir)
-        )
+        with offline_unless_reachable():  # offline, the local cache at once, instead of a minute of retries
+            table = datasets.load_dataset(
+                name, config, split=split, streaming=streaming, cache_dir=None if cache_dir is None else str(cache_dir)
+            )
     except (ConnectionError, OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
         raise DataError(
             f"{field('dataset')} {name}{(' ' + field('streaming')) * streaming}: could not load it from the Hugging "
-            "Face "
-            "Hub "
-            f"({first_line(error)}); when offline, pass local text files instead with {field('data')} PATH"
+            f"Face Hub ({first_line(error)}); when offline, pass local text files instead with {field('data')} PATH"
         ) from error
     check_text_column(name, table, text_column)
     return table

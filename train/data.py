@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from common.errors import field
-from train.corpus import Corpus, CorpusScan, DataError, load_corpus, scan_corpus, split_pieces
+from common.files import check_apart, check_writable
+from train.corpus import Corpus, CorpusScan, DataError, data_roots, load_corpus, scan_corpus, split_pieces
 from train.options import DEFAULT_MIN_FREQUENCY, DEFAULT_VOCAB_SIZE, check_fields
 from train.token_files import EntryBuilder, TokenFiles, cache_key, open_entry
 from train.tokenizing import PieceTokenizer, safe_pieces, start_worker, token_dtype, tokenize_in_worker
@@ -119,11 +120,23 @@ def write_token_files(
             bar.update(chars)
 
 
-def default_cache_root() -> Path:
-    """Hugging Face's datasets cache (`HF_DATASETS_CACHE`, by default ~/.cache/huggingface/datasets)."""
-    import datasets
+def corpus_inputs(data: Sequence[str] | None, tokenizer: str) -> dict[str, list[Path]]:
+    """The paths a corpus and its tokenizer are read from, by field: what the places a run writes must stay out of."""
+    return {"data": data_roots(data or []), "tokenizer": [Path(tokenizer)] if Path(tokenizer).exists() else []}
 
-    return Path(datasets.config.HF_DATASETS_CACHE)
+
+def cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    """Where token files and fitted tokenizers are kept: `cache_dir`, by default Hugging Face's datasets cache
+    (`HF_DATASETS_CACHE`, ~/.cache/huggingface/datasets); an InputError when it cannot be a writable directory (a
+    file, a read-only file system), before any work."""
+    if cache_dir is None:
+        import datasets
+
+        root = Path(datasets.config.HF_DATASETS_CACHE)
+    else:
+        root = Path(cache_dir)
+    check_writable(root, "cache directory", "cache_dir")
+    return root
 
 
 def prepare_token_files(
@@ -214,8 +227,9 @@ def prepare_tokens(
             "embedded": embedded,
         }
     )
+    root = cache_root(cache_dir)
+    check_apart(root, corpus_inputs(data, tokenizer), named=f"{field('cache_dir')} {root}")
     corpus = load_corpus(data, dataset, dataset_config, dataset_split, text_column, embedded, cache_dir, log)
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     scanned: list[CorpusScan] = []
 
     def scan() -> CorpusScan:  # the first pass, made at most once, and only when a cache misses
@@ -226,11 +240,11 @@ def prepare_tokens(
     def fit() -> PreTrainedTokenizerBase:
         key = {"corpus": corpus.key, "train_ratio": train_ratio, "dedup": dedup}
         return fit_tokenizer(
-            lambda: training_sample(corpus, scan(), train_ratio), vocab_size, min_frequency, key, cache_root, progress
+            lambda: training_sample(corpus, scan(), train_ratio), vocab_size, min_frequency, key, root, progress
         )
 
     chosen, description = resolve_tokenizer(tokenizer, fit)
-    files = prepare_token_files(corpus, chosen, train_ratio, dedup, cache_root, scan, num_proc, progress)
+    files = prepare_token_files(corpus, chosen, train_ratio, dedup, root, scan, num_proc, progress)
     if dedup:
         dropped = files.meta["duplicates_dropped"]
         log(f"dedup: dropped {dropped} exact duplicate document{'s' * (dropped != 1)} before tokenising")

@@ -103,6 +103,19 @@ def new_tokens(name: str, value: int) -> None:
         )
 
 
+# A byte-level BPE holds the 256 bytes and <|endoftext|> at least. The largest vocabularies in use hold about 262,144
+# tokens; fitting one of this many already takes gigabytes, and a larger number is a typo (10^9 asks for 70 GB).
+MIN_VOCAB_SIZE, MAX_VOCAB_SIZE = 257, 1 << 20
+
+
+def vocabulary_size(name: str, value: int) -> None:
+    if not MIN_VOCAB_SIZE <= value <= MAX_VOCAB_SIZE:
+        raise InputError(
+            f"{field(name)} {value}: a byte-level BPE needs at least {MIN_VOCAB_SIZE} (256 bytes + <|endoftext|>) and "
+            f"fitting one takes at most {MAX_VOCAB_SIZE:,}; choose a size in between"
+        )
+
+
 def parse_duration(value: str | float) -> float:
     """Seconds from a number of seconds or a duration such as `90s`, `10m`, `1.5h`; ValueError otherwise."""
     text = str(value).strip().lower()
@@ -205,7 +218,7 @@ class DataOptions:
     text_column: str = option("text", "the dataset's text column")
     embedded: str = option(
         "pydoc",
-        "the embedded corpus, used without data or dataset: Python's pydoc topics (465 KB) or the standard "
+        "the embedded corpus, used without {data} or {dataset}: Python's pydoc topics (465 KB) or the standard "
         "library's sources",
         choices=EMBEDDED_CORPORA,
     )
@@ -218,14 +231,14 @@ class DataOptions:
     )
     vocab_size: int = option(
         DEFAULT_VOCAB_SIZE,
-        "vocabulary of a fitted tokenizer (at most; see min_frequency)",
+        "vocabulary of a fitted tokenizer (at most; see {min_frequency})",
         kind=INTEGER,
-        check=positive,
+        check=vocabulary_size,
     )
     min_frequency: int = option(
         DEFAULT_MIN_FREQUENCY,
         "a fitted tokenizer merges a pair of tokens only where it occurs at least this often in "
-        "the text it is fitted on, so a small corpus gets fewer tokens than vocab_size (1: every pair)",
+        "the text it is fitted on, so a small corpus gets fewer tokens than {vocab_size} (1: every pair)",
         kind=INTEGER,
         check=positive,
     )
@@ -256,11 +269,11 @@ class DataOptions:
     )
     streaming: bool = option(
         False,
-        "with a dataset: tokenise on the fly from datasets' streaming mode instead of preparing token files "
-        "(needs max_steps; validation is the split's first documents)",
+        "with {dataset}: tokenise on the fly from datasets' streaming mode instead of preparing token files "
+        "(needs {max_steps}; validation is the split's first documents)",
         kind=SWITCH,
     )
-    shuffle_buffer: int = option(1000, "when streaming: windows in the shuffle buffer", kind=INTEGER, check=positive)
+    shuffle_buffer: int = option(1000, "with {streaming}: windows in the shuffle buffer", kind=INTEGER, check=positive)
 
     def corpus_fields(self) -> dict[str, Any]:
         """The fields that decide a corpus's tokens (what `train.data.prepare_tokens` takes); window sizes and
@@ -337,17 +350,17 @@ class OptimisationOptions:
         "accelerate", "accelerate: the manual loop; trainer: the Hugging Face Trainer", choices=ENGINES
     )
     epochs: int | None = option(
-        help=f"passes over the training windows (default: {DEFAULT_EPOCHS}; with max_time, no limit)",
+        help=f"passes over the training windows (default: {DEFAULT_EPOCHS}; with {{max_time}}, no limit)",
         kind=INTEGER,
         check=positive,
         resume=MAY_CHANGE,
     )
     max_steps: int | None = option(
-        help="optimizer steps to run (overrides epochs)", kind=INTEGER, check=positive, resume=MAY_CHANGE
+        help="optimizer steps to run (overrides {epochs})", kind=INTEGER, check=positive, resume=MAY_CHANGE
     )
     max_time: str | None = option(
         help="train for this long: seconds (90) or a duration (90s, 10m, 2h); the schedule decays over it and the "
-        "final evaluation and checkpoint fit in it. With max_steps or epochs, the first limit reached ends the run",
+        "final evaluation and checkpoint fit in it. With {max_steps} or {epochs}, the first limit reached ends the run",
         kind=DURATION,
         check=duration,
         resume=MAY_CHANGE,
@@ -361,13 +374,13 @@ class OptimisationOptions:
         choices=OPTIMIZERS,
     )
     lr: float | None = option(
-        help=f"peak learning rate, AdamW's and Muon's unless muon_lr (default: {DEFAULT_LR['muon']:g} with the muon "
-        f"optimizer, {DEFAULT_LR['adamw']:g} with adamw)",
+        help=f"peak learning rate, AdamW's and Muon's unless {{muon_lr}} (default: {DEFAULT_LR['muon']:g} with the "
+        f"muon optimizer, {DEFAULT_LR['adamw']:g} with adamw)",
         kind=NUMBER,
         check=greater_than_zero,
     )
     muon_lr: float | None = option(
-        help="Muon's peak learning rate (default: lr; Muon's update is scaled to AdamW's size)",
+        help="Muon's peak learning rate (default: {lr}; Muon's update is scaled to AdamW's size)",
         kind=NUMBER,
         check=greater_than_zero,
     )
@@ -382,12 +395,12 @@ class OptimisationOptions:
     warmup_steps: int = option(20, "linear warmup steps", kind=INTEGER, check=not_negative)
     lr_scheduler: str = option(
         "cosine",
-        "the learning rate after warmup: constant, linear (to 0), cosine (to min_lr) or wsd "
-        "(warmup-stable-decay: constant, then a linear decay to min_lr over the last decay_ratio)",
+        "the learning rate after warmup: constant, linear (to 0), cosine (to {min_lr}) or wsd "
+        "(warmup-stable-decay: constant, then a linear decay to {min_lr} over the last {decay_ratio})",
         choices=LR_SCHEDULERS,
     )
     min_lr: float | None = option(
-        help=f"the learning rate cosine and wsd end at (default: lr / {MIN_LR_DIVISOR:g})",
+        help=f"the learning rate cosine and wsd end at (default: {{lr}} / {MIN_LR_DIVISOR:g})",
         kind=NUMBER,
         check=not_negative,
     )

@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from common.errors import InputError, field
-from common.files import write_json_atomic
+from common.files import check_apart, write_json_atomic
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train import loop, trainer
 from train.checkpoints import RUN_FILE, RunDirectory, budget_spent, checkpoint_step
 from train.clock import TrainingClock
 from train.context import RunContext, TrainResult
-from train.data import PreparedData, prepare_data
+from train.data import PreparedData, cache_root, corpus_inputs, prepare_data
 from train.distributed import sum_over_processes, use_cpu
 from train.metrics import MetricsLog
 from train.model_config import build_config, check_context_length, model_context_length, typed_model_options
@@ -77,6 +77,11 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
     options.check()
     options = dataclasses.replace(options, model=typed_model_options(options.model))
     check_context_length(options.model, options.data.context_length)
+    inputs = {
+        **corpus_inputs(options.data.data, options.data.tokenizer),
+        "cache_dir": [cache_root(options.data.cache_dir)],
+    }
+    check_apart(options.run.output_dir, inputs, named=f"{field('output_dir')} {options.run.output_dir}")
     directory = RunDirectory(options.run.output_dir)
     resume_from = directory.resolve_resume(options.run.resume) if options.run.resume else None
     if resume_from is None:

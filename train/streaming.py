@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from common.errors import field
 from common.files import write_atomic
 from train.corpus import DataError, load_hub_split
-from train.data import PreparedData, default_cache_root
+from train.data import PreparedData, cache_root
 from train.options import DEFAULT_MIN_FREQUENCY, DEFAULT_VOCAB_SIZE
 from train.tokenizing import PieceTokenizer, token_dtype
 from train.vocabulary import TOKENIZER_SAMPLE_CHARS, fit_tokenizer, resolve_tokenizer
@@ -261,6 +261,7 @@ def prepare_streamed_data(
     the training documents the stream yields first, `TOKENIZER_SAMPLE_CHARS` characters of them at most.
     """
     stride = stride or context_length
+    root = cache_root(cache_dir)
     stream = load_hub_split(dataset, dataset_config, dataset_split, text_column, cache_dir, streaming=True)
     label = dataset + (f" ({dataset_config})" if dataset_config else "") + f", split {dataset_split}"
 
@@ -278,8 +279,7 @@ def prepare_streamed_data(
 
     def fit() -> PreTrainedTokenizerBase:
         key = {"stream": dataset, "config": dataset_config, "split": dataset_split, "column": text_column}
-        cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-        return fit_tokenizer(sample, vocab_size, min_frequency, key, cache_root, progress)
+        return fit_tokenizer(sample, vocab_size, min_frequency, key, root, progress)
 
     chosen, tokenizer_description = resolve_tokenizer(tokenizer, fit, "the stream's first documents")
     validation_source = DocumentTokens(stream, text_column, chosen)

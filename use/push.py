@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.commands import ArgumentParser, run_command
 from common.errors import InputError, field
-from common.files import check_writable, read_json_object
+from common.files import check_apart, check_writable, read_json_object
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -244,6 +244,7 @@ def push_to_local_hub(
     if not _LICENSE.fullmatch(license):
         raise InputError(f"license {license!r} is not a Hub license identifier; pass e.g. apache-2.0, mit or other")
     target = repo_path(hub_dir, repo_id)
+    check_apart(target, {"model": [model_dir]}, named=f"the repository {target}")
     check_writable(hub_dir, "hub directory", "hub_dir")
     if target.exists() and not (target / ".git").is_dir() and (not target.is_dir() or any(target.iterdir())):
         raise InputError(
