@@ -98,7 +98,9 @@ def test_imports_run_down_the_layers():
     # Engines get what they need handed in: they never import the orchestration or the command above them.
     for engine in ("train.loop", "train.trainer"):
         assert not graph[engine] & {"train.run", "train.cli"}, engine
-    assert graph["train.options"] <= {"common.errors", "common.files"}  # options are checked before torch loads
+    # Options are read and checked before torch loads: the standard library only, below them.
+    assert graph["train.options"] <= {"common.errors", "train.checks"}
+    assert graph["train.checks"] <= {"common.errors"}
 
 
 def command_modules() -> set[str]:

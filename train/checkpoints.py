@@ -226,7 +226,18 @@ def checkpoint_step(path: Path) -> int:
     return int(match.group(1))
 
 
-def save_best_model(model: GPTScratchForCausalLM, directory: Path) -> None:
-    """Keeps the best model so far (weights + config) in `directory`, replaced atomically."""
+BEST_STEP_FILE = "step.json"  # beside the best model's weights: the step they are from
+
+
+def save_best_model(model: GPTScratchForCausalLM, directory: Path, step: int) -> None:
+    """Keeps the best model so far (weights + config, and the step they are from) in `directory`, replaced
+    atomically."""
     with atomic_directory(directory, overwrite=True, what="best model", size=weights_size(model)) as staging:
         model.save_pretrained(staging)
+        (staging / BEST_STEP_FILE).write_text(json.dumps({"step": step}), encoding="utf-8")
+
+
+def best_model_step(directory: Path) -> int | None:
+    """The step of the best model kept in `directory`, or None when none is kept."""
+    path = directory / BEST_STEP_FILE
+    return json.loads(path.read_text(encoding="utf-8"))["step"] if path.is_file() else None

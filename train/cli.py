@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from common.commands import ArgumentParser, UsageError, flag_name, print_error, run_command
+from common.files import check_apart
 from train.option_values import fields_from_file, parse_pairs, parse_text
 from train.options import DURATION, FIELDS, INTEGER, NUMBER, PAIRS, SWITCH, TEXTS, TOGGLE, TrainOptions, iterate_fields
 
@@ -115,6 +116,10 @@ def parse_arguments(argv: Sequence[str] | None) -> TrainOptions:
     values.update(flag_values(args))
     if "output_dir" not in values:
         raise UsageError(f"the following arguments are required: --output-dir; see {PROGRAM} --help")
+    if args.config_file:  # a replaced output directory must not take the file that describes the run with it
+        check_apart(
+            values["output_dir"], {"config_file": [args.config_file]}, named=f"--output-dir {values['output_dir']}"
+        )
     options = TrainOptions.from_fields(**values)
     options.check()
     return options
@@ -127,8 +132,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     # Imported once the arguments are good: torch, transformers and datasets take seconds to load.
     from accelerate import PartialState
 
-    from train.context import TrainingDiverged
     from train.run import train, verify_model_directory
+    from train.stability import TrainingDiverged
     from train.stopping import StopReason
 
     try:

@@ -49,6 +49,10 @@ class TrainingClock:
         self._used_before = used
         self._started_at = self._mark = monotonic()
 
+    @property
+    def running(self) -> bool:
+        return self._started_at is not None
+
     def stop(self) -> None:
         """Stops counting: the loop is over (what follows, the model directory and the reload check, is not
         training)."""

@@ -8,6 +8,7 @@ the context, so metrics.jsonl, early stopping, the NaN guard and `TrainResult` a
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +19,16 @@ from torch.utils.data import Dataset
 
 from common.errors import field
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
-from train.checkpoints import RunDirectory, save_best_model
+from train.checkpoints import RunDirectory, best_model_step, checkpoint_step, save_best_model
 from train.clock import TrainingClock
 from train.data import PreparedData
 from train.distributed import any_process, full_model, max_over_processes
 from train.metrics import MetricsLog, format_evaluation, metrics_record
+from train.optimization import skip_next_step
 from train.options import TrainOptions
 from train.plan import EXPECTATION_STEPS, Plan
+from train.stability import Rollback, StepGuard, TrainingDiverged
 from train.stopping import EarlyStopping, StopReason, StopSignals, stop_reason
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the weights became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 @dataclass
@@ -73,7 +72,9 @@ class RunContext:
     early_stopping: EarlyStopping
     stop: StopSignals
     clock: TrainingClock
+    guard: StepGuard
     log: Callable[[str], None]
+    last_grad_norm: float | None = None  # of the last optimizer step, before clipping
 
     @property
     def document_eos_id(self) -> int | None:
@@ -98,13 +99,16 @@ class RunContext:
             train_loss,
             val_loss,
             self.clock.used(),
+            grad_norm=self.last_grad_norm if step else None,
+            skipped_steps=self.guard.skipped,
+            rollbacks=self.guard.rollbacks,
             **self.clock.take_throughput(),
         )
         self.metrics.append(record)
         if self.early_stopping.update(record) and self.early_stopping.keeps_best:
             best = full_model(accelerator, model, self.config)
             if best is not None:
-                save_best_model(best, self.directory.best_model)
+                save_best_model(best, self.directory.best_model, step)
         self.log(format_evaluation(record))
         return record
 
@@ -128,14 +132,47 @@ class RunContext:
         return min(limits, default=None)
 
     def check_loss(self, loss: float, step: int) -> None:
-        """Raises TrainingDiverged when the step's loss (the same on every process) is NaN or infinite; called
-        before the optimizer step, so such a loss never reaches the weights."""
+        """A loss (the same on every process) that is NaN or infinite raises Rollback to the last good checkpoint,
+        or TrainingDiverged once no rollback is left (`StepGuard.non_finite_loss`); called before the optimizer step,
+        so such a loss never reaches the weights."""
         if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"the training loss became {loss} at step {step}; stopped without updating the weights. The last "
-                f"good checkpoint is {self.last_checkpoint() or 'none (no save yet)'}; resume from it with a lower "
-                f"{field('lr')}, more {field('warmup_steps')} or {field('max_grad_norm')}"
-            )
+            self.guard.non_finite_loss(step, loss, self.last_checkpoint())
+
+    def guard_step(self, step: int, loss: float, grad_norm: float, optimizer: torch.optim.Optimizer) -> None:
+        """Before the update of optimizer step `step`: its loss and gradient norm (before clipping, the same on every
+        process) decide whether it is applied (`StepGuard.decide`); a skipped spike is logged."""
+        self.last_grad_norm = grad_norm
+        reason = self.guard.decide(step, loss, grad_norm)
+        if reason is not None:
+            skip_next_step(optimizer)
+            if step > self.guard.skip_until:  # the steps a rollback skips are announced with it
+                self.log(f"step {step} skipped: {reason}; the update is thrown away")
+
+    def roll_back(self, rollback: Rollback, saved_guard: dict[str, Any]) -> int:
+        """After an engine has reloaded `rollback.checkpoint`: the guard goes on from the checkpoint's state,
+        skipping up to the step that was not finite; the evaluations past the checkpoint are forgotten, and a best
+        model kept since is dropped (its evaluation is gone). Returns the checkpoint's step."""
+        step = checkpoint_step(rollback.checkpoint)
+        self.guard.rolled_back(rollback, saved_guard)
+        self.log(
+            f"{rollback}: rolled back to {rollback.checkpoint} (rollback {self.guard.rollbacks} of at most "
+            f"{self.guard.max_rollbacks}); the steps up to {rollback.step} are skipped"
+        )
+        self.metrics.load(step)
+        self.early_stopping = EarlyStopping(self.options.evaluation.early_stopping_patience, self.metrics.records)
+        if self.metrics.write and (best_model_step(self.directory.best_model) or 0) > step:
+            shutil.rmtree(self.directory.best_model)
+        self.last_grad_norm = None
+        return step
+
+    def kept_step(self, steps: int) -> int:
+        """The step whose weights the model directory holds after `steps` steps: the best model's under early
+        stopping (the last step's when the best is the last, or its weights were dropped by a rollback)."""
+        best = self.early_stopping.best_step
+        if self.early_stopping.keeps_best and best is not None:
+            if best == steps or best_model_step(self.directory.best_model) == best:
+                return best
+        return steps
 
     def check_weights(self, model: torch.nn.Module, step: int) -> None:
         """Raises TrainingDiverged, on every process, before a checkpoint would store weights that are NaN or

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType
+from torch.distributed.tensor import DTensor
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 
@@ -43,6 +44,17 @@ def _reduce(values: list[float], operation: str) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=state.device)
     torch.distributed.all_reduce(tensor, op=getattr(torch.distributed.ReduceOp, operation))
     return tensor.tolist()
+
+
+def gradient_norm(model: torch.nn.Module, accelerator: Any) -> float:
+    """The total norm of the model's gradients, over all processes' shards and unscaled under fp16: what clipping
+    measures before it clips."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    if isinstance(norm, DTensor):  # sharded gradients (FSDP2): the norm over every shard
+        norm = norm.full_tensor()
+    scaler = accelerator.scaler
+    scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+    return float(norm) / scale
 
 
 def weights_are_sharded(accelerator: Any) -> bool:

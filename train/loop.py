@@ -29,6 +29,7 @@ from train.distributed import full_model, use_cpu, weights_are_sharded
 from train.loss import lm_loss, token_losses, window_logits
 from train.metrics import throughput_postfix
 from train.optimization import build_optimizer, build_scheduler
+from train.stability import Rollback
 from train.stopping import StopReason
 from train.windows import TrainingBatches
 
@@ -61,24 +62,27 @@ def fit(context: RunContext) -> TrainResult:
         evaluate(context, run, position.step)
     reason = None
     run.model.train()
-    for inputs, targets in run.batches:
-        step_loss = train_micro_batch(context, run, position, inputs, targets)
-        if step_loss is None:  # the accumulation goes on
-            continue
-        show_progress(progress, context, position.step, step_loss)
-        if logging.report_to:
-            run.accelerator.log(
-                {"train/step_loss": step_loss, "train/lr": run.scheduler.get_last_lr()[0]}, step=position.step
-            )
-        if position.step % evaluation.eval_freq == 0 or plan.is_last_step(position.step) or clock.out_of_time:
-            evaluate(context, run, position.step)
-        if run.batches.epoch_ended:
-            sample(context, run, position)
-        reason = context.stop_reason(position.step)
-        if (logging.save_steps and position.step % logging.save_steps == 0) or reason is not None:
-            save_checkpoint(context, run, position, reason)
-        if reason is not None:
-            break
+    while reason is None:
+        try:
+            for inputs, targets in run.batches:
+                step_loss = train_micro_batch(context, run, position, inputs, targets)
+                if step_loss is None:  # the accumulation goes on
+                    continue
+                show_progress(progress, context, position.step, step_loss)
+                if logging.report_to:
+                    run.accelerator.log(step_logs(context, run, step_loss), step=position.step)
+                if position.step % evaluation.eval_freq == 0 or plan.is_last_step(position.step) or clock.out_of_time:
+                    evaluate(context, run, position.step)
+                if run.batches.epoch_ended:
+                    sample(context, run, position)
+                reason = context.stop_reason(position.step)
+                if (logging.save_steps and position.step % logging.save_steps == 0) or reason is not None:
+                    save_checkpoint(context, run, position, reason)
+                if reason is not None:
+                    break
+        except Rollback as rollback:  # a loss that was not finite: back to the last good checkpoint
+            position = LoopPosition.load(context, run, rollback.checkpoint, rollback)
+            progress.n = position.step
     progress.close()
     if position.sampled_at != position.step:
         sample(context, run, position)  # the run ended inside an epoch: show where it got to
@@ -122,12 +126,35 @@ class LoopPosition:
         """The start: step 0, or the state of the checkpoint the run resumes from (loaded into every object)."""
         if context.resume_from is None:
             return cls()
-        run.accelerator.load_state(str(context.resume_from))
-        saved = json.loads((context.resume_from / LOOP_STATE_FILE).read_text(encoding="utf-8"))
-        run.batches.load(context.resume_from, saved)
-        position = cls(saved["step"], saved.get("time_used", 0.0))
+        position = cls.load(context, run, context.resume_from)
         context.log(f"resumed from {context.resume_from} at step {position.step} (epoch {run.batches.epoch + 1})")
         return position
+
+    @classmethod
+    def load(
+        cls, context: RunContext, run: LoopObjects, checkpoint: Path, rollback: Rollback | None = None
+    ) -> LoopPosition:
+        """The state of `checkpoint`, loaded into every object: weights, optimizer, schedule, random generators, the
+        batches' position and the step guard's (which, after a `rollback`, goes on to skip the steps since)."""
+        run.accelerator.load_state(str(checkpoint))
+        saved = json.loads((checkpoint / LOOP_STATE_FILE).read_text(encoding="utf-8"))
+        run.batches.load(checkpoint, saved)
+        run.optimizer.zero_grad()  # a rollback leaves the step it broke off half accumulated
+        run.accumulated_loss.zero_()
+        if rollback is None:
+            context.guard.load_state_dict(saved["guard"])
+        else:
+            context.roll_back(rollback, saved["guard"])
+        return cls(saved["step"], saved.get("time_used", 0.0))
+
+
+def step_logs(context: RunContext, run: LoopObjects, step_loss: float) -> dict[str, float]:
+    """What the trackers hear after each step: its loss, learning rate and gradient norm (before clipping)."""
+    return {
+        "train/step_loss": step_loss,
+        "train/lr": run.scheduler.get_last_lr()[0],
+        "train/grad_norm": context.last_grad_norm,
+    }
 
 
 def show_progress(progress: tqdm, context: RunContext, step: int, step_loss: float) -> None:
@@ -135,7 +162,12 @@ def show_progress(progress: tqdm, context: RunContext, step: int, step_loss: flo
     expected = context.expected_steps(step)
     if expected is not None and progress.total != expected:
         progress.total = expected
-    progress.set_postfix(loss=f"{step_loss:.3f}", **throughput_postfix(context.clock.throughput()), refresh=False)
+    progress.set_postfix(
+        loss=f"{step_loss:.3f}",
+        grad_norm=f"{context.last_grad_norm:.3g}",
+        **throughput_postfix(context.clock.throughput()),
+        refresh=False,
+    )
     progress.update(1)
 
 
@@ -212,7 +244,9 @@ def train_micro_batch(
             context.check_loss(step_loss, position.step + 1)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(run.model.parameters(), context.options.optimisation.max_grad_norm)
+            max_grad_norm = context.options.optimisation.max_grad_norm
+            grad_norm = float(accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm))
+            context.guard_step(position.step + 1, step_loss, grad_norm, run.optimizer)
         run.optimizer.step()
         run.optimizer.zero_grad()
     if not accelerator.sync_gradients:
@@ -307,6 +341,7 @@ def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPositio
                     "time_used": position.time_used,
                     "reason": reason,  # why the run stopped here; null for a checkpoint on the way
                     "budget_spent": context.clock.spent_budget(),
+                    "guard": context.guard.state_dict(),
                 }
                 json.dump(state, stream, indent=2)
     context.clock.paused("checkpoint")

@@ -50,8 +50,13 @@ def metrics_record(
     time_s: float,
     tokens_per_second: float | None,
     mfu: float | None,
+    grad_norm: float | None = None,
+    skipped_steps: int = 0,
+    rollbacks: int = 0,
 ) -> dict[str, Any]:
-    """One evaluation's line in metrics.jsonl; `mfu` is a fraction of the peak FLOP/s."""
+    """One evaluation's line in metrics.jsonl; `mfu` is a fraction of the peak FLOP/s, `grad_norm` the last step's
+    gradient norm before clipping (None at step 0), `skipped_steps` and `rollbacks` the run's counts so far
+    (`train.stability`)."""
     return {
         "step": step,
         "epoch": round(epoch, 6),
@@ -63,6 +68,9 @@ def metrics_record(
         "time_s": round(time_s, 3),
         "tokens_per_second": tokens_per_second,
         "mfu": mfu,
+        "grad_norm": grad_norm,
+        "skipped_steps": skipped_steps,
+        "rollbacks": rollbacks,
     }
 
 
@@ -80,6 +88,10 @@ def format_evaluation(record: dict[str, Any]) -> str:
     )
     if record["tokens_per_second"] is not None:
         line += f", {record['tokens_per_second']:,.0f} tokens/s, MFU {format_mfu(record['mfu'])}"
+    if record.get("grad_norm") is not None:
+        line += f", grad norm {record['grad_norm']:.3g}"
+    if record.get("skipped_steps") or record.get("rollbacks"):
+        line += f" | {record['skipped_steps']} steps skipped, {record['rollbacks']} rollbacks"
     return line
 
 

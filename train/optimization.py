@@ -81,7 +81,34 @@ def decay_parameter_groups(parameters: list[torch.nn.Parameter], weight_decay: f
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class MuonWithAdamW(torch.optim.Optimizer):
+class SkippableStep:
+    """A mixin for the run's optimizers: after `skip_next_step()`, the next `step` leaves the weights and the
+    optimizer's state as they are (a step `train.stability.StepGuard` skipped), whichever engine calls it."""
+
+    _skip_next = False
+
+    def skip_next_step(self) -> None:
+        self._skip_next = True
+
+    def skipping(self) -> bool:
+        """Whether this step is to be skipped (asked once, by `step`)."""
+        skip, self._skip_next = self._skip_next, False
+        return skip
+
+
+class AdamW(SkippableStep, torch.optim.AdamW):
+    """torch's AdamW (its fused kernel where the device has it), whose steps can be skipped."""
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        return None if self.skipping() else super().step(closure)
+
+
+def skip_next_step(optimizer: torch.optim.Optimizer) -> None:
+    """Makes the run's optimizer skip its next step; `optimizer` may be the one Accelerate wrapped around it."""
+    getattr(optimizer, "optimizer", optimizer).skip_next_step()
+
+
+class MuonWithAdamW(SkippableStep, torch.optim.Optimizer):
     """AdamW and Muon over disjoint parameters, stepped, saved and scheduled as one optimizer.
 
     `param_groups` are the two optimizers' own group dicts, AdamW's first (a scheduler that sets a group's lr sets
@@ -95,6 +122,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        if self.skipping():
+            return None
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -121,7 +150,7 @@ def build_optimizer(model: torch.nn.Module, options: OptimisationOptions) -> tor
     matrices = muon_parameters(model) if options.optimizer == "muon" else []
     muon_ids = {id(parameter) for parameter in matrices}
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in muon_ids]
-    adamw = torch.optim.AdamW(
+    adamw = AdamW(
         decay_parameter_groups(others, options.weight_decay),
         lr=options.lr,
         betas=ADAMW_BETAS,

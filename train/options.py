@@ -15,12 +15,26 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from common.errors import InputError, field
+from train.checks import (
+    at_least_two,
+    below_one,
+    duration,
+    finite,
+    fraction,
+    greater_than_zero,
+    new_tokens,
+    not_negative,
+    one_of,
+    parse_duration,
+    positive,
+    ratio,
+    vocabulary_size,
+)
 
 ENGINES = ("accelerate", "trainer")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "wsd")
@@ -43,10 +57,6 @@ EMBEDDED_CORPORA = ("pydoc", "stdlib")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 PRESET_NAMES = ("tiny", "gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1558m")  # modeling_gptscratch.PRESETS
 DEFAULT_EPOCHS = 6  # without max_steps, epochs or max_time
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
-# The most tokens a sample or a command generates. 100,000 tokens is a novel's length and hours of decoding for
-# GPT-2 124M on a CPU, well past any use of a model whose window holds 1,024: a larger number is a typo.
-MAX_NEW_TOKENS = 100_000
 
 # Resume rules. A resumed run continues exactly only with the options that shape its numbers as they were; the
 # others (how long it runs, how often it evaluates and saves, where it writes) may change.
@@ -59,96 +69,6 @@ TOGGLE = "toggle"  # None (the model's own), true or false: --name / --no-name
 INTEGER, NUMBER, TEXT, TEXTS = "integer", "number", "text", "texts"  # TEXTS: one or more
 DURATION = "duration"  # seconds, or text with a unit (90s, 10m, 2h)
 PAIRS = "pairs"  # KEY=VALUE settings, a mapping in a file
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Checks: each gets the field's name and value, and raises InputError naming both and the fix.
-
-
-def positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise InputError(f"{field(name)} {value}: must be a positive integer")
-
-
-def greater_than_zero(name: str, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise InputError(f"{field(name)} {value}: must be greater than 0")
-
-
-def not_negative(name: str, value: float | None) -> None:
-    if value is not None and value < 0:
-        raise InputError(f"{field(name)} {value}: must not be negative")
-
-
-def below_one(name: str, value: float | None) -> None:
-    if value is not None and not 0 <= value < 1:
-        raise InputError(f"{field(name)} {value}: must be in [0, 1)")
-
-
-def ratio(name: str, value: float) -> None:
-    if not 0 < value < 1:
-        raise InputError(f"{field(name)} {value}: must be between 0 and 1 (0.9 keeps 10% for validation)")
-
-
-def fraction(name: str, value: float) -> None:
-    if not 0 < value <= 1:
-        raise InputError(f"{field(name)} {value}: must be in (0, 1]")
-
-
-def new_tokens(name: str, value: int) -> None:
-    if not 0 <= value <= MAX_NEW_TOKENS:
-        raise InputError(
-            f"{field(name)} {value}: must be between 0 and {MAX_NEW_TOKENS:,} (a novel's length, hours of decoding); "
-            "ask for fewer tokens"
-        )
-
-
-# A byte-level BPE holds the 256 bytes and <|endoftext|> at least. The largest vocabularies in use hold about 262,144
-# tokens; fitting one of this many already takes gigabytes, and a larger number is a typo (10^9 asks for 70 GB).
-MIN_VOCAB_SIZE, MAX_VOCAB_SIZE = 257, 1 << 20
-
-
-def vocabulary_size(name: str, value: int) -> None:
-    if not MIN_VOCAB_SIZE <= value <= MAX_VOCAB_SIZE:
-        raise InputError(
-            f"{field(name)} {value}: a byte-level BPE needs at least {MIN_VOCAB_SIZE} (256 bytes + <|endoftext|>) and "
-            f"fitting one takes at most {MAX_VOCAB_SIZE:,}; choose a size in between"
-        )
-
-
-def parse_duration(value: str | float) -> float:
-    """Seconds from a number of seconds or a duration such as `90s`, `10m`, `1.5h`; ValueError otherwise."""
-    text = str(value).strip().lower()
-    scale = DURATION_UNITS.get(text[-1:], None)
-    seconds = float(text[:-1] if scale else text) * (scale or 1)
-    if not 0 < seconds < float("inf"):
-        raise ValueError(value)
-    return seconds
-
-
-def duration(name: str, value: str | float | None) -> None:
-    if value is None:
-        return
-    try:
-        parse_duration(value)
-    except ValueError:
-        raise InputError(
-            f"{field(name)} {value}: expected a positive duration in seconds (90) or with a unit (90s, 10m, 2h)"
-        ) from None
-
-
-def one_of(choices: Sequence[str], what: str) -> Callable[[str, str], None]:
-    def check(name: str, value: str) -> None:
-        if value not in choices:
-            raise InputError(f"{field(name)} {value}: unknown {what}; choose one of: {', '.join(choices)}")
-
-    return check
-
-
-def finite(name: str, value: float | None) -> None:
-    """Every number field's first check: nan and inf are refused, whatever the field's own check would say."""
-    if value is not None and not math.isfinite(value):
-        raise InputError(f"{field(name)} {value}: must be a finite number")
 
 
 REQUIRED = object()  # a field without a default: the run cannot go without it
@@ -407,6 +327,33 @@ class OptimisationOptions:
     decay_ratio: float = option(0.2, "wsd: the share of the run its decay takes", kind=NUMBER, check=fraction)
     grad_accum: int = option(1, "micro-batches per optimizer step", kind=INTEGER, check=positive)
     max_grad_norm: float = option(1.0, "gradient clipping", kind=NUMBER, check=greater_than_zero)
+    skip_loss_zscore: float = option(
+        6.0,
+        "skip the update of a step whose loss lies more than Z standard deviations above the mean of the last "
+        "{spike_window} applied steps (0: never)",
+        kind=NUMBER,
+        check=not_negative,
+        metavar="Z",
+    )
+    skip_grad_zscore: float = option(
+        6.0,
+        "skip the update of a step whose gradient norm (before clipping) lies more than Z standard deviations "
+        "above the mean of the last {spike_window} applied steps (0: never)",
+        kind=NUMBER,
+        check=not_negative,
+        metavar="Z",
+    )
+    spike_window: int = option(
+        50, "applied steps a loss or gradient-norm spike is measured against", kind=INTEGER, check=at_least_two
+    )
+    max_rollbacks: int = option(
+        3,
+        "a NaN or infinite loss rolls the run back to its last checkpoint and skips the steps since, at most N "
+        "times (0: stop at once)",
+        kind=INTEGER,
+        check=not_negative,
+        resume=MAY_CHANGE,
+    )
     mixed_precision: str = option("no", "autocast precision (the weights stay fp32)", choices=MIXED_PRECISION)
     seed: int = option(123, "seeds weights, shuffling and dropout", kind=INTEGER)
     compile: bool = option(False, "torch.compile the model (pays off on GPUs)", kind=SWITCH)

@@ -183,6 +183,7 @@ def make_plan(
         + f", warmup {optimisation.warmup_steps}, weight decay {optimisation.weight_decay}",
         f"  compute     {flops_per_token:.3g} model FLOPs per token (6 per weight + attention), "
         f"{flops_per_token * tokens_per_step:.3g} per step",
+        f"  stability   {_stability(optimisation)}",
     ]
     if total_steps is None:
         lines.append(
@@ -209,6 +210,25 @@ def _length(optimisation: OptimisationOptions, total_steps: int | None, budget: 
         " (max steps)" if optimisation.max_steps else f" ({optimisation.epochs or DEFAULT_EPOCHS} epochs)"
     )
     return steps if budget is None else f"{steps} or {budget:g} s ({field('max_time')}), whichever ends first"
+
+
+def _stability(optimisation: OptimisationOptions) -> str:
+    """What the step guard does (`train.stability`), as the plan says it."""
+    limits = {"loss": optimisation.skip_loss_zscore, "gradient norm": optimisation.skip_grad_zscore}
+    checked = {what: limit for what, limit in limits.items() if limit > 0}
+    if len(set(checked.values())) == 1:
+        outlier = f"whose {' or '.join(checked)} lies over {next(iter(checked.values())):g}"
+    else:
+        outlier = ", or ".join(f"whose {what} lies over {limit:g}" for what, limit in checked.items()) + ","
+    spikes = (
+        f"a step {outlier} standard deviations above the last {optimisation.spike_window} steps' is skipped"
+        if checked
+        else "no step is skipped for a spike"
+    )
+    rollbacks = optimisation.max_rollbacks
+    if not rollbacks:
+        return f"{spikes}; a NaN or infinite loss stops the run"
+    return f"{spikes}; a NaN or infinite loss rolls back to the last checkpoint (at most {rollbacks} times)"
 
 
 def _optimizer(optimisation: OptimisationOptions) -> str:

@@ -38,6 +38,7 @@ from train.model_config import build_config, check_context_length, model_context
 from train.options import DEFAULT_EVAL_FREQ, TrainOptions, resume_differences
 from train.plan import PRECISION_DTYPES, Plan, make_plan, measure_matmul_flops
 from train.plot import plot_metrics_file
+from train.stability import StepGuard
 from train.stopping import EarlyStopping, StopReason, StopSignals, stop_reason
 from train.streaming import prepare_streamed_data
 
@@ -285,6 +286,12 @@ def start_run(
         early_stopping=EarlyStopping(options.evaluation.early_stopping_patience, metrics.records),
         stop=StopSignals(),
         clock=TrainingClock(plan.tokens_per_step, plan.flops_per_token, peak_flops, optimisation.time_budget()),
+        guard=StepGuard(
+            optimisation.skip_loss_zscore,
+            optimisation.skip_grad_zscore,
+            optimisation.spike_window,
+            optimisation.max_rollbacks,
+        ),
         log=log,
     )
 
@@ -309,13 +316,11 @@ def finish_run(context: RunContext, result: TrainResult) -> None:
         return
     if state.is_main_process:
         model = context.model  # the trained model with all its weights (`full_model`), on the main process
-        best_step = context.early_stopping.best_step
-        # A best model from the last step holds the weights the run ended with: nothing to read.
-        if context.early_stopping.keeps_best and directory.best_model.is_dir() and best_step != result.steps:
+        kept = context.kept_step(result.steps)
+        if kept != result.steps:  # a best model from the last step holds the weights the run ended with
             load_weights(model, directory.best_model)
             context.log(
-                f"early stopping: the model directory holds the best model (step {best_step}, the lowest "
-                "validation loss)"
+                f"early stopping: the model directory holds the best model (step {kept}, the lowest validation loss)"
             )
         model.generation_config.max_new_tokens = context.options.evaluation.max_new_tokens
         directory.write_model(model, context.data.tokenizer)
@@ -326,9 +331,8 @@ def finish_run(context: RunContext, result: TrainResult) -> None:
 def write_summary(context: RunContext, result: TrainResult) -> dict[str, Any]:
     """training_summary.json: the source, tokenizer and final figures, for the model card."""
     records = context.metrics.records
-    final = records[-1]
-    if context.early_stopping.keeps_best and context.early_stopping.best_step is not None:
-        final = next(record for record in records if record["step"] == context.early_stopping.best_step)
+    kept = context.kept_step(result.steps)
+    final = next((record for record in reversed(records) if record["step"] == kept), records[-1])
     summary = {
         "source": context.data.source,
         "tokenizer": context.data.tokenizer_description,

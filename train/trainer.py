@@ -32,10 +32,11 @@ from transformers.trainer_callback import ExportableState, ProgressCallback
 from common.compat import CheckpointFolder
 from train.book import generate_sample
 from train.context import RunContext, TrainResult
-from train.distributed import full_model, use_cpu, weights_are_sharded
+from train.distributed import full_model, gradient_norm, use_cpu, weights_are_sharded
 from train.loss import lm_loss, token_losses
 from train.metrics import perplexity, throughput_postfix
 from train.optimization import build_optimizer, build_scheduler
+from train.stability import Rollback
 from train.stopping import StopReason
 from train.windows import document_position_ids
 
@@ -71,6 +72,7 @@ class GPTScratchTrainer(CheckpointFolder, Trainer):
     def __init__(self, *args: Any, run_context: RunContext, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.run_context = run_context
+        self.step_loss = 0.0  # the loss of the optimizer step in progress, its micro-batches' so far
 
     @contextlib.contextmanager
     def checkpoint_parent(self, step: int) -> Iterator[Path]:
@@ -157,11 +159,17 @@ class GPTScratchTrainer(CheckpointFolder, Trainer):
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: Any = None
     ) -> torch.Tensor:
-        """The Trainer's step, then a check on every process: a non-finite loss stops before the optimizer step."""
+        """The Trainer's forward and backward of a micro-batch, then the run's checks on every process: a non-finite
+        loss rolls back or stops before the optimizer step, and on the accumulation's last micro-batch the step guard
+        sees the step's loss and gradient norm before the Trainer clips and steps (`RunContext.guard_step`)."""
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self.run_context.check_loss(
-            self.accelerator.reduce(loss.detach(), reduction="mean").item(), self.state.global_step + 1
-        )
+        context, step = self.run_context, self.state.global_step + 1
+        micro_loss = self.accelerator.reduce(loss.detach(), reduction="mean").item()  # divided by the accumulation
+        context.check_loss(micro_loss, step)
+        self.step_loss += micro_loss
+        if self.accelerator.sync_gradients:
+            context.guard_step(step, self.step_loss, gradient_norm(model, self.accelerator), self.optimizer)
+            self.step_loss = 0.0
         return loss
 
 
@@ -174,15 +182,28 @@ class RunCallback(TrainerCallback, ExportableState):
         self.trainer: Trainer | None = None  # set once the Trainer exists: best models are gathered through it
         self.pending: dict[str, float] = {}
         self.reason = StopReason.COMPLETED
+        self.rollback: Rollback | None = None  # set between a rollback and the Trainer's restart from its checkpoint
 
     def state(self) -> dict[str, Any]:
         clock = self.context.clock
-        return {"args": {}, "attributes": {"time_used": clock.used(), "budget_spent": clock.spent_budget()}}
+        attributes = {
+            "time_used": clock.used(),
+            "budget_spent": clock.spent_budget(),
+            "guard": self.context.guard.state_dict(),
+        }
+        return {"args": {}, "attributes": attributes}
 
     def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        # A resumed run's state was read from its checkpoint's trainer_state.json, with the time it had used.
-        saved = state.stateful_callbacks.get(type(self).__name__, {})
-        self.context.clock.start(saved.get("attributes", {}).get("time_used", 0.0))
+        # A resumed run's state was read from its checkpoint's trainer_state.json, with the time it had used and the
+        # step guard's state; a rollback goes on from that state, skipping the steps since.
+        saved = state.stateful_callbacks.get(type(self).__name__, {}).get("attributes", {})
+        if self.rollback is not None:
+            self.context.roll_back(self.rollback, saved["guard"])
+            self.rollback = None
+        elif "guard" in saved:
+            self.context.guard.load_state_dict(saved["guard"])
+        if not self.context.clock.running:  # after a rollback, the time spent since the checkpoint still counts
+            self.context.clock.start(saved.get("time_used", 0.0))
 
     def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         # After the update, before the scheduler sets the next step's learning rate (as the Accelerate loop).
@@ -258,7 +279,7 @@ class RunProgress(ProgressCallback):
         super().on_step_end(args, state, control, **kwargs)
 
 
-def training_arguments(context: RunContext) -> TrainingArguments:
+def training_arguments(context: RunContext, evaluate_first: bool) -> TrainingArguments:
     """The run's options as TrainingArguments. The optimizer and its schedule are built by the run's own code
     (`GPTScratchTrainer.create_optimizer` / `create_scheduler`); lr, weight decay and warmup are set here too for
     the Trainer's logs and saved arguments."""
@@ -281,7 +302,7 @@ def training_arguments(context: RunContext) -> TrainingArguments:
         use_cpu=use_cpu(),
         eval_strategy="steps",
         eval_steps=evaluation.eval_freq,
-        eval_on_start=context.resume_from is None,
+        eval_on_start=evaluate_first,
         prediction_loss_only=True,  # evaluation keeps each batch's loss, never its logits
         save_strategy="steps",
         save_steps=logging.save_steps or total_steps,  # the Trainer also saves at the last step
@@ -299,31 +320,38 @@ def training_arguments(context: RunContext) -> TrainingArguments:
 
 
 def fit(context: RunContext) -> TrainResult:
-    """Trains `context.model` with transformers' Trainer; the same outputs as `train.loop.fit`."""
+    """Trains `context.model` with transformers' Trainer; the same outputs as `train.loop.fit`. A loss that is not
+    finite rolls the run back (`train.stability`): a fresh Trainer resumes from the last good checkpoint."""
     callback = RunCallback(context)
     callbacks: list[TrainerCallback] = [callback]
     if "tensorboard" in context.options.logging.report_to:
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is an optional extra
 
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(context.directory.root / "tensorboard"))))
-    trainer = GPTScratchTrainer(
-        model=context.model,
-        args=training_arguments(context),
-        train_dataset=WindowFeatures(context.data.train, context.document_eos_id),
-        eval_dataset={
-            "train": WindowFeatures(context.train_eval, context.document_eos_id),
-            "val": WindowFeatures(context.val_eval, context.document_eos_id),
-        },
-        data_collator=default_data_collator,
-        processing_class=context.data.tokenizer,
-        callbacks=callbacks,
-        run_context=context,
-    )
-    callback.trainer = trainer
-    if trainer.pop_callback(ProgressCallback) is not None:  # absent when the Trainer's bars are disabled
-        trainer.add_callback(RunProgress(context))
     if context.resume_from is not None:
         context.log(f"resuming from {context.resume_from}")
-    trainer.train(resume_from_checkpoint=str(context.resume_from) if context.resume_from else None)
+    resume = context.resume_from
+    while True:
+        trainer = GPTScratchTrainer(
+            model=context.model,
+            args=training_arguments(context, evaluate_first=resume is None),
+            train_dataset=WindowFeatures(context.data.train, context.document_eos_id),
+            eval_dataset={
+                "train": WindowFeatures(context.train_eval, context.document_eos_id),
+                "val": WindowFeatures(context.val_eval, context.document_eos_id),
+            },
+            data_collator=default_data_collator,
+            processing_class=context.data.tokenizer,
+            callbacks=callbacks,
+            run_context=context,
+        )
+        callback.trainer = trainer
+        if trainer.pop_callback(ProgressCallback) is not None:  # absent when the Trainer's bars are disabled
+            trainer.add_callback(RunProgress(context))
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            break
+        except Rollback as rollback:
+            callback.rollback, resume = rollback, rollback.checkpoint
     context.model = full_model(trainer.accelerator, trainer.model_wrapped, context.config)
     return context.result(callback.reason, trainer.state.global_step)

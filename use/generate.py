@@ -20,7 +20,7 @@ from common.commands import ArgumentParser, run_command
 from common.errors import InputError, field
 from common.model_dir import inference_device, load_model_weights, read_model_directory
 from modeling_gptscratch import GPTScratchForCausalLM, decoding_args_problem
-from train.options import new_tokens
+from train.checks import new_tokens
 
 PROG = "gptscratch-generate"
 
