@@ -1,12 +1,16 @@
-"""Checks shared by the command tests: how a refusal must look, and running a command's `main` in-process."""
+"""Checks shared by the command tests: how a refusal must look, running a command's `main` in-process or in a
+fresh interpreter, and fingerprints of what a command wrote."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], prog: str, *names: str) -> None:
@@ -43,3 +47,19 @@ def file_listing(root: Path) -> dict[str, tuple[int, int] | None]:
         str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
         for path in sorted(root.rglob("*"))
     }
+
+
+def file_tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under root with its size and modification time: a fingerprint of what was written."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Runs `python ARGS` in a fresh interpreter (seconds to import torch and transformers: tests using it are slow)."""
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def run_clis(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
+    """Runs independent commands two at a time (each spends seconds importing torch and transformers)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda command: run_cli(*command), commands))

@@ -1,7 +1,9 @@
-"""Shared fixtures: tiny models, and the optional ../shared/data files (tests that need them skip without them)."""
+"""Shared fixtures and helpers: tiny models, tokenizers and model directories, and the optional ../shared/data
+files (tests that need them skip without them)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # The tiny test models gain nothing from threads, and lose much to them on a busy 2-core machine.
 torch.set_num_threads(1)
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM  # noqa: E402
 
@@ -129,3 +134,110 @@ def run_without_project(code: str, cwd: Path, timeout: int = 300) -> subprocess.
     return subprocess.run(
         [sys.executable, "-I", "-c", prelude + code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+# --- tiny tokenizers and model directories, for the commands' tests ---------------------------------------------------
+
+
+PARAGRAPH = (
+    "I had always thought Jack Gisburn rather a cheap genius--though a good fellow enough--so it was no great "
+    "surprise to me to hear that, in the height of his glory, he had dropped his painting, married a rich widow, "
+    "and established himself in a villa on the Riviera. Naïve café talk — « déjà vu » — costs more bytes "
+    "than letters: 日本語 too.\n"
+)
+TEXT = PARAGRAPH * 3
+PROMPT = "Every effort moves you"
+
+
+def byte_level_bpe(text: str, vocab_size: int) -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE with `<|endoftext|>`, trained on `text`; vocab_size 257 gives bytes only."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator([text], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def byte_level_tokenizer(vocab_size: int = 97) -> PreTrainedTokenizerFast:
+    """A small byte-level BPE with GPT-2's pre-tokenisation, built offline."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(["the cat sat on the mat"] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+def ascii_char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character vocabulary of ASCII letters with an unknown token: what it has not seen becomes [UNK]."""
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    trainer = trainers.BpeTrainer(vocab_size=80, special_tokens=["[UNK]"])
+    tokenizer.train_from_iterator(["abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,"], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
+
+
+def write_tiny_bpe(directory: Path) -> Path:
+    """A valid GPT-2 style encoder.json + vocab.bpe: the 256 byte symbols in GPT-2's order, 4 merges, <|endoftext|>."""
+    # GPT-2's byte-to-symbol table: printable bytes other than space stand for themselves, the rest become
+    # chr(256 + n) in byte order (so the space byte is "Ġ").
+    symbols = [chr(b) for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    symbols += [chr(256 + n) for n in range(256 - len(symbols))]
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n")]
+    tokens = symbols + [left + right for left, right in merges] + ["<|endoftext|>"]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "encoder.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}), encoding="utf-8")
+    (directory / "vocab.bpe").write_text(
+        "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges), encoding="utf-8"
+    )
+    return directory
+
+
+def tiny_model_for(tokenizer, seed: int = 0, **overrides) -> GPTScratchForCausalLM:
+    torch.manual_seed(seed)
+    config = tiny_config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, **overrides)
+    return GPTScratchForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    from common.tokenizer import load_tokenizer
+
+    if (SHARED_DATA / "gpt2-bpe").is_dir():
+        return load_tokenizer(SHARED_DATA / "gpt2-bpe")
+    return byte_level_bpe(TEXT, vocab_size=320)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A converted-style model directory: the model files and the tokenizer, no training record."""
+    from common.model_dir import save_model_directory
+
+    return save_model_directory(tiny_model_for(tokenizer), tokenizer, tmp_path_factory.mktemp("models") / "converted")
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(tmp_path_factory) -> Path:
+    """OpenAI's encoder.json + vocab.bpe from ../shared/data, or a tiny valid pair where that folder is absent."""
+    shared = SHARED_DATA / "gpt2-bpe"
+    return shared if shared.is_dir() else write_tiny_bpe(tmp_path_factory.mktemp("tiny-bpe"))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """Token files and fitted tokenizers of this module, out of the user's Hugging Face cache."""
+    return tmp_path_factory.mktemp("token-cache")
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer():
+    """A 300-token byte-level BPE fitted on part of the embedded corpus."""
+    from pydoc_data.topics import topics
+
+    from train import vocabulary as V
+
+    return V.train_bpe_tokenizer([topics[key] for key in sorted(topics)[:20]], 300)

@@ -18,10 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from cli_helpers import assert_one_line_error, file_listing, run_main
-from conftest import REPO_ROOT
-from test_convert import write_tiny_bpe
-from test_use import byte_level_bpe, tiny_model_for
+from cli_helpers import assert_one_line_error, file_listing, file_tree, run_clis, run_main
+from conftest import PROMPT, REPO_ROOT, ascii_char_tokenizer, byte_level_bpe, tiny_model_for, write_tiny_bpe
 
 import convert.cli
 import convert.gpt2_export
@@ -821,3 +819,97 @@ def test_on_a_terminal_the_bar_is_cleared_before_the_error(w, tmp_path):
     assert "training:" in text  # the bar was drawn
     screen = rendered_screen(text)
     assert screen[-1].startswith("gptscratch-train: stopped: the training loss became nan at step 2"), screen[-3:]
+
+
+# --- the commands that read a model directory, in-process and in fresh interpreters -----------------------------------
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(model_dir, tokenizer, tmp_path, capfd):
+    """Each command, run in-process on its flags: exit status 2, one stderr line naming the input, nothing written."""
+    foreign = export_gpt2(model_dir, tmp_path / "gpt2-dir")
+    (tmp_path / "a-file").write_text("not a directory")
+    hub = tmp_path / "hub"
+    push = ["--model", model_dir, "--hub-dir", hub]
+    cases = {
+        "repo id ../x": (use.push.main, push + ["--repo-id", "../x"], "'../x' is not NAMESPACE/NAME"),
+        "absolute repo id": (use.push.main, push + ["--repo-id", tmp_path / "x"], "is not NAMESPACE/NAME"),
+        "empty part": (use.push.main, push + ["--repo-id", "alice//x"], "'alice//x' is not NAMESPACE/NAME"),
+        "hub is a file": (use.push.main, push[:-1] + [tmp_path / "a-file", "--repo-id", "a/b"], "is not a directory"),
+        "hub under a file": (
+            use.push.main,
+            push[:-1] + [tmp_path / "a-file" / "hub", "--repo-id", "a/b"],
+            "is not a directory",
+        ),
+        "push missing model": (
+            use.push.main,
+            ["--model", tmp_path / "absent", "--hub-dir", hub, "--repo-id", "a/b"],
+            "does not exist",
+        ),
+        "generate foreign model": (use.generate.main, ["--model", foreign, "--prompt", PROMPT], "holds a 'gpt2' model"),
+        "empty prompt": (use.generate.main, ["--model", model_dir, "--prompt", ""], "encodes to no tokens"),
+        # What Python makes of the bytes of a Latin-1 "café" on the command line.
+        "prompt that is not UTF-8": (
+            use.generate.main,
+            ["--model", model_dir, "--prompt", "caf\udce9"],
+            "the prompt 'caf\\udce9' is not valid text",
+        ),
+        "eval missing data": (
+            use.evaluate.main,
+            ["--model", model_dir, "--data", tmp_path / "absent"],
+            "does not exist",
+        ),
+        "export taken output": (
+            convert.gpt2_export.main,
+            ["--model", model_dir, "--output-dir", tmp_path],
+            "is not empty; pass --overwrite",
+        ),
+    }
+    before = file_tree(tmp_path)
+    for main, argv, message in cases.values():
+        prog = {
+            convert.gpt2_export.main: convert.gpt2_export.PROG,
+            use.push.main: use.push.PROG,
+            use.generate.main: use.generate.PROG,
+            use.evaluate.main: use.evaluate.PROG,
+        }[main]
+        result = run_main(main, argv, capfd)
+        assert_one_line_error(result, prog, message)
+    assert file_tree(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_refusals_after_reading_the_model_directory_print_one_line(model_dir, tokenizer, tmp_path):
+    """The refusals that come after a model directory is read, run as the user runs them: a fresh interpreter,
+    where any library's warning, log line or progress bar would reach stderr before the error."""
+    untied = save_model_directory(tiny_model_for(tokenizer, tie_word_embeddings=False), tokenizer, tmp_path / "untied")
+    chars = ascii_char_tokenizer()
+    unknown_chars = save_model_directory(tiny_model_for(chars), chars, tmp_path / "ascii-model")
+    (tmp_path / "a-file").write_text("some text")
+    hub = str(tmp_path / "hub")
+    cases = {
+        "untied as gpt2": (
+            ["-m", "use.push", "--model", str(untied), "--hub-dir", hub, "--repo-id", "a/b", "--format", "gpt2"],
+            "gptscratch-push",
+            "GPT-2 cannot express",
+        ),
+        "export untied": (
+            ["-m", "convert.gpt2_export", "--model", str(untied), "--output-dir", str(tmp_path / "out")],
+            "python -m convert.gpt2_export",
+            "GPT-2 cannot express",
+        ),
+        "unknown characters": (
+            ["-m", "use.generate", "--model", str(unknown_chars), "--prompt", "naïve"],
+            "gptscratch-generate",
+            "cannot represent 'ï'",
+        ),
+        "stride over context": (
+            ["-m", "use.evaluate", "--model", str(model_dir), "--data", str(tmp_path / "a-file"), "--stride", "33"],
+            "gptscratch-eval",
+            "--stride must be between 1 and the context length 32",
+        ),
+    }
+    before = file_tree(tmp_path)
+    results = run_clis([command for command, _, _ in cases.values()])
+    for (_, prog, message), result in zip(cases.values(), results):
+        assert_one_line_error(result, prog, message)
+    assert file_tree(tmp_path) == before

@@ -1,6 +1,6 @@
 """The tools people apply to any transformers causal LM, applied to this one: transformers' losses (against
 GPT2LMHeadModel), PEFT's LoRA, packed sequences (transformers' flattening collator, TRL's SFTTrainer), and
-torch.compile without graph breaks. lm-eval has its own file (test_lm_eval.py), generation strategies too
+torch.compile without graph breaks. lm-eval has its own file (test_tasks.py), generation strategies too
 (test_generation.py)."""
 
 from __future__ import annotations
@@ -155,8 +155,8 @@ def test_the_flattening_collators_batch_gives_each_sequences_own_loss(tiny_model
 
 @pytest.mark.slow
 def test_trl_sft_trainer_trains_with_packing(tmp_path):
+    from conftest import byte_level_tokenizer
     from datasets import Dataset
-    from test_model import byte_level_tokenizer
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = byte_level_tokenizer(vocab_size=300)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import file_listing
-from test_train import REPO_ROOT, TINY_MODEL, read_metrics, subprocess_env, train_cli, without_timing
+from conftest import REPO_ROOT
+from train_helpers import TINY_MODEL, read_metrics, subprocess_env, train_cli, without_timing
 
 from train.checkpoints import RunDirectory
 

@@ -3,7 +3,7 @@
 Without the cache every step re-reads the whole sequence, which is the reference a cache must not change; a model
 that dropped or misread the cache GenerationMixin hands it would decode each step against an empty one and fail
 here (with padding it would raise). Batches of two rows, with and without left padding, unless a strategy only
-takes one row (assisted decoding).
+takes one row (assisted decoding). A streamer is handed, token by token, exactly what the model's generate returns.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def test_the_models_own_generate_equals_its_uncached_decoding(tiny_model, padded
 
 
 def test_a_pipeline_with_beam_search_decodes_as_without_the_cache():
-    from test_model import byte_level_tokenizer
+    from conftest import byte_level_tokenizer
     from transformers import pipeline
 
     tokenizer = byte_level_tokenizer(vocab_size=300)
@@ -166,3 +166,37 @@ def test_no_deprecation_warning_about_the_cache_name(tiny_model, caplog):
         transformers_generate(tiny_model, prompt, mask, use_cache=True, do_sample=False, num_beams=2)
         tiny_model(prompt, attention_mask=mask)
     assert not [record for record in caplog.records if "deprecated" in record.getMessage()]
+
+
+# --- streaming --------------------------------------------------------------------------------------------------------
+
+
+class TokenRecorder:
+    """A streamer that keeps what model.generate hands it."""
+
+    def __init__(self):
+        self.puts, self.ended = [], False
+
+    def put(self, value):
+        self.puts.append(value.tolist())
+
+    def end(self):
+        self.ended = True
+
+
+@pytest.mark.parametrize("prompt_tokens, new_tokens", [(5, 12), (10, 40), (45, 10)])  # in, past, and over the window
+@pytest.mark.parametrize("temperature, top_k, seed", [(0.0, None, None), (1.0, 5, 7), (1.5, None, 3)])
+def test_streamed_tokens_are_the_generated_ones(tiny_model, prompt_tokens, new_tokens, temperature, top_k, seed):
+    prompt = torch.randint(0, 97, (1, prompt_tokens), generator=torch.Generator().manual_seed(prompt_tokens))
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    streamer = TokenRecorder()
+    streamed = tiny_model.generate(
+        prompt, max_new_tokens=new_tokens, temperature=temperature, top_k=top_k, generator=generator, streamer=streamer
+    )
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    expected = tiny_model.generate(
+        prompt, max_new_tokens=new_tokens, temperature=temperature, top_k=top_k, generator=generator
+    )
+    assert torch.equal(streamed, expected)
+    assert streamer.puts[0] == prompt.tolist() and streamer.ended
+    assert [token for put in streamer.puts[1:] for token in put] == expected[0, prompt_tokens:].tolist()

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT, run_without_project, tiny_config
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedTokenizerFast
+from conftest import REPO_ROOT, byte_level_tokenizer, run_without_project, tiny_config
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin
 from transformers.cache_utils import StaticCache
 
 from modeling_gptscratch import PRESETS, GPTScratchConfig, GPTScratchForCausalLM, GPTScratchModel
@@ -585,20 +585,6 @@ def test_model_file_imports_only_torch_transformers_and_the_standard_library():
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
     }
     assert roots - set(sys.stdlib_module_names) - {"torch", "transformers"} == set()
-
-
-def byte_level_tokenizer(vocab_size: int = 97) -> PreTrainedTokenizerFast:
-    """A small byte-level BPE with GPT-2's pre-tokenisation, built offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(["the cat sat on the mat"] * 20, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 
 def test_text_generation_pipeline_works(tmp_path):

@@ -1,6 +1,8 @@
-"""lm-eval on the model: HFLM's loglikelihood and generate_until against the model's own logits and greedy decoding,
-and `gptscratch-eval --tasks` on small local tasks (offline), with its one-line refusals. Tiny models and an offline
-byte-level tokenizer; skipped where lm-eval is not installed."""
+"""train.tasks: lm-eval's benchmark tasks on the model, and `gptscratch-eval --tasks` with its one-line refusals.
+
+HFLM's loglikelihood and generate_until against the model's own logits and greedy decoding, and `gptscratch-eval
+--tasks` on small local tasks (offline). Tiny models and an offline byte-level tokenizer; skipped where lm-eval is not
+installed."""
 
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_main
-from conftest import REPO_ROOT, tiny_config
-from test_model import byte_level_tokenizer
+from conftest import REPO_ROOT, byte_level_tokenizer, tiny_config
 
 import train.tasks
 import use.evaluate

@@ -1,17 +1,14 @@
-"""Conversion into model directories: OpenAI's GPT-2 TensorFlow checkpoints and the book's model.pth files.
+"""convert.openai_checkpoint and gptscratch-convert: OpenAI's GPT-2 checkpoints converted, downloaded, refused.
 
 Equivalence is checked against independent references: transformers' GPT2LMHeadModel given the same arrays (its
-Conv1D weights keep TensorFlow's [in, out] layout), the book's own GPTModel, and tiktoken for the tokenizer. The
-checkpoints are built with TensorFlow in exactly OpenAI's layout; they are shared per module because TensorFlow
-alone takes seconds to import.
+Conv1D weights keep TensorFlow's [in, out] layout), and tiktoken for the tokenizer. The checkpoints are built with
+TensorFlow in exactly OpenAI's layout; they are shared per module because TensorFlow alone takes seconds to import.
 """
 
 from __future__ import annotations
 
 import http.server
 import json
-import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -24,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_main
-from conftest import SHARED_DATA, assert_same_logits, tiktoken_gpt2
-from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from conftest import SHARED_DATA, assert_same_logits, tiktoken_gpt2, write_tiny_bpe
+from convert_helpers import entries, load_converted, random_ids, run_cli, safetensors_tensors
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from common.errors import InputError
 from convert.book_checkpoint import convert_book_checkpoint
@@ -42,23 +39,7 @@ from convert.openai_checkpoint import (
 DATA_FILE = "model.ckpt.data-00000-of-00001"
 
 
-# --- builders: a BPE pair, OpenAI-layout checkpoints, the references --------------------------------------------------
-
-
-def write_tiny_bpe(directory: Path) -> Path:
-    """A valid GPT-2 style encoder.json + vocab.bpe: the 256 byte symbols in GPT-2's order, 4 merges, <|endoftext|>."""
-    # GPT-2's byte-to-symbol table: printable bytes other than space stand for themselves, the rest become
-    # chr(256 + n) in byte order (so the space byte is "Ġ").
-    symbols = [chr(b) for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    symbols += [chr(256 + n) for n in range(256 - len(symbols))]
-    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n")]
-    tokens = symbols + [left + right for left, right in merges] + ["<|endoftext|>"]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "encoder.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}), encoding="utf-8")
-    (directory / "vocab.bpe").write_text(
-        "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges), encoding="utf-8"
-    )
-    return directory
+# --- builders: OpenAI-layout checkpoints, the reference ---------------------------------------------------------------
 
 
 def random_openai_arrays(hparams: dict[str, int], seed: int = 0, scale: float = 0.1) -> dict[str, np.ndarray]:
@@ -139,33 +120,7 @@ def gpt2_reference(hparams: dict[str, int], arrays: dict[str, np.ndarray]) -> GP
     return model.eval()
 
 
-def random_ids(vocab_size: int, tokens: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, vocab_size, (batch, tokens), generator=torch.Generator().manual_seed(seed))
-
-
-def load_converted(directory: Path):
-    return AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True).eval()
-
-
-def safetensors_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        with safe_open(file, framework="pt") as f:
-            tensors |= {name: f.get_tensor(name) for name in f.keys()}
-    return tensors
-
-
-def run_cli(*args, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "convert", *map(str, args)], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def entries(directory: Path) -> list[str]:
-    return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
-
-
-# --- fixtures --------------------------------------------------------------------------------------------------------
+# --- fixtures ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -173,13 +128,6 @@ class Checkpoint:
     directory: Path
     hparams: dict[str, int]
     arrays: dict[str, np.ndarray]
-
-
-@pytest.fixture(scope="module")
-def bpe_dir(tmp_path_factory) -> Path:
-    """OpenAI's encoder.json + vocab.bpe from ../shared/data, or a tiny valid pair where that folder is absent."""
-    shared = SHARED_DATA / "gpt2-bpe"
-    return shared if shared.is_dir() else write_tiny_bpe(tmp_path_factory.mktemp("tiny-bpe"))
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +153,7 @@ def reference(small) -> GPT2LMHeadModel:
     return gpt2_reference(small.hparams, small.arrays)
 
 
-# --- OpenAI checkpoints ----------------------------------------------------------------------------------------------
+# --- OpenAI checkpoints -----------------------------------------------------------------------------------------------
 
 
 def test_openai_checkpoint_logits_match_gpt2lmheadmodel(small, converted, reference):
@@ -317,7 +265,7 @@ def test_unexpected_variable_is_refused(small, bpe_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# --- tokenizer -------------------------------------------------------------------------------------------------------
+# --- tokenizer --------------------------------------------------------------------------------------------------------
 
 
 TOKENIZER_CASES = [
@@ -344,77 +292,7 @@ def test_converted_tokenizer_ids_equal_gpt2(gpt2_bpe_dir, verdict_text, converte
         assert tokenizer.decode(ids) == text
 
 
-# --- the book's checkpoints ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "file_name, qkv_bias, tied", [("model.pth", False, False), ("model_and_optimizer.pth", True, True)]
-)
-def test_book_checkpoint_logits_match_the_books_model(bpe_dir, tmp_path, file_name, qkv_bias, tied):
-    from llms_from_scratch.ch04 import GPTModel
-
-    vocab_size = len(json.loads((bpe_dir / "encoder.json").read_text(encoding="utf-8")))
-    book_config = dict(
-        vocab_size=vocab_size, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.1, qkv_bias=qkv_bias
-    )
-    torch.manual_seed(0)
-    book = GPTModel(book_config)
-    optimizer = torch.optim.AdamW(book.parameters(), lr=4e-4, weight_decay=0.1)
-    book(random_ids(vocab_size, 8)).sum().backward()
-    optimizer.step()  # the optimizer state a model_and_optimizer.pth carries
-    with torch.no_grad():
-        for parameter in book.parameters():  # the book initialises norms to 1/0: move every tensor off its default
-            parameter.add_(torch.randn_like(parameter) * 0.1)
-        if tied:  # as after the book's load_weights_into_gpt, which copies wte into out_head
-            book.out_head.weight.copy_(book.tok_emb.weight)
-    checkpoint = tmp_path / file_name
-    if file_name == "model.pth":
-        torch.save(book.state_dict(), checkpoint)
-    else:
-        torch.save({"model_state_dict": book.state_dict(), "optimizer_state_dict": optimizer.state_dict()}, checkpoint)
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(book_config))
-    out = tmp_path / "out"
-    # Through the command, in-process: the flags reach the Python API.
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(
-            [
-                "--book-checkpoint",
-                str(checkpoint),
-                "--book-config",
-                str(config_file),
-                "--tokenizer",
-                str(bpe_dir),
-                "--output-dir",
-                str(out),
-            ]
-        )
-    assert exit_info.value.code == 0
-
-    model = load_converted(out)
-    assert model.config.tie_word_embeddings is tied and model.config.qkv_bias is qkv_bias
-    assert ("out_head.weight" in safetensors_tensors(out)) is not tied
-    ids = random_ids(vocab_size, 16)
-    book.eval()
-    with torch.no_grad():
-        assert_same_logits(model(ids).logits, book(ids))
-    assert model.generation_config.eos_token_id == AutoTokenizer.from_pretrained(out).eos_token_id
-
-
-def test_book_config_may_be_given_inline(bpe_dir, tmp_path):
-    from llms_from_scratch.ch04 import GPTModel
-
-    book_config = dict(
-        vocab_size=300, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False
-    )
-    torch.manual_seed(0)
-    torch.save(GPTModel(book_config).state_dict(), tmp_path / "model.pth")
-    tokenizer = write_tiny_bpe(tmp_path / "bpe")  # 261 tokens: fits the 300-row embedding
-    out = convert_book_checkpoint(tmp_path / "model.pth", json.dumps(book_config), tokenizer, tmp_path / "out")
-    assert load_converted(out).config.vocab_size == 300
-
-
-# --- downloads -------------------------------------------------------------------------------------------------------
+# --- downloads --------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -524,7 +402,7 @@ def test_download_offline_fails_at_once_and_writes_nothing(tmp_path):
     assert entries(tmp_path) == []
 
 
-# --- bad input: exit status 2, one line naming the input, nothing written -------------------------------------------
+# --- bad input: exit status 2, one line naming the input, nothing written ---------------------------------------------
 
 
 def _copy_without(small: Checkpoint, tmp_path: Path, name: str) -> Path:
@@ -665,94 +543,7 @@ def test_missing_tensorflow_says_how_to_install_it(small, tmp_path):
     assert entries(tmp_path) == []
 
 
-class _RunsAShellCommand:
-    """Unpickling this runs `touch`: a stand-in for a malicious checkpoint."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def _book_files(tmp_path: Path) -> dict[str, Path]:
-    """A valid book checkpoint, config and tokenizer, from which each bad-input case spoils one thing."""
-    from llms_from_scratch.ch04 import GPTModel
-
-    config = dict(vocab_size=300, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False)
-    torch.save(GPTModel(config).state_dict(), tmp_path / "model.pth")
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    return dict(
-        checkpoint=tmp_path / "model.pth", config=tmp_path / "config.json", tokenizer=write_tiny_bpe(tmp_path / "bpe")
-    )
-
-
-def _pickled_program(files: dict[str, Path], tmp_path: Path) -> None:
-    torch.save({"model_state_dict": _RunsAShellCommand(tmp_path / "pwned")}, files["checkpoint"])
-
-
-def _not_a_torch_file(files: dict[str, Path], tmp_path: Path) -> None:
-    files["checkpoint"].write_bytes(pickle.dumps(list(range(10))))
-
-
-def _wider_config(files: dict[str, Path], tmp_path: Path) -> None:
-    config = json.loads(files["config"].read_text())
-    files["config"].write_text(json.dumps(config | {"emb_dim": 32}))
-
-
-def _non_empty_output(files: dict[str, Path], tmp_path: Path) -> None:
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("mine")
-
-
-BOOK_BAD_INPUTS = {
-    "missing checkpoint": (lambda files, tmp: files["checkpoint"].unlink(), ["model.pth", "does not exist"]),
-    "checkpoint that runs code when unpickled": (
-        _pickled_program,
-        ["model.pth", "holds more than tensors and is refused unread", "posix.system"],
-    ),
-    "checkpoint that is not a torch file": (_not_a_torch_file, ["model.pth", "refused unread"]),
-    "config that disagrees with the tensors": (
-        _wider_config,
-        ["tok_emb.weight has shape [300, 16]", "implies [300, 32]", "--book-config"],
-    ),
-    "config that is not JSON": (
-        lambda files, tmp: files["config"].write_text("{vocab_size: 300"),
-        ["config.json is not valid JSON"],
-    ),
-    "config that is a binary file": (
-        lambda files, tmp: files["config"].write_bytes(b"PK\x03\x04\xff\xfe"),
-        ["book config", "config.json is not UTF-8 text (byte offset 4)", "GPT_CONFIG_124M"],
-    ),
-    "missing tokenizer directory": (
-        lambda files, tmp: shutil.rmtree(files["tokenizer"]),
-        ["bpe does not exist", "encoder.json and vocab.bpe"],
-    ),
-    "output that exists and is not empty": (_non_empty_output, ["out exists and is not empty", "--overwrite"]),
-}
-
-
-@pytest.mark.parametrize("case", BOOK_BAD_INPUTS)
-def test_bad_book_input_exits_2_and_writes_nothing(tmp_path, case):
-    files = _book_files(tmp_path)
-    spoil, names = BOOK_BAD_INPUTS[case]
-    spoil(files, tmp_path)
-    result = run_cli(
-        "--book-checkpoint",
-        files["checkpoint"],
-        "--book-config",
-        files["config"],
-        "--tokenizer",
-        files["tokenizer"],
-        "--output-dir",
-        tmp_path / "out",
-    )
-    assert_one_line_error(result, PROG, *names)
-    assert entries(tmp_path / "out") == (["keep.txt"] if case == "output that exists and is not empty" else [])
-    assert not (tmp_path / "pwned").exists() and not any(name.startswith(".out") for name in entries(tmp_path))
-
-
-# --- the real 124M shapes --------------------------------------------------------------------------------------------
+# --- the real 124M shapes ---------------------------------------------------------------------------------------------
 
 
 def _peak_rss_bytes(code: str) -> int:
