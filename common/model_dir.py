@@ -7,6 +7,7 @@ imports take.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,7 @@ def read_model_directory(directory: str | os.PathLike) -> tuple[GPTScratchConfig
     directory of another model type, no tokenizer. Commands check their input against the config and tokenizer
     before `load_model_weights`, so a refusal comes at once instead of after the weights load.
     """
+    from common.model_fields import fits, takes
     from modeling_gptscratch import GPTScratchConfig
 
     directory = Path(directory)
@@ -77,6 +79,12 @@ def read_model_directory(directory: str | os.PathLike) -> tuple[GPTScratchConfig
         raise InputError(
             f"{directory} holds a {model_type!r} model, not a gptscratch one; pass a directory written by gptscratch"
         )
+    for name, value in values.items():
+        if name in GPTScratchConfig.__annotations__ and not fits(name, value):
+            raise InputError(
+                f"model config {directory / 'config.json'} is invalid ({name} is {json.dumps(value)}; it takes "
+                f"{takes(name)}); {fix}"
+            )
     try:
         config = GPTScratchConfig.from_dict(values)
     except (ValueError, TypeError) as error:
@@ -118,16 +126,17 @@ def load_model_weights(
 ) -> GPTScratchForCausalLM:
     """The model of a directory that `read_model_directory` accepted (which gave `config`), on `device` (by
     default where from_pretrained puts it, the CPU). Missing or damaged weights, or weights whose tensors are not
-    the ones config.json describes, are an InputError."""
+    the ones config.json describes, are an InputError; so is a damaged generation_config.json, which from_pretrained
+    reads too (a TypeError or KeyError for a file of another shape)."""
     from safetensors import SafetensorError
 
     from modeling_gptscratch import GPTScratchForCausalLM
 
-    fix = "the weights are missing or damaged, save or convert the model again"
+    fix = "the weights are missing or damaged (or generation_config.json is), save or convert the model again"
     try:
         check_weights_match_config(Path(directory), config)
         model = GPTScratchForCausalLM.from_pretrained(directory, config=config, **from_pretrained_kwargs)
-    except (OSError, ValueError, SafetensorError) as error:
+    except (OSError, ValueError, TypeError, KeyError, SafetensorError) as error:
         raise InputError(f"cannot load the model in {directory} ({first_line(error)}); {fix}") from error
     return model if device is None else model.to(device)
 

@@ -35,11 +35,13 @@ from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 PROG = "python -m convert.gpt2_export"
 
 
-def gpt2_config(config: GPTScratchConfig) -> GPT2Config:
-    """The GPT2Config of the same architecture; an InputError when GPT-2 cannot express `config`."""
+def gpt2_config(config: GPTScratchConfig, source: str | None = None) -> GPT2Config:
+    """The GPT2Config of the same architecture; an InputError (naming `source`, where the model came from) when
+    GPT-2 cannot express `config`."""
     if not config.tie_word_embeddings:
         raise InputError(
-            "GPT-2 cannot express this model: its output head is separate from the token embedding "
+            f"GPT-2 cannot express this model{f' ({source})' if source else ''}: its output head is separate from "
+            "the token embedding "
             "(tie_word_embeddings=false), and GPT-2 ties them, so tools that run GPT-2 would use the embedding as the "
             "head; publish it in the gptscratch format instead"
         )
@@ -133,7 +135,7 @@ def export_gpt2(model_dir: str | os.PathLike, output_dir: str | os.PathLike, ove
     check_apart(output_dir, {"model": [model_dir]}, named=f"{field('output_dir')} {output_dir}")
     check_output_directory(output_dir, overwrite)  # refuse a taken output before loading the model
     config, tokenizer = read_model_directory(model_dir)
-    gpt2_config(config)  # refuse what GPT-2 cannot express before the weights load
+    gpt2_config(config, f"{field('model')} {model_dir}")  # refuse what GPT-2 cannot express before the weights load
     model = load_model_weights(model_dir, config)
     with atomic_directory(output_dir, overwrite=overwrite, what="GPT-2 directory", size=weights_size(model)) as staging:
         write_gpt2_directory(model, tokenizer, staging)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -18,6 +19,19 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # Tests must never reach the network; transformers and datasets fail at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Hypothesis (tests/test_input_properties.py): in `make test`, a bounded and repeatable draw of examples; with
+# HYPOTHESIS_PROFILE=long, many more, drawn anew each run. Each example runs a command in this process, on fixtures it
+# never changes, so function-scoped fixtures shared across examples are fine.
+settings.register_profile(
+    "ci",
+    max_examples=30,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile("long", parent=settings.get_profile("ci"), max_examples=1000, derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # The tiny test models gain nothing from threads, and lose much to them on a busy 2-core machine.
 torch.set_num_threads(1)
 

@@ -24,6 +24,7 @@ from conftest import PROMPT, REPO_ROOT, ascii_char_tokenizer, byte_level_bpe, ti
 import convert.cli
 import convert.gpt2_export
 import train.cli
+import train.prepare
 import use.evaluate
 import use.generate
 import use.push
@@ -38,6 +39,7 @@ PROGS = {
     "eval": (use.evaluate.main, use.evaluate.PROG),
     "push": (use.push.main, use.push.PROG),
     "export": (convert.gpt2_export.main, convert.gpt2_export.PROG),
+    "prepare": (train.prepare.main, train.prepare.PROG),
 }
 TINY_TRAIN = [
     "--n-layers",
@@ -114,6 +116,7 @@ def w(tmp_path_factory) -> SimpleNamespace:
         "array.json": b"[1, 2]",
         "garbage.pth": b"not a torch file at all",
         "unknown-key.yaml": b"batch_size: 8\ncolour: red\n",
+        "run.yaml": b"max_steps: 1\n",
     }.items():
         (root / name).write_bytes(content)
         paths[name.replace(".", "_").replace("-", "_")] = root / name
@@ -138,7 +141,14 @@ def w(tmp_path_factory) -> SimpleNamespace:
         ),
         no_weights=spoiled("no-weights", lambda d: (d / "model.safetensors").unlink()),
         truncated=spoiled("truncated", lambda d: os.truncate(d / "model.safetensors", 100)),
+        bad_tokenizer=spoiled("bad-tokenizer", lambda d: (d / "tokenizer.json").write_text('{"a": 1}')),
     )
+    # What a conversion reads of OpenAI's checkpoint, present (its contents are never reached here).
+    checkpoint = root / "openai-checkpoint"
+    checkpoint.mkdir()
+    for name in ("hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001", "encoder.json", "vocab.bpe"):
+        (checkpoint / name).write_text("{}")
+    paths.update(openai_checkpoint=checkpoint)
     # The book's model files, for gptscratch-convert.
     from llms_from_scratch.ch04 import GPTModel
 
@@ -328,6 +338,51 @@ CASES = {
         train_args("--output-dir", "{used}"),
         ["--output-dir {used} exists and is not empty"],
     ),
+    "train: output directory inside the data directory": (
+        "train",
+        train_args("--data", "{root}", "--output-dir", "{root}/out"),
+        ["--output-dir {root}/out lies inside --data {root}"],
+    ),
+    "train: overwriting the directory that holds the data": (
+        "train",
+        train_args("--output-dir", "{root}", "--overwrite"),
+        ["--output-dir {root} contains --data {corpus}"],
+    ),
+    "train: overwriting the directory that holds the configuration file": (
+        "train",
+        ["--config-file", "{run_yaml}", "--output-dir", "{root}", "--overwrite"],
+        ["--output-dir {root} contains --config-file {run_yaml}"],
+    ),
+    "train: cache directory inside the tokenizer's": (
+        "train",
+        train_args("--tokenizer", "{bpe}", "--cache-dir", "{bpe}/cache", "--output-dir", "{missing}/out"),
+        ["--cache-dir {bpe}/cache lies inside --tokenizer {bpe}"],
+    ),
+    "train: cache directory that is a file": (
+        "train",
+        train_args("--cache-dir", "{text_txt}", "--output-dir", "{root}/out"),
+        ["cache directory {text_txt} cannot be used", "--cache-dir"],
+    ),
+    "train: a vocabulary no memory holds": (
+        "train",
+        train_args("--vocab-size", "1000000000", "--output-dir", "{root}/out"),
+        ["--vocab-size 1000000000: a byte-level BPE needs at least 257"],
+    ),
+    "train: a floor learning rate that is not a number": (
+        "train",
+        train_args("--min-lr", "nan", "--warmup-steps", "0", "--output-dir", "{root}/out"),
+        ["--min-lr nan: must be a finite number"],
+    ),
+    "train: an infinite weight decay": (
+        "train",
+        train_args("--weight-decay", "inf", "--output-dir", "{root}/out"),
+        ["--weight-decay inf: must be a finite number"],
+    ),
+    "train: a sampling temperature that is not a number": (
+        "train",
+        train_args("--temperature", "nan", "--output-dir", "{root}/out"),
+        ["--temperature nan: must be a finite number"],
+    ),
     "train: output directory that is a file": (
         "train",
         train_args("--output-dir", "{text_txt}"),
@@ -363,6 +418,16 @@ CASES = {
         "convert",
         ["--checkpoint-dir", "{missing}", "--output-dir", "{root}/out"],
         ["{missing}"],
+    ),
+    "convert: output that is the checkpoint": (
+        "convert",
+        ["--checkpoint-dir", "{openai_checkpoint}", "--output-dir", "{openai_checkpoint}", "--overwrite"],
+        ["--output-dir {openai_checkpoint} is --checkpoint-dir {openai_checkpoint}"],
+    ),
+    "convert: output inside the checkpoint": (
+        "convert",
+        ["--checkpoint-dir", "{openai_checkpoint}", "--output-dir", "{openai_checkpoint}/model"],
+        ["--output-dir {openai_checkpoint}/model lies inside --checkpoint-dir {openai_checkpoint}"],
     ),
     "convert: unknown size": (
         "convert",
@@ -516,6 +581,16 @@ CASES = {
         ["--model", "{no_tokenizer}", "--prompt", "Hi"],
         ["{no_tokenizer} holds no tokenizer"],
     ),
+    "generate: a damaged tokenizer.json": (
+        "generate",
+        ["--model", "{bad_tokenizer}", "--prompt", PROMPT],
+        ["{bad_tokenizer} holds no loadable tokenizer (no 'added_tokens')"],
+    ),
+    "generate: a sampling temperature that is not a number": (
+        "generate",
+        ["--model", "{model}", "--prompt", PROMPT, "--temperature", "nan"],
+        ["--temperature must be a finite number >= 0", "got nan"],
+    ),
     "generate: another model type": (
         "generate",
         ["--model", "{foreign}", "--prompt", "Hi"],
@@ -614,6 +689,11 @@ CASES = {
         ["--model", "{model}", "--hub-dir", "{text_txt}", "--repo-id", "a/b"],
         ["hub directory {text_txt} cannot be used"],
     ),
+    "push: repository inside the model directory": (
+        "push",
+        ["--model", "{model}", "--hub-dir", "{model}", "--repo-id", "a/b"],
+        ["the repository {model}/a/b lies inside --model {model}"],
+    ),
     "push: missing model": (
         "push",
         ["--model", "{missing}", "--hub-dir", "{hub}", "--repo-id", "a/b"],
@@ -640,6 +720,11 @@ CASES = {
         ["--model", "{untied}", "--output-dir", "{root}/out"],
         ["GPT-2 cannot express this model"],
     ),
+    "export: output that is the model, overwritten": (
+        "export",
+        ["--model", "{model}", "--output-dir", "{model}", "--overwrite"],
+        ["--output-dir {model} is --model {model}"],
+    ),
     "export: output directory in use": (
         "export",
         ["--model", "{model}", "--output-dir", "{used}"],
@@ -654,6 +739,17 @@ CASES = {
         "export",
         ["--model", "{model}", "--output-dir", "{full}/out"],
         ["cannot write GPT-2 directory {full}/out: no space left on device (it needs about"],
+    ),
+    # gptscratch-prepare
+    "prepare: cache inside the data directory": (
+        "prepare",
+        ["--data", "{root}", "--cache-dir", "{root}/tokens"],
+        ["--cache-dir {root}/tokens lies inside --data {root}"],
+    ),
+    "prepare: a vocabulary no memory holds": (
+        "prepare",
+        ["--data", "{corpus}", "--vocab-size", "1000000000", "--cache-dir", "{cache}"],
+        ["--vocab-size 1000000000"],
     ),
 }
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
+from cli_helpers import assert_one_line_error
+from conftest import REPO_ROOT
 from data_helpers import expected_streams, quiet_prepare, write_documents
 from train_helpers import TINY_MODEL, train_cli
 
@@ -160,6 +165,20 @@ def test_hub_dataset_offline_names_the_local_file_alternative(cache_dir):
         C.hub_corpus("someone/no-such-dataset", cache_dir=cache_dir)
 
 
+@pytest.mark.slow
+def test_an_unreachable_hub_refuses_a_dataset_in_one_line_at_once(tmp_path):
+    """Not told it is offline, datasets' hub client would retry for half a minute, a warning at every try, before
+    the refusal; the Hub is probed first (common.hub), and the local cache, empty here, answers at once."""
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_ENDPOINT="https://hub.invalid", HF_HOME=str(tmp_path / "hf-home"), PYTHONPATH=str(REPO_ROOT))
+    argv = ["--dataset", "someone/no-such-dataset", "--output-dir", tmp_path / "out", "--cache-dir", tmp_path / "cache"]
+    result = subprocess.run(
+        [sys.executable, "-m", "train", *map(str, argv)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert_one_line_error(result, "gptscratch-train", "--dataset someone/no-such-dataset: could not load it", "--data")
+    assert not (tmp_path / "out").exists()
+
+
 def test_embedded_corpus_ships_with_python():
     corpus = C.embedded_corpus("pydoc")
     assert "pydoc_data" in corpus.description
@@ -167,7 +186,11 @@ def test_embedded_corpus_ships_with_python():
     assert C.scan_corpus(corpus, progress=False).characters > 400_000
 
 
-def test_an_output_directory_inside_the_data_directory_is_left_out_of_the_data(tmp_path, corpus, cache, capsys):
+def test_an_output_directory_inside_the_data_directory_is_refused_and_a_run_put_there_is_left_out(
+    tmp_path, corpus, cache, capsys
+):
+    """A run cannot write into its own data (it would read its weights and metrics as text next time, and an
+    overwrite would delete the text); a run directory a user moves there is left out of the data."""
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(corpus, data / "topics.txt")
@@ -186,10 +209,12 @@ def test_an_output_directory_inside_the_data_directory_is_left_out_of_the_data(t
         "--eval-freq",
         "2",
     ]
-    assert train_cli([*args, "--output-dir", str(data / "run")]) == 0
+    assert train_cli([*args, "--output-dir", str(data / "run")]) == 2
+    assert f"--output-dir {data / 'run'} lies inside --data {data}" in capsys.readouterr().err
+    assert sorted(path.name for path in data.iterdir()) == ["topics.txt"]
+    assert train_cli([*args, "--output-dir", str(tmp_path / "first")]) == 0
     first = capsys.readouterr().out
-    # The run's weights, checkpoints, metrics and plots now lie inside the data directory: the next run on that
-    # directory reads the same text as the first, and says what it left out.
+    shutil.copytree(tmp_path / "first", data / "run")  # weights, checkpoints, metrics and plots among the text
     assert train_cli([*args, "--output-dir", str(tmp_path / "second"), "--dry-run"]) == 0
     second = capsys.readouterr().out
     assert f"--data {data}: left out {data / 'run'} (model files and run or model directories are not text)" in second

@@ -146,13 +146,13 @@ def expand_data_paths(paths: Sequence[str], log: Callable[[str], None] | None = 
 
 
 def data_roots(paths: Sequence[str]) -> list[Path]:
-    """What `data` paths name on disk, without reading them: a file or directory itself, a glob's fixed part (the
-    directory before its first wildcard). The places a run's outputs must stay out of."""
+    """What `data` paths name on disk, without reading them: a file or directory itself, the files a glob matches.
+    The places a run's outputs must stay out of."""
     roots = []
     for spec in paths:
-        parts = Path(spec).parts
-        fixed = next((index for index, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-        roots.append(Path(*parts[:fixed]) if fixed else Path("."))
+        roots += (
+            sorted(Path(match) for match in glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [Path(spec)]
+        )
     return roots
 
 

@@ -4,11 +4,10 @@ by the model's own fields, and the training-time dropout; the one place that tur
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from typing import Any
 
 from common.errors import InputError, field
+from common.model_fields import fits, parse, takes
 from modeling_gptscratch import PRESETS, GPTScratchConfig
 from train.options import ModelOptions
 
@@ -29,7 +28,17 @@ def build_config(options: ModelOptions, vocab_size: int, eos_token_id: int) -> G
             options.preset, **overrides, vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id
         )
     except (ValueError, TypeError) as error:
-        raise InputError(f"{field('preset')} {options.preset} with overrides {overrides}: {error}") from error
+        raise InputError(f"{field('preset')} {options.preset} with {describe_overrides(options)}: {error}") from error
+
+
+def describe_overrides(options: ModelOptions) -> str:
+    """The model settings the options make, named by their fields: `n_layers 4, config n_heads=3`."""
+    shape = {name: getattr(options, name) for name in ("n_layers", "n_heads", "emb_dim", "qkv_bias")}
+    dropout = {name: getattr(options, name) for name in ("dropout", "attention_dropout")}
+    settings = [f"{field(name)} {value}" for name, value in shape.items() if value is not None]
+    settings += [f"{field(name)} {value}" for name, value in dropout.items() if value]
+    settings += [f"{field('config')} {key}={value}" for key, value in options.config.items()]
+    return ", ".join(settings) or "its own settings"
 
 
 def typed_model_options(options: ModelOptions) -> ModelOptions:
@@ -61,54 +70,17 @@ def model_context_length(options: ModelOptions) -> int:
     return int(options.config.get("context_length", PRESETS[options.preset]["context_length"]))
 
 
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false (1 or 0)", str: "text", type(None): "null"}
-_WORDS = {"true": True, "1": True, "false": False, "0": False, "null": None, "none": None}
-
-
 def model_field_value(name: str, value: Any) -> Any:
     """`value` for GPTScratchConfig's field `name`, as the field's type: a command-line string is parsed (int, float,
     bool as true/false/1/0, null/None where the field takes None); a Python value is checked. An InputError names
     the field and what it takes."""
-    annotation = GPTScratchConfig.__annotations__[name]
-    if isinstance(annotation, str):  # the model file's annotations are strings (`from __future__ import annotations`)
-        types = [_TYPES[part.strip()] for part in annotation.split("|")]
-    else:
-        types = list(typing.get_args(annotation)) or [annotation]
     if isinstance(value, str):
-        for kind in types:
-            try:
-                return _parse_as(kind, value)
-            except ValueError:
-                continue
-    elif _has_type(value, types):
+        try:
+            return parse(name, value)
+        except ValueError:
+            pass
+    elif fits(name, value):
         return value
     default = getattr(GPTScratchConfig(), name)
     example = str(default).lower() if isinstance(default, bool) else default
-    takes = " or ".join(_TYPE_NAMES[kind] for kind in types)
-    raise InputError(f"{field('config')} {name}={value}: {name} takes {takes}, e.g. {name}={example}")
-
-
-def _has_type(value: Any, types: list[type]) -> bool:
-    """Whether a Python value fits: bool only where bool is taken (it is an int too), an int where a float is; a
-    number only where it is finite."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return False
-    if isinstance(value, bool):
-        return bool in types
-    return any(isinstance(value, kind) for kind in types) or (isinstance(value, int) and float in types)
-
-
-def _parse_as(kind: type, text: str) -> Any:
-    """`text` as a value of `kind`; ValueError when it is not one."""
-    word = text.strip().lower()
-    if kind is bool or kind is type(None):
-        if word in _WORDS and isinstance(_WORDS[word], kind):
-            return _WORDS[word]
-        raise ValueError(text)
-    if kind is float:
-        number = float(text)
-        if not math.isfinite(number):
-            raise ValueError(text)
-        return number
-    return kind(text)
+    raise InputError(f"{field('config')} {name}={value}: {name} takes {takes(name)}, e.g. {name}={example}")

@@ -77,6 +77,8 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
         log = tqdm.write if state.is_main_process else (lambda message: None)
     options.check()
     options = dataclasses.replace(options, model=typed_model_options(options.model))
+    build_config(options.model, vocab_size=257, eos_token_id=0)  # a model of these settings exists: checked now, not
+    # once the data is ready (its vocabulary, which only sizes it, is the tokenizer's)
     check_context_length(options.model, options.data.context_length)
     inputs = {
         **corpus_inputs(options.data.data, options.data.tokenizer),
@@ -120,10 +122,12 @@ def check_batch_fits(options: TrainOptions, data: PreparedData, processes: int) 
     optimisation = options.optimisation
     windows = data.train.windows_per_epoch
     if windows is not None and windows < optimisation.batch_size * processes * optimisation.grad_accum:
+        train = data.train
         raise InputError(
             f"{field('batch_size')} {optimisation.batch_size} (x {processes} processes x {optimisation.grad_accum} "
-            f"accumulation steps) is larger than the {windows} training windows; lower {field('batch_size')} "
-            "or give more text"
+            f"accumulation steps) is larger than the {windows} training windows ({field('context_length')} "
+            f"{train.context_length}, {field('stride')} {train.stride}); lower {field('batch_size')} or "
+            f"{field('stride')}, or give more text"
         )
 
 

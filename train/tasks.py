@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from common.compat import HFLM_LOGGER, HFLM_MODEL_OBJECT_WARNINGS, drop_log_messages
 from common.errors import InputError, field, first_line
+from common.hub import offline_unless_reachable
 
 LM_EVAL_INSTALL = "pip install 'gptscratch[eval]'"
 # HFLM's generation budget when a task sets none (HFLM.max_gen_toks), and the keys a task may set it under, in
@@ -151,9 +152,11 @@ def _datasets_progress_bars_off() -> Iterator[None]:
 
 
 def _load_one(manager: Any, name: str) -> dict[str, Any]:
-    """`manager.load([name])`, with an InputError naming the task and the fix when its data cannot be had."""
+    """`manager.load([name])`, with an InputError naming the task and the fix when its data cannot be had; with the
+    Hub unreachable, from the local cache at once (`common.hub`), not after a minute of retries."""
     try:
-        return manager.load([name])
+        with offline_unless_reachable():
+            return manager.load([name])
     except ConnectionError as error:  # datasets raises it for the hub offline (HF_DATASETS_OFFLINE) or unreachable
         raise InputError(
             f"task {name} needs data from the Hugging Face Hub that is not cached here ({first_line(error)}); run it "

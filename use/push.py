@@ -261,7 +261,7 @@ def push_to_local_hub(
     model_dir = Path(model_dir)
     config, tokenizer = read_model_directory(model_dir)
     if format == "gpt2":
-        gpt2_config(config)  # refuse what GPT-2 cannot express before the weights load
+        gpt2_config(config, f"{field('model')} {model_dir}")  # refuse what GPT-2 cannot express before the weights load
     summary = read_training_summary(model_dir)
     present = [name for name in TRAINING_FILES if (model_dir / name).is_file()]
     model = load_model_weights(model_dir, config)
