@@ -15,6 +15,8 @@ DEMO_DIR ?= runs/demo
 # that), or the time budget (seconds, or 90s, 10m, 2h; the loop, evaluations and checkpoints included) if sooner.
 DEMO_EPOCHS ?= 3
 DEMO_TIME ?= 240
+# DeepSpeed (a dev dependency, for the sharded-training tests) installs without compiling its CUDA ops.
+export DS_BUILD_OPS = 0
 # The suite runs in this many worker processes (pytest-xdist); each test keeps to one thread (tests/conftest.py).
 TEST_WORKERS ?= 2
 PYTEST = -m pytest -q -n $(TEST_WORKERS)
