@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from common.compat import clear_progress_bars, disable_progress_bars
+from common.compat import DEEPSPEED_CPU_NOTICE, clear_progress_bars, disable_progress_bars, drop_log_messages
 from common.errors import STORAGE_FAILURES, InputError, failed_path, spelling, storage_failure
 
 
@@ -40,6 +40,7 @@ def run_command(name: str, main: Callable[[], int | None]) -> None:
     and exit status 2, and so does an output location that is full or read-only (any other error keeps its
     traceback)."""
     progress_bars_only_on_a_terminal()
+    drop_log_messages(*DEEPSPEED_CPU_NOTICE)  # before anything imports accelerate, and with it DeepSpeed
     try:
         with spelling(flag_name):
             status = main()

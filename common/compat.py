@@ -23,10 +23,20 @@ TORCH_WRITE_FAILURE_MESSAGES = ("inline_container.cc", "basic_ios::clear", "Pyto
 # once; loading ties it again, so the warning is noise.
 ACCELERATE_SHARED_TENSOR = ("accelerate.utils.other", "Removed shared tensor")
 
+# DeepSpeed, imported by Accelerate wherever it is installed, warns at import on a machine without an accelerator that
+# it is "Setting accelerator to CPU": a line before every command's output, and before a refusal's one line.
+DEEPSPEED_CPU_NOTICE = ("DeepSpeed", "Setting accelerator to CPU")
+
 # lm-eval's HFLM warns about these whenever it is handed a model object rather than a name: they are about
 # `accelerate launch` and loading options that a model object never uses.
 HFLM_LOGGER = "lm_eval.models.huggingface"
 HFLM_MODEL_OBJECT_WARNINGS = ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model")
+
+# transformers' GGUF reader (the private table `GGUF_TO_TRANSFORMERS_MAPPING`) reads a gpt2 file's context length
+# into `n_ctx`, which GPT2Config no longer has: the model keeps n_positions 1024, and a file of any other context fails
+# to load (its position embedding has another size). It reads this key into `max_position_embeddings`, GPT2Config's
+# name for n_positions; llama.cpp reads only its architecture's keys, so a GPT-2 GGUF carries it for transformers.
+TRANSFORMERS_GGUF_CONTEXT_KEY = "llama.context_length"
 
 
 def drop_log_messages(logger_name: str, *texts: str) -> logging.Filter:
@@ -143,3 +153,15 @@ def clear_progress_bars() -> None:
     for bar in list(getattr(tqdm.tqdm, "_instances", ())):
         bar.leave = False  # close() then wipes the bar's line instead of leaving it
         bar.close()
+
+
+def register_for_transformers_serve(model_class: type) -> None:
+    """Makes `model_class` loadable by `transformers serve`: its model manager (the private `_load_model` of
+    `transformers.cli.serving.model_manager.ModelManager`) looks a model's class up by the name in config.json's
+    `architectures` on the module it imported as `transformers`, which holds transformers' own models alone; a class
+    registered with `AutoModelForCausalLM`, or one from a directory's remote code, is not found there. The class goes
+    onto that very module object: transformers replaces `sys.modules["transformers"]` once while importing
+    (processing_utils imports the package anew), so the module `import transformers` gives may be another."""
+    from transformers.cli.serving import model_manager
+
+    setattr(model_manager.transformers, model_class.__name__, model_class)

@@ -1,10 +1,13 @@
-"""`gptscratch-convert` (also `python -m convert`): OpenAI's GPT-2 checkpoints or the book's into a model directory.
+"""`gptscratch-convert` (also `python -m convert`): OpenAI's GPT-2 checkpoints, the book's, or a transformers GPT-2
+into a model directory.
 
     gptscratch-convert --checkpoint-dir DIR --output-dir OUT [--dtype float32|bfloat16|float16] [--overwrite]
     gptscratch-convert --download 124M|355M|774M|1558M --models-dir DIR [--output-dir OUT]
     gptscratch-convert --book-checkpoint FILE --book-config JSON --tokenizer DIR --output-dir OUT
+    gptscratch-convert --from-transformers DIR|NAME --output-dir OUT
 
-Thin: parses the flags and calls the Python API (convert.openai_checkpoint, convert.book_checkpoint).
+Thin: parses the flags and calls the Python API (convert.openai_checkpoint, convert.book_checkpoint,
+convert.from_transformers).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from common.commands import ArgumentParser, UsageError, flag_name, run_command
 from convert.book_checkpoint import convert_book_checkpoint
+from convert.from_transformers import convert_transformers_gpt2
 from convert.openai_checkpoint import (
     DOWNLOAD_BASE_URLS,
     MODEL_SIZES,
@@ -30,16 +34,19 @@ _SOURCE_FLAGS = {
     "checkpoint_dir": ({"output_dir"}, set()),
     "download": ({"models_dir"}, {"output_dir", "base_url"}),
     "book_checkpoint": ({"book_config", "tokenizer", "output_dir"}, set()),
+    "from_transformers": ({"output_dir"}, set()),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The flags of `gptscratch-convert`: one source (--checkpoint-dir, --download or --book-checkpoint) and its
-    options; which flags go with which source is checked after parsing (`_check_flag_combination`)."""
+    """The flags of `gptscratch-convert`: one source (--checkpoint-dir, --download, --book-checkpoint or
+    --from-transformers) and its options; which flags go with which source is checked after parsing
+    (`_check_flag_combination`)."""
     parser = ArgumentParser(
         prog=PROG,
-        description="Convert OpenAI's GPT-2 TensorFlow checkpoints, or the book's model.pth files, into a model "
-        "directory (safetensors + config + tokenizer) that AutoModelForCausalLM.from_pretrained loads.",
+        description="Convert OpenAI's GPT-2 TensorFlow checkpoints, the book's model.pth files, or a transformers "
+        "GPT-2 into a model directory (safetensors + config + tokenizer) that AutoModelForCausalLM.from_pretrained "
+        "loads.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint-dir", type=Path, metavar="DIR", help="a directory holding OpenAI's GPT-2 files")
@@ -51,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument(
         "--book-checkpoint", type=Path, metavar="FILE", help="the book's model.pth or model_and_optimizer.pth"
+    )
+    source.add_argument(
+        "--from-transformers",
+        metavar="DIR|NAME",
+        help="a transformers GPT-2 (GPT2LMHeadModel) directory, or a hub name such as openai-community/gpt2 (read "
+        "from the local cache when offline)",
     )
     parser.add_argument(
         "--output-dir",
@@ -122,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 base_urls=args.base_url or DOWNLOAD_BASE_URLS,
                 **options,
             )
+        elif source == "from_transformers":
+            output = convert_transformers_gpt2(args.from_transformers, args.output_dir, **options)
         else:
             output = convert_book_checkpoint(
                 args.book_checkpoint, args.book_config, args.tokenizer, args.output_dir, **options

@@ -65,40 +65,48 @@ def gpt2_config(config: GPTScratchConfig, source: str | None = None) -> GPT2Conf
     )
 
 
-def gpt2_state_dict(model: GPTScratchForCausalLM) -> dict[str, torch.Tensor]:
-    """GPTScratch's weights under GPT-2's tensor names: `model`'s own tensors, no copies (same layouts).
+# A transformer block's tensors: GPTScratch's name and GPT-2's. Both store projections as [in, out] (GPT-2's Conv1D,
+# GPTScratch's Projection), and the fused q/k/v matrix holds q, k, v side by side in both: the same tensors, renamed.
+BLOCK_NAMES = (
+    ("norm1.weight", "ln_1.weight"),
+    ("norm1.bias", "ln_1.bias"),
+    ("att.qkv.weight", "attn.c_attn.weight"),  # [emb, 3 * emb]
+    ("att.qkv.bias", "attn.c_attn.bias"),
+    ("att.out_proj.weight", "attn.c_proj.weight"),
+    ("att.out_proj.bias", "attn.c_proj.bias"),
+    ("norm2.weight", "ln_2.weight"),
+    ("norm2.bias", "ln_2.bias"),
+    ("ff.layers.0.weight", "mlp.c_fc.weight"),  # [emb, 4 * emb]
+    ("ff.layers.0.bias", "mlp.c_fc.bias"),
+    ("ff.layers.2.weight", "mlp.c_proj.weight"),  # [4 * emb, emb]
+    ("ff.layers.2.bias", "mlp.c_proj.bias"),
+)
 
-    The tied head is left out: GPT2LMHeadModel ties `lm_head.weight` to `transformer.wte.weight` itself.
-    """
-    base = model.model
-    state = {
-        "transformer.wte.weight": base.tok_emb.weight,
-        "transformer.wpe.weight": base.pos_emb.weight,
-        "transformer.ln_f.weight": base.final_norm.weight,
-        "transformer.ln_f.bias": base.final_norm.bias,
+
+def gpt2_names(n_layers: int) -> dict[str, str]:
+    """GPTScratch's parameter names -> GPT-2's, for a model of `n_layers` blocks (the tied head aside: both models
+    tie it to the token embedding themselves)."""
+    names = {
+        "model.tok_emb.weight": "transformer.wte.weight",
+        "model.pos_emb.weight": "transformer.wpe.weight",
+        "model.final_norm.weight": "transformer.ln_f.weight",
+        "model.final_norm.bias": "transformer.ln_f.bias",
     }
-    for i, block in enumerate(base.trf_blocks):
-        prefix = f"transformer.h.{i}"
+    for i in range(n_layers):
+        names.update({f"model.trf_blocks.{i}.{ours}": f"transformer.h.{i}.{theirs}" for ours, theirs in BLOCK_NAMES})
+    return names
+
+
+def gpt2_state_dict(model: GPTScratchForCausalLM) -> dict[str, torch.Tensor]:
+    """GPTScratch's weights under GPT-2's tensor names: `model`'s own tensors, no copies (same layouts). GPT-2 always
+    has q/k/v biases: a model without them gets zeros (adding zero changes nothing)."""
+    ours = dict(model.named_parameters())
+    state = {theirs: ours[name].detach() for name, theirs in gpt2_names(model.config.n_layers).items() if name in ours}
+    for i, block in enumerate(model.model.trf_blocks):
         qkv = block.att.qkv
-        state.update(
-            {
-                f"{prefix}.ln_1.weight": block.norm1.weight,
-                f"{prefix}.ln_1.bias": block.norm1.bias,
-                f"{prefix}.attn.c_attn.weight": qkv.weight,  # [emb, 3 * emb]: q, k, v side by side
-                f"{prefix}.attn.c_attn.bias": qkv.bias
-                if qkv.bias is not None
-                else qkv.weight.new_zeros(qkv.weight.shape[1]),
-                f"{prefix}.attn.c_proj.weight": block.att.out_proj.weight,
-                f"{prefix}.attn.c_proj.bias": block.att.out_proj.bias,
-                f"{prefix}.ln_2.weight": block.norm2.weight,
-                f"{prefix}.ln_2.bias": block.norm2.bias,
-                f"{prefix}.mlp.c_fc.weight": block.ff.layers[0].weight,  # [emb, 4 * emb]
-                f"{prefix}.mlp.c_fc.bias": block.ff.layers[0].bias,
-                f"{prefix}.mlp.c_proj.weight": block.ff.layers[2].weight,  # [4 * emb, emb]
-                f"{prefix}.mlp.c_proj.bias": block.ff.layers[2].bias,
-            }
-        )
-    return {name: tensor.detach() for name, tensor in state.items()}
+        if qkv.bias is None:
+            state[f"transformer.h.{i}.attn.c_attn.bias"] = qkv.weight.new_zeros(qkv.weight.shape[1])
+    return state
 
 
 def to_gpt2(model: GPTScratchForCausalLM) -> GPT2LMHeadModel:

@@ -2,7 +2,7 @@
 
 A checkpoint directory holds OpenAI's seven files (`CHECKPOINT_FILES`). Its tensors are read one at a time with
 TensorFlow's checkpoint reader, checked against the shapes hparams.json implies (as the book's `assign` does),
-renamed to GPTScratch's parameters and written with `save_converted_model`, beside the GPT-2 tokenizer built from
+renamed to GPTScratch's parameters and assembled by `converted_model`, beside the GPT-2 tokenizer built from
 encoder.json and vocab.bpe.
 
 TensorFlow (the `convert` extra) is imported only when converting; TensorFlow, torch and transformers only once the
@@ -26,10 +26,14 @@ from tqdm.auto import tqdm
 
 from common.errors import InputError, field, first_line
 from common.files import check_apart, check_output_directory, read_json_object
-from convert.weights import check_dtype, check_shapes, check_shard_size, save_converted_model, torch_dtype
+from common.model_dir import save_model_directory
+from convert.weights import check_dtype, check_shapes, check_shard_size, converted_model, torch_dtype
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from modeling_gptscratch import GPTScratchForCausalLM
 
 MODEL_SIZES = ("124M", "355M", "774M", "1558M")
 CHECKPOINT_PREFIX = "model.ckpt"
@@ -219,12 +223,21 @@ def convert_openai_checkpoint(
     """
     checkpoint_dir = check_checkpoint_directory(checkpoint_dir)
     check_apart(output_dir, {"checkpoint_dir": [checkpoint_dir]}, named=f"{field('output_dir')} {output_dir}")
-    hparams = read_hparams(checkpoint_dir / "hparams.json")
     check_dtype(dtype)
     check_shard_size(max_shard_size)
     check_output_directory(output_dir, overwrite)
-    reader = open_checkpoint(checkpoint_dir, hparams)
+    model, tokenizer = load_openai_checkpoint(checkpoint_dir, dtype)
+    return save_model_directory(model, tokenizer, output_dir, overwrite=overwrite, max_shard_size=max_shard_size)
 
+
+def load_openai_checkpoint(
+    checkpoint_dir: str | os.PathLike, dtype: str = "float32"
+) -> tuple[GPTScratchForCausalLM, PreTrainedTokenizerBase]:
+    """One of OpenAI's GPT-2 checkpoints as a GPTScratch model in `dtype` and GPT-2's tokenizer (see
+    `convert_openai_checkpoint`); what `--init-from` reads when it is given such a directory."""
+    checkpoint_dir = check_checkpoint_directory(checkpoint_dir)
+    hparams = read_hparams(checkpoint_dir / "hparams.json")
+    reader = open_checkpoint(checkpoint_dir, hparams)
     config = dict(
         vocab_size=hparams["n_vocab"],
         context_length=hparams["n_ctx"],
@@ -236,7 +249,7 @@ def convert_openai_checkpoint(
         tie_word_embeddings=True,
     )
     tensors = _read_tensors(reader, openai_variables(hparams), torch_dtype(dtype))
-    return save_converted_model(config, tensors, checkpoint_dir, output_dir, overwrite, max_shard_size)
+    return converted_model(config, tensors, checkpoint_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -133,6 +133,19 @@ def assemble_model(config: GPTScratchConfig, tensors: Iterable[tuple[str, torch.
     return model.eval()
 
 
+def converted_model(
+    config: Mapping[str, Any], tensors: Iterable[tuple[str, torch.Tensor]], tokenizer_dir: str | os.PathLike
+) -> tuple[GPTScratchForCausalLM, PreTrainedTokenizerBase]:
+    """What every converter makes: the tokenizer from `tokenizer_dir` (`load_checkpoint_tokenizer`), and the model
+    assembled from `tensors` (`assemble_model`) with a GPTScratchConfig of `config` (GPTScratchConfig's keyword
+    arguments) whose text starts and ends at the tokenizer's end-of-text token."""
+    from modeling_gptscratch import GPTScratchConfig
+
+    tokenizer = load_checkpoint_tokenizer(tokenizer_dir, config["vocab_size"], config["context_length"])
+    model_config = GPTScratchConfig(**config, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return assemble_model(model_config, tensors), tokenizer
+
+
 def save_converted_model(
     config: Mapping[str, Any],
     tensors: Iterable[tuple[str, torch.Tensor]],
@@ -141,14 +154,7 @@ def save_converted_model(
     overwrite: bool = False,
     max_shard_size: str | int = "2GB",
 ) -> Path:
-    """The end both converters share: the tokenizer from `tokenizer_dir` (`load_checkpoint_tokenizer`), a
-    GPTScratchConfig of `config` (GPTScratchConfig's keyword arguments) whose text starts and ends at the
-    tokenizer's end-of-text token, the model assembled from `tensors` (`assemble_model`), and the model directory
-    written atomically to `output_dir`; returns its path. The caller has checked the output directory already.
-    """
-    from modeling_gptscratch import GPTScratchConfig
-
-    tokenizer = load_checkpoint_tokenizer(tokenizer_dir, config["vocab_size"], config["context_length"])
-    model_config = GPTScratchConfig(**config, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = assemble_model(model_config, tensors)
+    """`converted_model`, written atomically as a model directory to `output_dir`; returns its path. The caller has
+    checked the output directory already."""
+    model, tokenizer = converted_model(config, tensors, tokenizer_dir)
     return save_model_directory(model, tokenizer, output_dir, overwrite=overwrite, max_shard_size=max_shard_size)

@@ -16,6 +16,9 @@ from hypothesis import HealthCheck, settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+from common.compat import DEEPSPEED_CPU_NOTICE, drop_log_messages  # noqa: E402
+
+drop_log_messages(*DEEPSPEED_CPU_NOTICE)  # as every command does: tests read what commands print
 # Tests must never reach the network; transformers and datasets fail at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

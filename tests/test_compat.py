@@ -55,6 +55,17 @@ def test_drop_log_messages_drops_only_the_records_that_hold_a_text(caplog):
     assert [record.getMessage() for record in caplog.records] == ["a real problem"]
 
 
+def test_deepspeed_still_announces_its_cpu_fallback_in_the_words_compat_drops():
+    """The notice is logged at import, before a test could catch it: its words are checked in DeepSpeed's source,
+    and a fresh command prints nothing of it."""
+    real_accelerator = pytest.importorskip("deepspeed.accelerator.real_accelerator")
+    logger_name, text = compat.DEEPSPEED_CPU_NOTICE
+    assert text in inspect.getsource(real_accelerator), f"DEEPSPEED_CPU_NOTICE: DeepSpeed no longer says {text!r}"
+    from deepspeed.utils import logger
+
+    assert logger.name == logger_name, f"DEEPSPEED_CPU_NOTICE: DeepSpeed's logger is {logger.name!r} now"
+
+
 def test_lm_evals_hflm_still_warns_in_the_words_compat_drops():
     lm_eval_huggingface = pytest.importorskip("lm_eval.models.huggingface")
     assert compat.HFLM_LOGGER == lm_eval_huggingface.__name__
