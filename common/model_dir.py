@@ -7,6 +7,7 @@ imports take.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -25,6 +26,30 @@ if TYPE_CHECKING:
 # and ask on stdin whether to run the directory's code.
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "encoder.json")
 
+# A base model has no chat format of its own, so a chat reads as the plain text of its messages, one "Role: content"
+# paragraph each, and the model continues after "Assistant:". Content given as parts (OpenAI's [{"type": "text",
+# ...}]) contributes its text parts.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize }}:"
+    "{% if message['content'] is string %} {{ message['content'] }}"
+    "{% else %}{% for part in message['content'] if part['type'] == 'text' %} {{ part['text'] }}{% endfor %}"
+    "{% endif %}{{ '\\n\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def with_chat_template(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """`tokenizer` itself when it has a chat template, else a copy of it with `PLAIN_CHAT_TEMPLATE`: what every
+    model directory the package writes saves, so a chat request to a server of it gets a completion. The caller's
+    tokenizer is left as it was."""
+    if tokenizer.chat_template is not None:
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    return tokenizer
+
 
 def save_model_directory(
     model: GPTScratchForCausalLM,
@@ -34,11 +59,12 @@ def save_model_directory(
     max_shard_size: str | int = "2GB",
 ) -> Path:
     """Writes a complete model directory atomically: config.json (with auto_map), model.safetensors (sharded past
-    `max_shard_size`), generation_config.json, modeling_gptscratch.py and, if given, the tokenizer files."""
+    `max_shard_size`), generation_config.json, modeling_gptscratch.py and, if given, the tokenizer files (with a chat
+    template: the tokenizer's own, else `PLAIN_CHAT_TEMPLATE`)."""
     with atomic_directory(target, overwrite=overwrite, what="model directory", size=weights_size(model)) as staging:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+            with_chat_template(tokenizer).save_pretrained(staging)
     return Path(target)
 
 

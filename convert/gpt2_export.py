@@ -29,7 +29,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 from common.commands import ArgumentParser, run_command
 from common.errors import InputError, field
 from common.files import atomic_directory, check_apart, check_output_directory
-from common.model_dir import load_model_weights, read_model_directory, weights_size
+from common.model_dir import load_model_weights, read_model_directory, weights_size, with_chat_template
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 
 PROG = "python -m convert.gpt2_export"
@@ -134,7 +134,7 @@ def write_gpt2_directory(
     """Writes the GPT-2 export of `model` and its tokenizer into the existing `directory`."""
     gpt2 = to_gpt2(model)
     gpt2.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    with_chat_template(tokenizer).save_pretrained(directory)
 
 
 def export_gpt2(model_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:

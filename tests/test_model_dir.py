@@ -6,6 +6,7 @@ import os
 import re
 
 import pytest
+from conftest import byte_level_tokenizer
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
@@ -117,3 +118,23 @@ def test_a_foreign_directory_is_named(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(InputError, match="holds a 'bert' model, not a gptscratch one"):
         load_model_directory(tmp_path)
+
+
+def test_a_saved_tokenizer_carries_the_plain_chat_template_and_the_callers_is_untouched(tiny_model, tmp_path):
+    """A chat to a base model reads as plain text: each message as 'Role: content', then 'Assistant:'."""
+    from transformers import AutoTokenizer
+
+    from common.model_dir import with_chat_template
+
+    tokenizer = byte_level_tokenizer()
+    save_model_directory(tiny_model, tokenizer, tmp_path / "model")
+    assert tokenizer.chat_template is None
+    saved = AutoTokenizer.from_pretrained(tmp_path / "model")
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "image"}]},
+    ]
+    text = saved.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert text == "System: Be brief.\n\nUser: Hello\n\nAssistant:"
+    saved.chat_template = "{{ messages[0]['content'] }}"
+    assert with_chat_template(saved) is saved  # a tokenizer's own template is kept

@@ -255,7 +255,7 @@ def push_to_local_hub(
     # Imported only now: the checks above refuse a mistyped repo id or hub directory at once, not after the
     # seconds that torch and transformers take to load.
     from common.files import atomic_directory, recover_interrupted_writes
-    from common.model_dir import load_model_weights, read_model_directory, weights_size
+    from common.model_dir import load_model_weights, read_model_directory, weights_size, with_chat_template
     from convert.gpt2_export import gpt2_config, write_gpt2_directory
 
     model_dir = Path(model_dir)
@@ -278,7 +278,7 @@ def push_to_local_hub(
                 write_gpt2_directory(model, tokenizer, staging)
             else:
                 model.save_pretrained(staging)
-                tokenizer.save_pretrained(staging)
+                with_chat_template(tokenizer).save_pretrained(staging)
             for name in present:
                 shutil.copy2(model_dir / name, staging / name)
             card = model_card(repo_id, model, tokenizer, summary, "loss_plot.png" in present, format, license)
