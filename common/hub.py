@@ -29,6 +29,13 @@ def can_reach(url: str, timeout: float = 5.0) -> bool:
     return True
 
 
+def is_hub_name(source: str | os.PathLike) -> bool:
+    """Whether `source`, which names no directory, reads as a hub name ("name" or "namespace/name") rather than a
+    wrong local path (an existing file, one starting with ".", "/" or "~", or one of more than two parts)."""
+    text = str(source)
+    return not (os.path.exists(text) or text.startswith((".", "/", "~")) or text.count("/") > 1)
+
+
 def hub_reachable() -> bool:
     """Whether the Hub (`HF_ENDPOINT`) answers."""
     return can_reach(HF_ENDPOINT)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from common.hub import HF_ENDPOINT, can_reach
+from common.hub import HF_ENDPOINT, can_reach, is_hub_name
 from modeling_gptscratch import gpt2_tokenizer_from_openai_files
 
 
@@ -25,8 +25,7 @@ def load_tokenizer(source: str | os.PathLike = "gpt2") -> PreTrainedTokenizerBas
         return gpt2_tokenizer_from_openai_files(path)
     if path.is_dir():
         return AutoTokenizer.from_pretrained(path)
-    # A hub id is "name" or "namespace/name"; anything else that names no directory is a wrong local path.
-    if path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
+    if not is_hub_name(source):
         raise FileNotFoundError(
             f"tokenizer {str(source)!r} is not a directory holding encoder.json + vocab.bpe or a saved tokenizer"
         )

@@ -10,13 +10,15 @@ activation or feed-forward width, attention scaled otherwise) is refused by name
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import InputError, field, first_line
 from common.files import check_apart, check_output_directory, read_json_object
-from common.hub import offline_unless_reachable
+from common.hub import is_hub_name, offline_unless_reachable
 from common.model_dir import save_model_directory
 from convert.gpt2_export import gpt2_names
 from convert.weights import assemble_model, check_dtype, torch_dtype
@@ -67,28 +69,35 @@ def gptscratch_config(gpt2: GPT2Config, source: str) -> GPTScratchConfig:
     )
 
 
-def import_gpt2(source: str | os.PathLike) -> tuple[GPTScratchForCausalLM, PreTrainedTokenizerBase]:
-    """A transformers GPT-2 directory or hub name as a GPTScratch model in eval mode, with its tokenizer.
+def import_gpt2(
+    source: str | os.PathLike, named: str | None = None
+) -> tuple[GPTScratchForCausalLM, PreTrainedTokenizerBase]:
+    """A transformers GPT-2 directory or hub name as a GPTScratch model in eval mode, with its tokenizer; errors name
+    the source as `named` (by default `--from-transformers SOURCE`).
 
     The tensors are GPT-2's own, renamed: no copy. A model whose q/k/v biases are all zero (a GPTScratch export of a
-    model without them) comes back without them, so an export and an import round-trip bit for bit.
+    model without them) comes back without them, so an export and an import round-trip bit for bit. Weights that
+    config.json does not describe (a tensor missing, or of another shape) are refused, where transformers would
+    initialise them at random.
     """
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    named = f"{field('from_transformers')} {source}"
+    named = named or f"{field('from_transformers')} {source}"
     directory = Path(source)
     if directory.is_dir():
         values = read_json_object(directory / "config.json", f"{named}: model config", "pass a GPT-2 model directory")
         if values.get("model_type") != "gpt2":
             raise InputError(f"{named} holds a {values.get('model_type')!r} model; only GPT-2's architecture maps")
-    elif directory.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
+    elif not is_hub_name(source):
         raise InputError(f"{named} is neither a model directory nor a hub name; check the path")
     try:
-        with offline_unless_reachable() as reachable:
+        with offline_unless_reachable() as reachable, quiet_loading():
             gpt2_config = GPT2Config.from_pretrained(source)
             config = gptscratch_config(gpt2_config, named)
-            gpt2 = GPT2LMHeadModel.from_pretrained(source, config=gpt2_config, dtype="auto")
+            gpt2, loading = GPT2LMHeadModel.from_pretrained(
+                source, config=gpt2_config, dtype="auto", ignore_mismatched_sizes=True, output_loading_info=True
+            )
             tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as error:
         where = "the Hub or its local cache" if reachable else "the local cache, and the Hub cannot be reached"
@@ -96,6 +105,7 @@ def import_gpt2(source: str | os.PathLike) -> tuple[GPTScratchForCausalLM, PreTr
             f"{named} could not be read from {where} ({first_line(error)}); download it once online, or pass a "
             "local model directory"
         ) from None
+    check_loading(loading, named)
     theirs = gpt2.state_dict()
     names = gpt2_names(config.n_layers)
     config.qkv_bias = any(bool(theirs[f"transformer.h.{i}.attn.c_attn.bias"].any()) for i in range(config.n_layers))
@@ -106,6 +116,35 @@ def import_gpt2(source: str | os.PathLike) -> tuple[GPTScratchForCausalLM, PreTr
         model = assemble_model(config, tensors)
     model.generation_config = gpt2.generation_config
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' warnings held back in the block: its load report of missing or mismatched tensors, which
+    `check_loading` says in one line instead."""
+    from transformers import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def check_loading(loading: dict[str, Any], named: str) -> None:
+    """Refuses a GPT-2 whose weights do not fit its config.json: the first tensor missing or of another shape."""
+    fix = "save the model again, or put back the config.json that came with these weights"
+    mismatched = sorted(loading["mismatched_keys"])
+    if mismatched:
+        name, stored, expected = mismatched[0]
+        raise InputError(
+            f"{named}: its weights do not fit its config.json: {name} is {list(stored)}, the config makes it "
+            f"{list(expected)}; {fix}"
+        )
+    missing = sorted(loading["missing_keys"])
+    if missing:
+        raise InputError(f"{named}: its weights lack {missing[0]}, which its config.json calls for; {fix}")
 
 
 def convert_transformers_gpt2(

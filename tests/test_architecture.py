@@ -93,7 +93,8 @@ def test_imports_run_down_the_layers():
 
     assert graph["modeling_gptscratch"] == set()  # the model is copied into model directories: it stands alone
     assert {module.split(".")[0] for module in imports_of("common")} <= {"common", "modeling_gptscratch"}
-    assert not {module for module in imports_of("train") if module.startswith(("convert", "use"))}
+    # A run may start from a model the converters read (--init-from); training never needs what uses a model.
+    assert not {module for module in imports_of("train") if module.startswith("use")}
     assert not {module for module in imports_of("convert") if module.startswith(("train", "use"))}
     # Engines get what they need handed in: they never import the orchestration or the command above them.
     for engine in ("train.loop", "train.trainer"):

@@ -221,8 +221,15 @@ CORPUS_FIELDS = (
 
 @dataclass
 class ModelOptions:
-    """The model's size and shape; the training-time dropout."""
+    """The model's size and shape, or the model the run starts from; the training-time dropout."""
 
+    init_from: str | None = option(
+        help="start from this model's weights and tokenizer, not from random weights: a gptscratch model directory "
+        "(a run's output, a converted or pushed model), a transformers GPT-2 directory or hub name "
+        "(openai-community/gpt2, from the local cache when offline), or OpenAI's checkpoint directory; the model's "
+        "shape comes with it",
+        metavar="SOURCE",
+    )
     preset: str = option(
         "tiny",
         "model size: tiny, gpt2-124m, gpt2-355m, gpt2-774m or gpt2-1558m",

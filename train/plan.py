@@ -167,7 +167,7 @@ def make_plan(
         data_lines[0],
         f"  tokenizer   {data.tokenizer_description}",
         *data_lines[1:],
-        f"  model       {model_options.preset}{overrides}: {config.n_layers} layers, {config.n_heads} heads, "
+        f"  model       {_model_origin(model_options)}{overrides}: {config.n_layers} layers, {config.n_heads} heads, "
         f"{config.emb_dim} dims, context {config.context_length}, vocab {config.vocab_size}, "
         f"dropout {config.drop_rate} (attention {config.attention_dropout_rate})",
         f"  parameters  {total:,} ({total / 1e6:.2f} M), {total - embeddings:,} without embeddings",
@@ -197,6 +197,13 @@ def make_plan(
             f"(20 tokens/parameter) is {chinchilla:,} ({run_tokens / chinchilla:.1%} of it)"
         )
     return Plan(per_epoch, total_steps, tokens_per_step, flops_per_token, lines)
+
+
+def _model_origin(model_options: ModelOptions) -> str:
+    """Where the weights come from, as the model line says it: the source model, or the preset's random ones."""
+    if model_options.init_from:
+        return f"from {model_options.init_from} (its weights and tokenizer)"
+    return model_options.preset
 
 
 def _length(optimisation: OptimisationOptions, total_steps: int | None, budget: float | None) -> str:

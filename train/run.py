@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from common.errors import InputError, field
 from common.files import check_apart, write_json_atomic
+from convert.sources import read_model_source
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train import loop, trainer
 from train.checkpoints import RUN_FILE, RunDirectory, budget_spent, checkpoint_step
@@ -34,7 +35,13 @@ from train.context import RunContext, TrainResult
 from train.data import PreparedData, cache_root, corpus_inputs, prepare_data
 from train.distributed import sum_over_processes, use_cpu
 from train.metrics import MetricsLog
-from train.model_config import build_config, check_context_length, model_context_length, typed_model_options
+from train.model_config import (
+    build_config,
+    check_context_length,
+    model_context_length,
+    source_config,
+    typed_model_options,
+)
 from train.options import DEFAULT_EVAL_FREQ, TrainOptions, resume_differences
 from train.plan import PRECISION_DTYPES, Plan, make_plan, measure_matmul_flops
 from train.plot import plot_metrics_file
@@ -77,12 +84,15 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
         log = tqdm.write if state.is_main_process else (lambda message: None)
     options.check()
     options = dataclasses.replace(options, model=typed_model_options(options.model))
-    build_config(options.model, vocab_size=257, eos_token_id=0)  # a model of these settings exists: checked now, not
-    # once the data is ready (its vocabulary, which only sizes it, is the tokenizer's)
-    check_context_length(options.model, options.data.context_length)
+    init_from = options.model.init_from
+    if not init_from:  # a model of these settings exists: checked now, not once the data is ready (its vocabulary,
+        # which only sizes it, is the tokenizer's)
+        build_config(options.model, vocab_size=257, eos_token_id=0)
+        check_context_length(options.model, options.data.context_length)
     inputs = {
         **corpus_inputs(options.data.data, options.data.tokenizer),
         "cache_dir": [cache_root(options.data.cache_dir)],
+        "init_from": [Path(init_from)] if init_from and Path(init_from).exists() else [],
     }
     check_apart(options.run.output_dir, inputs, named=f"{field('output_dir')} {options.run.output_dir}")
     directory = RunDirectory(options.run.output_dir)
@@ -92,9 +102,15 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
     else:
         options = options_for_resume(options, resume_from)
     directory.check_writable()
+    source, start_config = None, None  # the model the run starts from, and its config, when it is not random
+    if resume_from is not None and init_from:
+        start_config = GPTScratchConfig.from_pretrained(resume_from)
+    elif init_from:
+        source = read_model_source(init_from)
+        start_config = source_config(options, source.model.config, source.tokenizer)
     with state.main_process_first():  # the main process tokenises; the others read its cache
-        data = load_data(options, resume_from, log)
-    config = build_config(options.model, len(data.tokenizer), data.tokenizer.eos_token_id)
+        data = load_data(options, resume_from, start_config, log)
+    config = start_config or build_config(options.model, len(data.tokenizer), data.tokenizer.eos_token_id)
     data.tokenizer.model_max_length = config.context_length
     plan = make_plan(options.data, options.model, options.optimisation, config, data, state.num_processes)
     if options.evaluation.eval_freq is None:
@@ -110,6 +126,9 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
         return finish_ended_run(options, directory, resume_from, data, config, plan, ended, log)
 
     context = start_run(options, directory, resume_from, data, config, plan, log)
+    if source is not None:
+        context.model.load_state_dict(source.model.state_dict())
+        del source
     with context.stop:
         result = ENGINES[options.optimisation.engine](context)
     result.start_context = context.start_context
@@ -188,14 +207,20 @@ def load_weights(model: GPTScratchForCausalLM, directory: Path) -> None:
     model.load_state_dict(GPTScratchForCausalLM.from_pretrained(directory).state_dict())
 
 
-def load_data(options: TrainOptions, resume_from: Path | None, log: Callable[[str], None]) -> PreparedData:
-    """The run's tokenizer and windows (token files, or a stream); a resumed run takes the tokenizer saved in its
-    checkpoint."""
+def load_data(
+    options: TrainOptions, resume_from: Path | None, start_config: GPTScratchConfig | None, log: Callable[[str], None]
+) -> PreparedData:
+    """The run's tokenizer and windows (token files, or a stream), windows by default as long as the model's context
+    (`start_config`'s for a run that starts from a model). A resumed run takes the tokenizer saved in its checkpoint;
+    a run from `init_from`, its model's."""
     state, data = PartialState(), options.data
     corpus = data.corpus_fields()
     if resume_from is not None:
         corpus["tokenizer"] = str(resume_from)
-    context_length = data.context_length or model_context_length(options.model)
+    elif options.model.init_from:
+        corpus["tokenizer"] = options.model.init_from
+    model_context = start_config.context_length if start_config else model_context_length(options.model)
+    context_length = data.context_length or model_context
     if data.streaming:
         prepared = prepare_streamed_data(
             dataset=data.dataset,
@@ -341,7 +366,8 @@ def write_summary(context: RunContext, result: TrainResult) -> dict[str, Any]:
         "source": context.data.source,
         "tokenizer": context.data.tokenizer_description,
         "engine": context.options.optimisation.engine,
-        "preset": context.options.model.preset,
+        "init_from": context.options.model.init_from,
+        "preset": None if context.options.model.init_from else context.options.model.preset,
         "parameters": sum(p.numel() for p in context.model.parameters()),
         "steps": result.steps,
         "epochs": round(result.epochs, 4),
