@@ -11,8 +11,9 @@ Expressed exactly: `qkv_bias=false` becomes zero q/k/v biases (adding zero chang
 GPT2Config's `layer_norm_epsilon`; `drop_rate` sets GPT-2's embedding and residual dropout, and the attention dropout
 (`attention_dropout`, which defaults to `drop_rate`) its `attn_pdrop`.
 
-Command line: `python -m convert.gpt2_export --model DIR --output-dir OUT [--overwrite]`, or
-`gptscratch-push --format gpt2` to publish the export to a local hub.
+Command line: `gptscratch-export --model DIR --format gpt2 --output OUT` (convert.export), the older
+`python -m convert.gpt2_export --model DIR --output-dir OUT [--overwrite]`, or `gptscratch-push --format gpt2` to
+publish the export to a local hub.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from common.commands import ArgumentParser, run_command
-from common.errors import InputError, field
-from common.files import atomic_directory, check_apart, check_output_directory
-from common.model_dir import load_model_weights, read_model_directory, weights_size, with_chat_template
+from common.errors import InputError
+from common.model_dir import with_chat_template
+from convert.exporting import export_to
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 
 PROG = "python -m convert.gpt2_export"
@@ -48,6 +49,9 @@ def gpt2_config(config: GPTScratchConfig, source: str | None = None) -> GPT2Conf
     return GPT2Config(
         vocab_size=config.vocab_size,
         n_positions=config.context_length,
+        # GPT2Config reads only n_positions; llama.cpp's convert_hf_to_gguf.py reads the context length from n_ctx
+        # (which GPT2Config keeps and saves as it is).
+        n_ctx=config.context_length,
         n_embd=config.emb_dim,
         n_layer=config.n_layers,
         n_head=config.n_heads,
@@ -140,13 +144,15 @@ def write_gpt2_directory(
 def export_gpt2(model_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Writes `output_dir` atomically: a GPT2LMHeadModel directory (config.json with model_type gpt2,
     model.safetensors with GPT-2's tensor names, generation_config.json, tokenizer) from the model directory."""
-    check_apart(output_dir, {"model": [model_dir]}, named=f"{field('output_dir')} {output_dir}")
-    check_output_directory(output_dir, overwrite)  # refuse a taken output before loading the model
-    config, tokenizer = read_model_directory(model_dir)
-    gpt2_config(config, f"{field('model')} {model_dir}")  # refuse what GPT-2 cannot express before the weights load
-    model = load_model_weights(model_dir, config)
-    with atomic_directory(output_dir, overwrite=overwrite, what="GPT-2 directory", size=weights_size(model)) as staging:
-        write_gpt2_directory(model, tokenizer, staging)
+    export_to(
+        model_dir,
+        output_dir,
+        write_gpt2_directory,
+        what="GPT-2 directory",
+        output_field="output_dir",
+        overwrite=overwrite,
+        refuse=gpt2_config,
+    )
     return Path(output_dir)
 
 

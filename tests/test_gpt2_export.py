@@ -26,6 +26,7 @@ def test_gpt2_export_gives_the_same_logits_without_remote_code(tokenizer, tmp_pa
     config = json.loads((output / "config.json").read_text())
     assert config["model_type"] == "gpt2" and "auto_map" not in config
     assert config["layer_norm_epsilon"] == 1e-3
+    assert config["n_ctx"] == config["n_positions"] == 32  # llama.cpp's convert_hf_to_gguf.py reads n_ctx
     assert not (output / "modeling_gptscratch.py").exists()
     with safe_open(output / "model.safetensors", "pt") as weights:
         assert weights.get_slice("transformer.h.0.attn.c_attn.weight").get_shape() == [32, 96]  # Conv1D: [in, out]
