@@ -43,7 +43,7 @@ def check_output_file(output: str | os.PathLike, overwrite: bool, output_field: 
         raise InputError(f"{field(output_field)} {output} is a directory; pass the path of the file to write")
     if target.exists() and not overwrite:
         raise InputError(f"output file {target} exists; pass {field('overwrite')} or choose another")
-    check_writable(target.parent, "output file", output_field)
+    check_writable(target.parent, "output file's folder", output_field)
     return target
 
 

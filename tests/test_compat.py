@@ -159,3 +159,18 @@ def test_progress_bars_are_turned_off_and_cleared_through_tqdms_internals():
     assert live == "True", "clear_progress_bars: tqdm keeps its bars elsewhere than _instances"
     assert cleared == "False", "clear_progress_bars: a bar closed stays in _instances"
     assert disabled == "True", "disable_progress_bars: tqdm's constructor no longer takes disable"
+
+
+def test_transformers_gguf_reader_still_needs_the_context_key_and_reads_it_as_the_positions():
+    """transformers' private GGUF table reads a gpt2 file's own context length into a name GPT2Config ignores, and
+    compat's key into max_position_embeddings (GPT2Config's n_positions): when either changes, the key is no longer
+    what makes a GGUF of another context than 1,024 load (or no longer needed)."""
+    from transformers import GPT2Config
+    from transformers.modeling_gguf_pytorch_utils import GGUF_TO_TRANSFORMERS_MAPPING
+
+    mapping = GGUF_TO_TRANSFORMERS_MAPPING["config"]
+    prefix, key = compat.TRANSFORMERS_GGUF_CONTEXT_KEY.split(".", 1)
+    own = mapping["gpt2"]["context_length"]
+    assert GPT2Config(**{own: 256}).n_positions == 1024, "TRANSFORMERS_GGUF_CONTEXT_KEY: transformers now reads it"
+    theirs = mapping[prefix][key]
+    assert GPT2Config(**{theirs: 256}).n_positions == 256, f"TRANSFORMERS_GGUF_CONTEXT_KEY: {key} now reads {theirs}"
