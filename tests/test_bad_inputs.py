@@ -22,6 +22,7 @@ from cli_helpers import assert_one_line_error, file_listing, file_tree, run_clis
 from conftest import PROMPT, REPO_ROOT, ascii_char_tokenizer, byte_level_bpe, tiny_model_for, write_tiny_bpe
 
 import convert.cli
+import convert.export
 import convert.gpt2_export
 import train.cli
 import train.prepare
@@ -38,7 +39,8 @@ PROGS = {
     "generate": (use.generate.main, use.generate.PROG),
     "eval": (use.evaluate.main, use.evaluate.PROG),
     "push": (use.push.main, use.push.PROG),
-    "export": (convert.gpt2_export.main, convert.gpt2_export.PROG),
+    "gpt2-export": (convert.gpt2_export.main, convert.gpt2_export.PROG),
+    "export": (convert.export.main, convert.export.PROG),
     "prepare": (train.prepare.main, train.prepare.PROG),
 }
 TINY_TRAIN = [
@@ -710,35 +712,96 @@ CASES = {
         ["cannot write repository {full_hub}/alice/tiny: no space left on device"],
     ),
     # python -m convert.gpt2_export
-    "export: missing model": (
-        "export",
+    "gpt2-export: missing model": (
+        "gpt2-export",
         ["--model", "{missing}", "--output-dir", "{root}/out"],
         ["model directory {missing} does not exist"],
     ),
-    "export: untied head": (
-        "export",
+    "gpt2-export: untied head": (
+        "gpt2-export",
         ["--model", "{untied}", "--output-dir", "{root}/out"],
         ["GPT-2 cannot express this model"],
     ),
-    "export: output that is the model, overwritten": (
-        "export",
+    "gpt2-export: output that is the model, overwritten": (
+        "gpt2-export",
         ["--model", "{model}", "--output-dir", "{model}", "--overwrite"],
         ["--output-dir {model} is --model {model}"],
     ),
-    "export: output directory in use": (
-        "export",
+    "gpt2-export: output directory in use": (
+        "gpt2-export",
         ["--model", "{model}", "--output-dir", "{used}"],
         ["{used} exists and is not empty"],
     ),
-    "export: read-only output location": (
-        "export",
+    "gpt2-export: read-only output location": (
+        "gpt2-export",
         ["--model", "{model}", "--output-dir", "{read_only}/out"],
         ["output directory {read_only}/out is not writable"],
     ),
-    "export: full output location": (
-        "export",
+    "gpt2-export: full output location": (
+        "gpt2-export",
         ["--model", "{model}", "--output-dir", "{full}/out"],
         ["cannot write GPT-2 directory {full}/out: no space left on device (it needs about"],
+    ),
+    # gptscratch-export
+    "export: unknown format": (
+        "export",
+        ["--model", "{model}", "--format", "tflite", "--output", "{root}/out"],
+        ["argument --format: invalid choice: 'tflite'"],
+    ),
+    "export: a dtype the format lacks": (
+        "export",
+        ["--model", "{model}", "--format", "onnx", "--output", "{root}/out", "--dtype", "q8_0"],
+        ["--dtype q8_0: the onnx format is written in f32, f16"],
+    ),
+    "export: output file that exists": (
+        "export",
+        ["--model", "{model}", "--format", "gguf", "--output", "{text_txt}"],
+        ["output file {text_txt} exists; pass --overwrite"],
+    ),
+    "export: output directory in use": (
+        "export",
+        ["--model", "{model}", "--format", "onnx", "--output", "{used}"],
+        ["{used} exists and is not empty; pass --overwrite"],
+    ),
+    "export: GGUF output that is a directory": (
+        "export",
+        ["--model", "{model}", "--format", "gguf", "--output", "{empty_dir}", "--overwrite"],
+        ["--output {empty_dir} is a directory"],
+    ),
+    "export: untied head as GGUF": (
+        "export",
+        ["--model", "{untied}", "--format", "gguf", "--output", "{root}/untied.gguf"],
+        ["GPT-2 cannot express this model (--model {untied})"],
+    ),
+    "export: output inside the model directory": (
+        "export",
+        ["--model", "{model}", "--format", "gguf", "--output", "{model}/model.gguf"],
+        ["--output {model}/model.gguf lies inside --model {model}"],
+    ),
+    "export: output that is the model, overwritten": (
+        "export",
+        ["--model", "{model}", "--format", "onnx", "--output", "{model}", "--overwrite"],
+        ["--output {model} is --model {model}"],
+    ),
+    "export: missing model": (
+        "export",
+        ["--model", "{missing}", "--format", "gguf", "--output", "{root}/out.gguf"],
+        ["model directory {missing} does not exist"],
+    ),
+    "export: damaged tokenizer": (
+        "export",
+        ["--model", "{bad_tokenizer}", "--format", "gguf", "--output", "{root}/out.gguf"],
+        ["{bad_tokenizer} holds no loadable tokenizer"],
+    ),
+    "export: read-only output location": (
+        "export",
+        ["--model", "{model}", "--format", "gguf", "--output", "{read_only}/model.gguf"],
+        ["output file's folder {read_only} is not writable", "read-only file system"],
+    ),
+    "export: full output location": (
+        "export",
+        ["--model", "{model}", "--format", "gguf", "--output", "{full}/model.gguf"],
+        ["cannot write GGUF file {full}/model.gguf: no space left on device (it needs about"],
     ),
     # gptscratch-prepare
     "prepare: cache inside the data directory": (
@@ -991,6 +1054,11 @@ def test_refusals_after_reading_the_model_directory_print_one_line(model_dir, to
         "export untied": (
             ["-m", "convert.gpt2_export", "--model", str(untied), "--output-dir", str(tmp_path / "out")],
             "python -m convert.gpt2_export",
+            "GPT-2 cannot express",
+        ),
+        "export untied as GGUF": (
+            ["-m", "convert.export", "--model", str(untied), "--format", "gguf", "--output", str(tmp_path / "m.gguf")],
+            "gptscratch-export",
             "GPT-2 cannot express",
         ),
         "unknown characters": (
