@@ -79,6 +79,13 @@ def write_export(
         write_onnx_directory(model, tokenizer, path)
 
 
+def weights_dtype(format: str, dtype: str | None) -> str | None:
+    """The torch dtype, by name, the weights load in for an export in `format` written in `dtype` (as
+    `check_export` gives it): float32 for GGUF, which converts them itself; for the others `dtype`'s, written as
+    loaded (None: as stored)."""
+    return "float32" if format == "gguf" else _TORCH_DTYPES.get(dtype or "")
+
+
 def refuse_untied_head(config: GPTScratchConfig, source: str) -> None:
     """GPT-2's refusal of a model whose output head is not the token embedding (convert.gpt2_export.gpt2_config),
     which gpt2 and gguf (GPT-2's architecture) share."""
@@ -111,8 +118,7 @@ def export_model(
         output_field="output",
         to_file=format == "gguf",
         overwrite=overwrite,
-        # GGUF quantizes from float32 itself; the others are written in the dtype the weights load in.
-        dtype="float32" if format == "gguf" else _TORCH_DTYPES.get(dtype or ""),
+        dtype=weights_dtype(format, dtype),
         refuse=refuse_untied_head if format in ("gpt2", "gguf") else None,
     )
 

@@ -683,8 +683,13 @@ CASES = {
     ),
     "push: unknown format": (
         "push",
-        ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "a/b", "--format", "onnx"],
-        ["argument --format: invalid choice: 'onnx'"],
+        ["--model", "{model}", "--hub-dir", "{hub}", "--repo-id", "a/b", "--format", "tflite"],
+        ["argument --format: invalid choice: 'tflite'"],
+    ),
+    "push: untied head as GGUF": (
+        "push",
+        ["--model", "{untied}", "--hub-dir", "{hub}", "--repo-id", "a/b", "--format", "gguf"],
+        ["GPT-2 cannot express this model (--model {untied})"],
     ),
     "push: hub directory that is a file": (
         "push",

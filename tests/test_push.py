@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, file_tree, run_main
-from conftest import PROMPT, assert_same_logits, run_without_project, tiny_model_for
+from conftest import PROMPT, TEXT, assert_same_logits, byte_level_bpe, run_without_project, tiny_model_for
+from transformers import AutoModelForCausalLM
 
 import use.push
 from common.errors import InputError
@@ -220,3 +221,44 @@ def test_an_unwritable_hub_directory_is_refused(model_dir, tmp_path, monkeypatch
         "choose a writable --hub-dir",
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def fitted_dir(tmp_path_factory) -> Path:
+    """A trained-looking model directory with a fitted tokenizer of 320 tokens (GPT-2's would slow each GGUF read)."""
+    tokenizer = byte_level_bpe(TEXT, vocab_size=320)
+    directory = save_model_directory(tiny_model_for(tokenizer), tokenizer, tmp_path_factory.mktemp("fitted") / "run")
+    (directory / "training_summary.json").write_text(json.dumps({"steps": 7}), encoding="utf-8")
+    return directory
+
+
+def test_push_as_gguf_publishes_the_file_and_a_card_saying_how_to_run_it(fitted_dir, tmp_path):
+    repo = push_to_local_hub(fitted_dir, tmp_path / "hub", "alice/tiny-gguf", format="gguf")
+    assert {path.name for path in repo.iterdir()} == {".git", "model.gguf", "README.md", "training_summary.json"}
+    card = (repo / "README.md").read_text()
+    assert "library_name: gguf" in card and "- gguf" in card and "llama-cli -m model.gguf" in card
+    assert "| Architecture | GPT-2 (GGUF architecture `gpt2`) |" in card and "| Steps | 7 |" in card
+    assert git(repo, "log", "--format=%s") == "Push run (gguf)"
+    model, tokenizer = load_model_directory(fitted_dir)
+    loaded = AutoModelForCausalLM.from_pretrained(repo, gguf_file="model.gguf")
+    ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    with torch.no_grad():
+        assert_same_logits(loaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.slow
+def test_push_as_onnx_publishes_what_onnx_runtime_needs_and_the_cards_code_runs(fitted_dir, tmp_path, monkeypatch):
+    repo = push_to_local_hub(fitted_dir, tmp_path / "hub", "alice/tiny-onnx", format="onnx")
+    files = {path.name for path in repo.iterdir()}
+    assert {"model.onnx", "config.json", "tokenizer.json", "README.md", "training_summary.json"} <= files
+    assert "model.safetensors" not in files
+    card = (repo / "README.md").read_text()
+    assert "library_name: onnx" in card and "- onnx" in card
+    code = card.split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(repo)
+    namespace: dict = {}
+    exec(code, namespace)  # the card's example, as a reader would paste it
+    model, tokenizer = load_model_directory(fitted_dir)
+    with torch.no_grad():
+        expected = model(torch.tensor([tokenizer(PROMPT)["input_ids"]])).logits
+    torch.testing.assert_close(torch.from_numpy(namespace["logits"]), expected, rtol=0, atol=1e-4)

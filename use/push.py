@@ -1,10 +1,12 @@
 """Publish a model directory to a local hub directory as a complete, self-contained, versioned model repository.
 
-`gptscratch-push --model DIR --hub-dir HUB --repo-id NAMESPACE/NAME [--format gptscratch|gpt2]` writes
+`gptscratch-push --model DIR --hub-dir HUB --repo-id NAMESPACE/NAME [--format gptscratch|gpt2|gguf|onnx]` writes
 `HUB/NAMESPACE/NAME`: weights (safetensors), config, generation config, tokenizer, a model card (README.md) and,
 in the default gptscratch format, `modeling_gptscratch.py` with `auto_map`, so `from_pretrained(path,
-trust_remote_code=True)` loads it where this project is absent. `--format gpt2` publishes the plain GPT-2 export
-instead (no remote code). The training record (summary, metrics, loss plot) travels along when the directory has one.
+trust_remote_code=True)` loads it where this project is absent. The other formats publish `gptscratch-export`'s
+output instead (convert.export): `--format gpt2` the plain GPT-2 directory (no remote code), `gguf` the GGUF file
+`model.gguf` for llama.cpp (tokenizer inside), `onnx` `model.onnx` with its config and tokenizer for ONNX Runtime.
+The training record (summary, metrics, loss plot) travels along when the directory has one.
 
 Versions: the repository is a git repository with one commit per push. A push builds the new version in a hidden
 sibling (a copy of the old history, its objects hard-linked rather than copied, plus the new files, committed there)
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from modeling_gptscratch import GPTScratchForCausalLM
 
 PROG = "gptscratch-push"
-FORMATS = ("gptscratch", "gpt2")
+FORMATS = ("gptscratch", "gpt2", "gguf", "onnx")
 # The training record a trained model directory holds beside the model; copied into the repository when present.
 TRAINING_FILES = ("training_summary.json", "metrics.jsonl", "loss_plot.png", "loss_plot.pdf")
 # The Hub's rule for each part of a repo id: letters, digits, '-', '_', '.', at most 96 characters, starting and
@@ -122,6 +124,65 @@ def _cell(value: Any, digits: int = 4) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+# What a model card says of each format: the Hub's library and tags, how the model is published, its architecture
+# and file, and how to use it (`{repo_id}` filled in).
+_TRANSFORMERS_USE = """from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+path = "{repo_id}"  # from a local hub directory: the path of this folder, HUB_DIR/{repo_id}
+tokenizer = AutoTokenizer.from_pretrained(path)
+model = AutoModelForCausalLM.from_pretrained(path{trust})
+generator = pipeline("text-generation", model=path{trust})
+print(generator("Every effort moves you", max_new_tokens=20)[0]["generated_text"])"""
+_CARDS: dict[str, dict[str, Any]] = {
+    "gptscratch": dict(
+        library="transformers",
+        tags=["safetensors"],
+        published="in its own format: loading it runs the `modeling_gptscratch.py` shipped here "
+        "(`trust_remote_code=True`).",
+        architecture="GPTScratchForCausalLM",
+        file="safetensors",
+        use=_TRANSFORMERS_USE.replace("{trust}", ", trust_remote_code=True"),
+    ),
+    "gpt2": dict(
+        library="transformers",
+        tags=["safetensors"],
+        published="as a plain transformers `GPT2LMHeadModel`: it loads without remote code wherever GPT-2 runs.",
+        architecture="GPT2LMHeadModel",
+        file="safetensors",
+        use=_TRANSFORMERS_USE.replace("{trust}", ""),
+    ),
+    "gguf": dict(
+        library="gguf",
+        tags=["gguf"],
+        published="as one GGUF file, `model.gguf` (GPT-2's architecture, tokenizer included): it runs in "
+        "llama.cpp and every program built on it, and loads in transformers.",
+        architecture="GPT-2 (GGUF architecture `gpt2`)",
+        file="GGUF",
+        language="bash",
+        use="""llama-cli -m model.gguf -p "Every effort moves you" -n 20           # llama.cpp
+python -c 'from llama_cpp import Llama; print(Llama("model.gguf")("Every effort moves you", max_tokens=20))'
+python -c 'from transformers import AutoModelForCausalLM as M; M.from_pretrained(".", gguf_file="model.gguf")'""",
+    ),
+    "onnx": dict(
+        library="onnx",
+        tags=["onnx"],
+        published="as an ONNX model with its KV cache as inputs and outputs, `model.onnx`, for ONNX Runtime; the "
+        "tokenizer files beside it.",
+        architecture="GPTScratchForCausalLM, traced to ONNX",
+        file="ONNX",
+        use="""import numpy as np, onnxruntime
+from transformers import AutoTokenizer
+
+tokenizer, session = AutoTokenizer.from_pretrained("."), onnxruntime.InferenceSession("model.onnx")
+ids = tokenizer("Every effort moves you", return_tensors="np")["input_ids"]
+past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in session.get_inputs()[3:]}
+logits, *present = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                                      "position_ids": np.arange(ids.shape[1])[None], **past})
+# Next step: the chosen token, the mask one longer, its position, and `present` as the past (in input order).""",
+    ),
+}
+
+
 def model_card(
     repo_id: str,
     model: GPTScratchForCausalLM,
@@ -135,12 +196,12 @@ def model_card(
     how to load it and how to reach earlier versions."""
     config = model.config
     remote_code = format == "gptscratch"
-    tags = ["gptscratch", "gpt2", "causal-lm", "text-generation", "safetensors"]
+    tags = ["gptscratch", "gpt2", "causal-lm", "text-generation", *_CARDS[format]["tags"]]
     if remote_code:
         tags.append("custom_code")  # the Hub's tag for models that load with trust_remote_code=True
     lines = [
         "---",
-        "library_name: transformers",
+        f"library_name: {_CARDS[format]['library']}",
         "pipeline_tag: text-generation",
         f"license: {license}",
         "tags:",
@@ -150,24 +211,19 @@ def model_card(
         f"# {repo_id}",
         "",
         'A GPT-2-style decoder-only language model built with gptscratch ("Build a Large Language Model (From '
-        "Scratch)\", chapters 4 and 5, behind Hugging Face's interfaces), published "
-        + (
-            "in its own format: loading it runs the `modeling_gptscratch.py` shipped here (`trust_remote_code=True`)."
-            if remote_code
-            else "as a plain transformers `GPT2LMHeadModel`: it loads without remote code wherever GPT-2 runs."
-        ),
+        "Scratch)\", chapters 4 and 5, behind Hugging Face's interfaces), published " + _CARDS[format]["published"],
         "",
         "## Model",
         "",
         "| | |",
         "| --- | --- |",
-        f"| Architecture | {'GPTScratchForCausalLM' if remote_code else 'GPT2LMHeadModel'} |",
+        f"| Architecture | {_CARDS[format]['architecture']} |",
         f"| Parameters | {model.num_parameters():,} |",
         f"| Layers / heads / embedding size | {config.n_layers} / {config.n_heads} / {config.emb_dim} |",
         f"| Context length | {config.context_length} tokens |",
         f"| Vocabulary | {config.vocab_size:,} tokens |",
         f"| Output head | {'tied to the token embedding' if config.tie_word_embeddings else 'separate'} |",
-        f"| Weights | {str(model.dtype).removeprefix('torch.')}, safetensors |",
+        f"| Weights | {str(model.dtype).removeprefix('torch.')}, {_CARDS[format]['file']} |",
         f"| Tokenizer | {type(tokenizer).__name__}, {len(tokenizer):,} tokens |",
         "",
         "## Training",
@@ -198,19 +254,12 @@ def model_card(
         ]
     if has_loss_plot:
         lines += ["", "![Training and validation loss against epochs and tokens seen](loss_plot.png)"]
-    trust = ", trust_remote_code=True" if remote_code else ""
     lines += [
         "",
         "## Use",
         "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
-        "",
-        f'path = "{repo_id}"  # from a local hub directory: the path of this folder, HUB_DIR/{repo_id}',
-        "tokenizer = AutoTokenizer.from_pretrained(path)",
-        f"model = AutoModelForCausalLM.from_pretrained(path{trust})",
-        f'generator = pipeline("text-generation", model=path{trust})',
-        'print(generator("Every effort moves you", max_new_tokens=20)[0]["generated_text"])',
+        f"```{_CARDS[format].get('language', 'python')}",
+        *_CARDS[format]["use"].replace("{repo_id}", repo_id).splitlines(),
         "```",
         "",
         "## Versions",
@@ -234,10 +283,11 @@ def push_to_local_hub(
     """Publishes `model_dir` as `hub_dir/NAMESPACE/NAME` and returns that path.
 
     format "gptscratch": save_pretrained's files (safetensors, config.json with auto_map, generation_config.json,
-    modeling_gptscratch.py) and the tokenizer; "gpt2": the plain GPT-2 export (see convert.gpt2_export). Both get a
-    README.md model card and, when `model_dir` has them, training_summary.json, metrics.jsonl and the loss plots.
-    A repeated push replaces the repository atomically as a new git commit. Bad input (repo id, hub directory,
-    model directory, a model GPT-2 cannot express) raises InputError before anything is written.
+    modeling_gptscratch.py) and the tokenizer; "gpt2", "gguf", "onnx": that export (see convert.export), GGUF as
+    `model.gguf`, each in its default dtype. Every format gets a README.md model card and, when `model_dir` has them,
+    training_summary.json, metrics.jsonl and the loss plots. A repeated push replaces the repository atomically as a
+    new git commit. Bad input (repo id, hub directory, model directory, a model GPT-2 cannot express for gpt2 and
+    gguf) raises InputError before anything is written.
     """
     if format not in FORMATS:
         raise InputError(f"format {format!r} is unknown; choose one of: {', '.join(FORMATS)}")
@@ -256,15 +306,17 @@ def push_to_local_hub(
     # seconds that torch and transformers take to load.
     from common.files import atomic_directory, recover_interrupted_writes
     from common.model_dir import load_model_weights, read_model_directory, weights_size, with_chat_template
-    from convert.gpt2_export import gpt2_config, write_gpt2_directory
+    from convert.export import GGUF_FILE, check_export, refuse_untied_head, weights_dtype, write_export
 
     model_dir = Path(model_dir)
     config, tokenizer = read_model_directory(model_dir)
-    if format == "gpt2":
-        gpt2_config(config, f"{field('model')} {model_dir}")  # refuse what GPT-2 cannot express before the weights load
+    if format in ("gpt2", "gguf"):
+        refuse_untied_head(config, f"{field('model')} {model_dir}")  # before the weights load
     summary = read_training_summary(model_dir)
     present = [name for name in TRAINING_FILES if (model_dir / name).is_file()]
-    model = load_model_weights(model_dir, config)
+    dtype = None if format == "gptscratch" else check_export(format, None)
+    loaded_as = None if format == "gptscratch" else weights_dtype(format, dtype)
+    model = load_model_weights(model_dir, config, **({"dtype": loaded_as} if loaded_as else {}))
 
     with _repo_lock(target):
         recover_interrupted_writes(target)  # under the lock: any staging folder left now is a dead push's
@@ -274,11 +326,12 @@ def push_to_local_hub(
                 _copy_history(target, staging)
             else:
                 _git(staging, "init", "--quiet", "--initial-branch=main")
-            if format == "gpt2":
-                write_gpt2_directory(model, tokenizer, staging)
-            else:
+            if format == "gptscratch":
                 model.save_pretrained(staging)
                 with_chat_template(tokenizer).save_pretrained(staging)
+            else:
+                path = staging / GGUF_FILE if format == "gguf" else staging
+                write_export(format, model, tokenizer, path, dtype, name=repo_id.split("/")[1])
             for name in present:
                 shutil.copy2(model_dir / name, staging / name)
             card = model_card(repo_id, model, tokenizer, summary, "loss_plot.png" in present, format, license)
@@ -306,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=FORMATS,
         default="gptscratch",
-        help="gptscratch (default: this project's model file, trust_remote_code=True) or gpt2 (plain GPT2LMHeadModel)",
+        help="gptscratch (default: this project's model file, trust_remote_code=True), gpt2 (plain GPT2LMHeadModel), "
+        "gguf (llama.cpp) or onnx (ONNX Runtime)",
     )
     parser.add_argument("--license", default="apache-2.0", help="license id for the model card (default apache-2.0)")
     parser.add_argument("--message", default=None, help="commit message of this version")
