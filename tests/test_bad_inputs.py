@@ -29,6 +29,7 @@ import train.prepare
 import use.evaluate
 import use.generate
 import use.push
+import use.serve
 from common.model_dir import save_model_directory
 from convert.gpt2_export import export_gpt2
 from use.push import push_to_local_hub
@@ -42,6 +43,7 @@ PROGS = {
     "gpt2-export": (convert.gpt2_export.main, convert.gpt2_export.PROG),
     "export": (convert.export.main, convert.export.PROG),
     "prepare": (train.prepare.main, train.prepare.PROG),
+    "serve": (use.serve.main, use.serve.PROG),
 }
 TINY_TRAIN = [
     "--n-layers",
@@ -119,6 +121,7 @@ def w(tmp_path_factory) -> SimpleNamespace:
         "garbage.pth": b"not a torch file at all",
         "unknown-key.yaml": b"batch_size: 8\ncolour: red\n",
         "run.yaml": b"max_steps: 1\n",
+        "bad-template.jinja": b"{% for message in messages %}{{ message['content'] }}",
     }.items():
         (root / name).write_bytes(content)
         paths[name.replace(".", "_").replace("-", "_")] = root / name
@@ -746,6 +749,39 @@ CASES = {
         "gpt2-export",
         ["--model", "{model}", "--output-dir", "{full}/out"],
         ["cannot write GPT-2 directory {full}/out: no space left on device (it needs about"],
+    ),
+    # gptscratch-serve
+    "serve: missing model directory": ("serve", ["{missing}"], ["model directory {missing} does not exist"]),
+    "serve: a directory that holds no model": ("serve", ["{empty_dir}"], ["{empty_dir}/config.json does not exist"]),
+    "serve: config wider than the weights": (
+        "serve",
+        ["{wider}"],
+        ["{wider}/model.safetensors does not match {wider}/config.json"],
+    ),
+    "serve: missing chat template": (
+        "serve",
+        ["{model}", "--chat-template", "{missing}"],
+        ["--chat-template {missing} does not exist"],
+    ),
+    "serve: chat template that is not UTF-8": (
+        "serve",
+        ["{model}", "--chat-template", "{latin1_txt}"],
+        ["--chat-template {latin1_txt} is not UTF-8 text"],
+    ),
+    "serve: chat template that does not parse": (
+        "serve",
+        ["{model}", "--chat-template", "{bad_template_jinja}"],
+        ["--chat-template {bad_template_jinja} is not a chat template that renders a conversation"],
+    ),
+    "serve: chat template keyword arguments that are not JSON": (
+        "serve",
+        ["{model}", "--chat-template-kwargs", "{{colour"],
+        ["--chat-template-kwargs {{colour is not valid JSON"],
+    ),
+    "serve: an option transformers serve does not know": (
+        "serve",
+        ["{model}", "--colour", "red"],
+        ["transformers serve: No such option '--colour'; see transformers serve --help"],
     ),
     # gptscratch-export
     "export: unknown format": (

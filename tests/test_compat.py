@@ -161,6 +161,24 @@ def test_progress_bars_are_turned_off_and_cleared_through_tqdms_internals():
     assert disabled == "True", "disable_progress_bars: tqdm's constructor no longer takes disable"
 
 
+def test_transformers_serve_finds_a_model_class_only_where_compat_registers_it(tmp_path, monkeypatch):
+    """The server's model manager (its private `_load_model`) takes the class named in config.json's architectures
+    from the module it imported as `transformers`: a gptscratch model is found there only once registered."""
+    from conftest import byte_level_tokenizer, tiny_config
+    from transformers.cli.serving import model_manager
+
+    from common.model_dir import save_model_directory
+    from modeling_gptscratch import GPTScratchForCausalLM
+
+    directory = save_model_directory(GPTScratchForCausalLM(tiny_config()), byte_level_tokenizer(), tmp_path / "model")
+    manager = model_manager.ModelManager(device="cpu")
+    monkeypatch.delattr(model_manager.transformers, GPTScratchForCausalLM.__name__, raising=False)
+    with pytest.raises(AttributeError, match=GPTScratchForCausalLM.__name__):
+        manager._load_model(str(directory))
+    compat.register_for_transformers_serve(GPTScratchForCausalLM)
+    assert type(manager._load_model(str(directory))) is GPTScratchForCausalLM
+
+
 def test_transformers_gguf_reader_still_needs_the_context_key_and_reads_it_as_the_positions():
     """transformers' private GGUF table reads a gpt2 file's own context length into a name GPT2Config ignores, and
     compat's key into max_position_embeddings (GPT2Config's n_positions): when either changes, the key is no longer
