@@ -191,7 +191,8 @@ def test_gptscratch_prepare_makes_the_token_files_a_run_then_maps(tmp_path, corp
     printed = capsys.readouterr().out
     assert exit_info.value.code == 0
     entry = next((tmp_path / "cache" / "gptscratch-tokens").iterdir())
-    assert printed.startswith("prepared in ") and f"token files  {entry} (" in printed and "uint16" in printed
+    assert printed.startswith("tokenised by tiktoken\nprepared in ") and f"token files  {entry} (" in printed
+    assert "uint16" in printed
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the run read the corpus again")

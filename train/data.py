@@ -32,7 +32,15 @@ from common.files import check_apart, check_writable
 from train.corpus import Corpus, CorpusScan, DataError, data_roots, load_corpus, scan_corpus, split_pieces
 from train.options import DEFAULT_MIN_FREQUENCY, DEFAULT_VOCAB_SIZE, check_fields
 from train.token_files import EntryBuilder, TokenFiles, cache_key, open_entry
-from train.tokenizing import PieceTokenizer, safe_pieces, start_worker, token_dtype, tokenize_in_worker
+from train.tokenizing import (
+    BytePairRanks,
+    PieceTokenizer,
+    encoder_source,
+    safe_pieces,
+    start_worker,
+    token_dtype,
+    tokenize_in_worker,
+)
 from train.vocabulary import fit_tokenizer, resolve_tokenizer, tokenizer_fingerprint, training_sample
 from train.windows import TokenWindows, TrainingWindows, check_enough_tokens
 
@@ -68,7 +76,9 @@ def tokenize_tasks(split_stream: Iterable[tuple[str, str, bool]]) -> Iterator[tu
 
 
 def tokenize_in_order(
-    tasks: Iterable[tuple[str, list[tuple[str, bool]], int]], encoder: tuple[str, int, str], num_proc: int
+    tasks: Iterable[tuple[str, list[tuple[str, bool]], int]],
+    encoder: tuple[str | BytePairRanks, int, str],
+    num_proc: int,
 ) -> Iterator[tuple[str, int, np.ndarray]]:
     """(split, characters, tokens) for each task, in order, tokenised by `num_proc` spawned workers (in this process
     for 1). At most TASKS_IN_FLIGHT_PER_WORKER tasks per worker are handed out ahead, so memory stays bounded
@@ -108,9 +118,11 @@ def write_token_files(
     num_proc: int,
     builder: EntryBuilder,
     progress: bool = True,
-) -> None:
-    """The second pass: the corpus's pieces, split at the ratio, tokenised in order into the builder's files."""
-    encoder = (tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, builder.dtype.name)
+) -> str:
+    """The second pass: the corpus's pieces, split at the ratio, tokenised in order into the builder's files.
+    Returns the library that encoded them, in words (`encoder_source`)."""
+    source, library = encoder_source(tokenizer.backend_tokenizer.to_str())
+    encoder = (source, tokenizer.eos_token_id, builder.dtype.name)
     split_stream = split_pieces(corpus.pieces(), int(train_ratio * scan.characters), scan.kept)
     with tqdm(
         total=scan.characters, desc="Tokenizing", unit="char", unit_scale=True, disable=None if progress else True
@@ -118,6 +130,7 @@ def write_token_files(
         for split, chars, tokens in tokenize_in_order(tokenize_tasks(split_stream), encoder, num_proc):
             builder.writers[split].append(tokens)
             bar.update(chars)
+    return library
 
 
 def corpus_inputs(data: Sequence[str] | None, tokenizer: str) -> dict[str, list[Path]]:
@@ -179,7 +192,7 @@ def prepare_token_files(
         "eos_token_id": tokenizer.eos_token_id,
     }
     with EntryBuilder(root, key, token_dtype(len(tokenizer))) as builder:
-        write_token_files(corpus, found, tokenizer, train_ratio, num_proc, builder, progress)
+        meta["tokenised_by"] = write_token_files(corpus, found, tokenizer, train_ratio, num_proc, builder, progress)
         return builder.finish(meta)
 
 
@@ -245,6 +258,8 @@ def prepare_tokens(
 
     chosen, description = resolve_tokenizer(tokenizer, fit)
     files = prepare_token_files(corpus, chosen, train_ratio, dedup, root, scan, num_proc, progress)
+    if files.made:
+        log(f"tokenised by {files.meta['tokenised_by']}")
     if dedup:
         dropped = files.meta["duplicates_dropped"]
         log(f"dedup: dropped {dropped} exact duplicate document{'s' * (dropped != 1)} before tokenising")

@@ -33,7 +33,7 @@ from common.files import write_atomic
 from train.corpus import DataError, load_hub_split
 from train.data import PreparedData, cache_root
 from train.options import DEFAULT_MIN_FREQUENCY, DEFAULT_VOCAB_SIZE
-from train.tokenizing import PieceTokenizer, token_dtype
+from train.tokenizing import PieceTokenizer, encoder_source, token_dtype
 from train.vocabulary import TOKENIZER_SAMPLE_CHARS, fit_tokenizer, resolve_tokenizer
 from train.windows import TokenWindows
 
@@ -50,9 +50,8 @@ class DocumentTokens:
     ):
         self.documents = documents
         self.text_column = text_column
-        self.encode = PieceTokenizer(
-            tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, token_dtype(len(tokenizer)).name
-        )
+        source, _ = encoder_source(tokenizer.backend_tokenizer.to_str())
+        self.encode = PieceTokenizer(source, tokenizer.eos_token_id, token_dtype(len(tokenizer)).name)
         self.rank, self.processes = rank, processes
         self.epoch = 0
         self.read = 0  # documents of the stream read in this epoch, all processes' counted
