@@ -302,6 +302,11 @@ CASES = {
         train_args("--engine", "deepspeed", "--output-dir", "{root}/out"),
         ["argument --engine: invalid choice: 'deepspeed'"],
     ),
+    "train: a tracker the Trainer has no integration for": (
+        "train",
+        train_args("--report-to", "aim", "--engine", "trainer", "--output-dir", "{root}/out"),
+        ["--report-to aim: transformers' Trainer has no integration for it; use --engine accelerate"],
+    ),
     "train: unknown model field": (
         "train",
         train_args("--config", "colour=1", "--output-dir", "{root}/out"),

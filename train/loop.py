@@ -31,6 +31,7 @@ from train.metrics import throughput_postfix
 from train.optimization import build_optimizer, build_scheduler
 from train.stability import Rollback
 from train.stopping import StopReason
+from train.trackers import EXPERIMENT
 from train.windows import TrainingBatches
 
 # Accelerate warns that checkpoints store the tied output head once; loading ties it again, so the warning is noise.
@@ -192,7 +193,7 @@ def prepare(context: RunContext) -> LoopObjects:
         context.model, optimizer, *loaders, scheduler
     )
     if context.options.logging.report_to:
-        accelerator.init_trackers("gptscratch", config=_tracker_config(context.options.fields()))
+        accelerator.init_trackers(EXPERIMENT, config=_tracker_config(context.options.fields()))
     return LoopObjects(
         accelerator,
         model,

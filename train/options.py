@@ -54,7 +54,8 @@ DEFAULT_MIN_FREQUENCY = 2
 OPTIMIZERS = ("adamw", "muon")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 EMBEDDED_CORPORA = ("pydoc", "stdlib")
-TRACKERS = ("tensorboard", "wandb", "mlflow")
+# Accelerate's trackers (accelerate.tracking.LOGGER_TYPE_TO_CLASS; tests/test_trackers.py holds the two equal).
+TRACKERS = ("tensorboard", "trackio", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
 PRESET_NAMES = ("tiny", "gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1558m")  # modeling_gptscratch.PRESETS
 DEFAULT_EPOCHS = 6  # without max_steps, epochs or max_time
 

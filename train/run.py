@@ -48,6 +48,7 @@ from train.plot import plot_metrics_file
 from train.stability import StepGuard
 from train.stopping import EarlyStopping, StopReason, StopSignals, stop_reason
 from train.streaming import prepare_streamed_data
+from train.trackers import check_trackers
 
 ENGINES = {"accelerate": loop.fit, "trainer": trainer.fit}
 DEFAULT_START_CONTEXT = {"pydoc": 'The "for" statement', "stdlib": "def "}
@@ -102,6 +103,7 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
     else:
         options = options_for_resume(options, resume_from)
     directory.check_writable()
+    check_trackers(options.logging.report_to, options.optimisation.engine)
     source, start_config = None, None  # the model the run starts from, and its config, when it is not random
     if resume_from is not None and init_from:
         start_config = GPTScratchConfig.from_pretrained(resume_from)

@@ -38,6 +38,7 @@ from train.metrics import perplexity, throughput_postfix
 from train.optimization import build_optimizer, build_scheduler
 from train.stability import Rollback
 from train.stopping import StopReason
+from train.trackers import EXPERIMENT, trainer_experiment
 from train.windows import document_position_ids
 
 UNLIMITED_STEPS = 2**62  # the Trainer needs a step count: with max_time alone, the clock ends the run
@@ -309,6 +310,7 @@ def training_arguments(context: RunContext, evaluate_first: bool) -> TrainingArg
         save_total_limit=logging.save_total_limit,
         logging_steps=evaluation.eval_freq,
         report_to=[name for name in logging.report_to if name != "tensorboard"] or "none",
+        project=EXPERIMENT,  # Trackio's; the other integrations read trainer_experiment's variables
         seed=optimisation.seed,
         data_seed=optimisation.seed,
         dataloader_drop_last=True,
@@ -349,7 +351,8 @@ def fit(context: RunContext) -> TrainResult:
         if trainer.pop_callback(ProgressCallback) is not None:  # absent when the Trainer's bars are disabled
             trainer.add_callback(RunProgress(context))
         try:
-            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            with trainer_experiment():
+                trainer.train(resume_from_checkpoint=str(resume) if resume else None)
             break
         except Rollback as rollback:
             callback.rollback, resume = rollback, rollback.checkpoint
