@@ -62,8 +62,8 @@ def write_export(
     name: str = "gptscratch",
 ) -> None:
     """Writes the `format` export of `model` (already in `dtype`; GGUF converts it itself) to `path`: for gpt2 the
-    GPT-2 directory and for onnx model.onnx with config.json, generation_config.json and the tokenizer, into the
-    existing directory `path`; for gguf the file `path` (the model named `name` inside). Not atomic: the callers
+    GPT-2 directory and for onnx model.onnx with generation_config.json and the tokenizer, into the existing
+    directory `path`; for gguf the file `path` (the model named `name` inside). Not atomic: the callers
     write into a staging folder or a temporary file."""
     if format == "gpt2":
         from convert.gpt2_export import write_gpt2_directory

@@ -101,9 +101,10 @@ def write_onnx_directory(
     model: GPTScratchForCausalLM, tokenizer: PreTrainedTokenizerBase, directory: str | os.PathLike
 ) -> None:
     """Writes into the existing `directory` what a program running the model in ONNX Runtime needs: model.onnx (see
-    `write_onnx`), config.json and generation_config.json (sizes, special tokens) and the tokenizer files."""
+    `write_onnx`; its inputs give the sizes), generation_config.json (special tokens, decoding defaults) and the
+    tokenizer files. No config.json: the model's names `modeling_gptscratch.py`, which transformers would then ask
+    to run before it loads even the tokenizer."""
     directory = Path(directory)
     write_onnx(model, directory / ONNX_FILE)
-    model.config.save_pretrained(directory)
     model.generation_config.save_pretrained(directory)
     with_chat_template(tokenizer).save_pretrained(directory)

@@ -250,8 +250,8 @@ def test_push_as_gguf_publishes_the_file_and_a_card_saying_how_to_run_it(fitted_
 def test_push_as_onnx_publishes_what_onnx_runtime_needs_and_the_cards_code_runs(fitted_dir, tmp_path, monkeypatch):
     repo = push_to_local_hub(fitted_dir, tmp_path / "hub", "alice/tiny-onnx", format="onnx")
     files = {path.name for path in repo.iterdir()}
-    assert {"model.onnx", "config.json", "tokenizer.json", "README.md", "training_summary.json"} <= files
-    assert "model.safetensors" not in files
+    assert {"model.onnx", "tokenizer.json", "README.md", "training_summary.json"} <= files
+    assert "model.safetensors" not in files and "config.json" not in files
     card = (repo / "README.md").read_text()
     assert "library_name: onnx" in card and "- onnx" in card
     code = card.split("```python\n")[1].split("```")[0]

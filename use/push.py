@@ -5,8 +5,8 @@
 in the default gptscratch format, `modeling_gptscratch.py` with `auto_map`, so `from_pretrained(path,
 trust_remote_code=True)` loads it where this project is absent. The other formats publish `gptscratch-export`'s
 output instead (convert.export): `--format gpt2` the plain GPT-2 directory (no remote code), `gguf` the GGUF file
-`model.gguf` for llama.cpp (tokenizer inside), `onnx` `model.onnx` with its config and tokenizer for ONNX Runtime.
-The training record (summary, metrics, loss plot) travels along when the directory has one.
+`model.gguf` for llama.cpp (tokenizer inside), `onnx` `model.onnx` with its generation config and tokenizer for ONNX
+Runtime. The training record (summary, metrics, loss plot) travels along when the directory has one.
 
 Versions: the repository is a git repository with one commit per push. A push builds the new version in a hidden
 sibling (a copy of the old history, its objects hard-linked rather than copied, plus the new files, committed there)
