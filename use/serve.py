@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--host (default localhost), --port (default 8000), --continuous-batching, --device, --dtype, ...",
         allow_abbrev=False,  # a prefix of one of transformers serve's options must reach it as typed
     )
-    parser.add_argument("model_dir", metavar="DIR", help="model directory (trained, converted, pushed or exported)")
+    parser.add_argument(
+        "model_dir", metavar="DIR", help="model directory (trained, converted or pushed), or its plain GPT-2 export"
+    )
     parser.add_argument(
         "--chat-template",
         metavar="FILE",
