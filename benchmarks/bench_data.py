@@ -15,6 +15,14 @@ Then, on the largest corpus's token files: the training loader (the Accelerate l
 memory-mapped windows) against the training step of the tiny preset, both in tokens/s; and evaluation
 (`score_token_stream`, no batch's logits) against the training step's forward pass, in alternating rounds. Last,
 `gptscratch-eval` on files of --eval-sizes: time, tokens/s and peak resident memory, as for preparation.
+
+    python benchmarks/bench_data.py --versus-tiktoken --sizes 100MB   # the token pass against tiktoken's own
+
+With --versus-tiktoken, for each size and in alternating rounds: tiktoken's bare batch encode of the corpus
+(`encode_ordinary_batch` on its text cut into 1 MB pieces, one thread per CPU, GPT-2's encoding as tiktoken builds it
+from encoder.json + vocab.bpe; the reading not timed), gptscratch-prepare's token pass (`write_token_files`, after the
+first pass, with the workers prepare starts), and the whole `gptscratch-prepare` command with an empty cache. Printed:
+each one's median time, and the token pass's and the command's over tiktoken's, pair by pair.
 """
 
 from __future__ import annotations
@@ -250,6 +258,70 @@ def evaluation_memory(work: Path, sizes: list[int]) -> None:
         print(f"{size / 1e6:>6.0f}MB  {seconds:>7.1f}  {tokens / seconds:>9,.0f}  {peak / 2**20:>11,.0f}", flush=True)
 
 
+def versus_tiktoken(sizes: list[int], tokenizer: str, work: Path, rounds: int) -> None:
+    """The token pass and gptscratch-prepare against tiktoken's bare batch encode of the same text, in rounds."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from common.tokenizer import load_tokenizer
+    from train.corpus import local_corpus, scan_corpus
+    from train.data import PARALLEL_TOKENIZE_MIN_CHARS, write_token_files
+    from train.token_files import EntryBuilder
+    from train.tokenizing import safe_pieces, token_dtype
+
+    bpe = Path(tokenizer)
+    if not (bpe / "encoder.json").is_file():
+        raise SystemExit(f"--versus-tiktoken needs --tokenizer DIR with encoder.json + vocab.bpe, not {tokenizer}")
+    ranks = data_gym_to_mergeable_bpe_ranks(str(bpe / "vocab.bpe"), str(bpe / "encoder.json"))
+    encoding = tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={})
+    hf_tokenizer = load_tokenizer(bpe)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    cpus = os.cpu_count()
+    print(f"GPT-2's BPE; {cpus} CPUs; median of {rounds} alternating rounds; ratios pair by pair")
+    print(
+        f"{'corpus':>8}  {'tiktoken s':>10}  {'token pass s':>12}  {'pass/tiktoken':>13}  {'prepare s':>9}  "
+        f"{'prepare/tiktoken':>16}  {'tokenised by':<12}",
+        flush=True,
+    )
+    for size in sizes:
+        path = work / f"corpus-{size}.txt"
+        if not path.exists() or path.stat().st_size > size:
+            write_corpus(path, size)
+        corpus = local_corpus([str(path)])
+        scan = scan_corpus(corpus, progress=False)
+        pieces = list(safe_pieces(path.read_text(encoding="utf-8"), 1 << 20))
+        num_proc = cpus if scan.characters >= PARALLEL_TOKENIZE_MIN_CHARS else 1
+        times: dict[str, list[float]] = {"tiktoken": [], "pass": [], "prepare": []}
+        for round_index in range(rounds):
+            start = time.perf_counter()
+            bare_tokens = sum(map(len, encoding.encode_ordinary_batch(pieces, num_threads=cpus)))
+            times["tiktoken"].append(time.perf_counter() - start)
+
+            cache = work / f"pass-{size}-{round_index}"
+            start = time.perf_counter()
+            with EntryBuilder(cache, "entry", token_dtype(len(hf_tokenizer))) as builder:
+                library = write_token_files(corpus, scan, hf_tokenizer, 0.9, num_proc, builder, progress=False)
+                entry = builder.finish({})
+            times["pass"].append(time.perf_counter() - start)
+            if abs(sum(entry.meta["tokens"].values()) - bare_tokens) > 2:  # the split may cut a word in two
+                raise SystemExit(f"the token pass gave {entry.meta['tokens']} tokens, tiktoken {bare_tokens}")
+            shutil.rmtree(cache)
+
+            command = [sys.executable, "-m", "train.prepare", "--data", str(path), "--tokenizer", tokenizer]
+            command += ["--cache-dir", str(work / f"prepare-{size}")]
+            times["prepare"].append(peak_memory_of(command, env)[0])
+            shutil.rmtree(work / f"prepare-{size}")
+        median = {name: statistics.median(values) for name, values in times.items()}
+        ratio = {name: statistics.median(a / b for a, b in zip(times[name], times["tiktoken"])) for name in times}
+        print(
+            f"{size / 1e6:>6.0f}MB  {median['tiktoken']:>10.2f}  {median['pass']:>12.2f}  {ratio['pass']:>12.2f}x  "
+            f"{median['prepare']:>9.2f}  {ratio['prepare']:>15.2f}x  {library:<12}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100MB,1GB,5GB", help="corpus sizes, comma-separated (e.g. 20MB,1GB)")
@@ -264,12 +336,20 @@ def main() -> None:
     parser.add_argument(
         "--eval-sizes", default="2MB,10MB", help="file sizes for gptscratch-eval's memory ('' for none)"
     )
+    parser.add_argument(
+        "--versus-tiktoken",
+        action="store_true",
+        help="only time the token pass and gptscratch-prepare against tiktoken's bare batch encode (--sizes, --rounds)",
+    )
     args = parser.parse_args()
     if not SOURCE.is_file():
         raise SystemExit(f"{SOURCE} is absent: the corpora are made by repeating it")
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="gptscratch-bench-data-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
+        if args.versus_tiktoken:
+            versus_tiktoken([parse_size(size) for size in args.sizes.split(",")], args.tokenizer, work, args.rounds)
+            return
         largest, cache = prepare_sizes([parse_size(size) for size in args.sizes.split(",")], args.tokenizer, work)
         loader_against_model(largest, cache, args.tokenizer, args.rounds)
         if args.eval_sizes:
