@@ -10,7 +10,7 @@ import json
 
 import pytest
 import tiktoken
-from conftest import GPT2_PATTERN, SHARED_DATA, shared_file
+from conftest import GPT2_PATTERN, shared_file
 from data_helpers import EOS, _word_tokenizer
 from hypothesis import given
 from hypothesis import strategies as st
@@ -64,9 +64,7 @@ def fitted():
 def gpt2():
     from common.tokenizer import load_tokenizer
 
-    if not (SHARED_DATA / "gpt2-bpe").is_dir():
-        pytest.skip(f"{SHARED_DATA / 'gpt2-bpe'} is absent (tests that need ../shared/data skip without it)")
-    return load_tokenizer(SHARED_DATA / "gpt2-bpe")
+    return load_tokenizer(shared_file("gpt2-bpe"))
 
 
 @pytest.fixture(scope="module", params=["fitted", "gpt2"])
