@@ -18,7 +18,11 @@ model's dtype (float32, or float16 for an export in f16).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -64,6 +68,22 @@ class CachedCausalLM(torch.nn.Module):
         return (outputs.logits, *(tensor for layer in presents.layers for tensor in (layer.keys, layer.values)))
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Within it, torch.onnx's warnings are not shown: about what does not concern this graph (torchvision's
+    operators it cannot register, dimension names it merges, deprecations inside torch), a dozen lines before the
+    export's one line of result. Errors still raise."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def write_onnx(model: GPTScratchForCausalLM, path: str | os.PathLike) -> None:
     """Exports `model`, in its dtype, as the graph described above to the file `path` (weights over ONNX's 2 GB
     limit go to a file beside it, `path`.data)."""
@@ -83,7 +103,7 @@ def write_onnx(model: GPTScratchForCausalLM, path: str | os.PathLike) -> None:
     past_dim = dim("past", max=config.context_length)
     past_shapes = tuple({0: batch_dim, 2: past_dim} for _ in range(2 * config.n_layers))
     shapes = ({0: batch_dim, 1: tokens_dim}, {0: batch_dim, 1: dim("past_and_tokens")}, {0: batch_dim, 1: tokens_dim})
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
             CachedCausalLM(model.eval()).eval(),
             example,
@@ -94,7 +114,7 @@ def write_onnx(model: GPTScratchForCausalLM, path: str | os.PathLike) -> None:
             dynamo=True,
             verbose=False,
         )
-    program.save(str(path))
+        program.save(str(path))
 
 
 def write_onnx_directory(
