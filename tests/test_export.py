@@ -9,6 +9,7 @@ import pytest
 import torch
 from cli_helpers import file_listing, run_main
 from conftest import PROMPT, TEXT, assert_same_logits, byte_level_bpe, tiny_model_for
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
 import convert.export
@@ -85,3 +86,15 @@ def test_overwrite_replaces_a_gguf_file_and_a_failed_write_leaves_the_old_one(mo
 def test_gguf_writes_every_dtype_the_command_offers_and_each_format_has_its_default():
     assert set(DTYPES["gguf"]) == set(GGUF_DTYPES)
     assert [convert.export.check_export(format, None) for format in ("gpt2", "gguf", "onnx")] == [None, "f32", "f32"]
+
+
+def test_gpt2_export_in_f16_holds_half_precision_weights_close_to_the_model(model_dir, tmp_path):
+    model, tokenizer = load_model_directory(model_dir)
+    output = export_model(model_dir, "gpt2", tmp_path / "gpt2-f16", "f16")
+    with safe_open(output / "model.safetensors", "pt") as weights:
+        assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"F16"}
+    loaded = GPT2LMHeadModel.from_pretrained(output, dtype=torch.float32)
+    ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    ours = logits(model, ids)
+    # f16 weights keep 11 bits (2^-12 of each): 1e-3 of the largest logit, as for a GGUF file in f16.
+    torch.testing.assert_close(logits(loaded, ids), ours, rtol=0, atol=1e-3 * ours.abs().max().item())
