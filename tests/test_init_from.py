@@ -71,6 +71,7 @@ def test_a_run_from_a_runs_output_starts_at_its_final_validation_loss(
     )
     summary = json.loads((output / "training_summary.json").read_text())
     assert summary["init_from"] == str(first_run) and summary["preset"] is None
+    assert f"| Started from | {first_run} |" in (output / "README.md").read_text()
     config = json.loads((output / "config.json").read_text())
     assert config["drop_rate"] == 0.1  # the run's dropout, not the source's 0
     assert (output / "tokenizer.json").read_text() == (first_run / "tokenizer.json").read_text()

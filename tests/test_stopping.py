@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
+import os
+import signal
 
 import pytest
 
-from train.stopping import StopReason, stop_reason
+from train.stopping import StopReason, StopSignals, stop_reason
 
 
 def test_a_run_goes_on_while_nothing_stops_it():
@@ -39,3 +42,20 @@ def test_a_reason_is_written_as_its_name():
     """Summaries, checkpoints and the command's lines keep the words users read: completed, time-limit, ..."""
     assert json.dumps({"stopped": StopReason.TIME_LIMIT}) == '{"stopped": "time-limit"}'
     assert [reason.value for reason in StopReason] == ["completed", "time-limit", "early-stopped", "interrupted"]
+
+
+def _terminate_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_process_forked_during_the_run_dies_of_sigterm_while_the_run_only_takes_note():
+    """A worker pool forked during the run (lm-eval bootstraps in one) inherits the handler; its terminate must
+    still end the workers."""
+    with StopSignals() as stop:
+        worker = multiprocessing.get_context("fork").Process(target=_terminate_self)
+        worker.start()
+        worker.join(timeout=30)
+        assert worker.exitcode == -signal.SIGTERM
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signal_number == signal.SIGTERM

@@ -6,6 +6,7 @@ Output directory layout (the same for both engines)::
                                   tokenizer files, modeling_gptscratch.py (written at the end), plus
     OUTPUT/metrics.jsonl          one JSON object per evaluation
     OUTPUT/loss_plot.png|pdf      the book's loss plot
+    OUTPUT/README.md              the model card: the model, what it started from and was trained on, its figures
     OUTPUT/training_summary.json  what was trained on, and the final figures
     OUTPUT/checkpoints/           run.json (the options), checkpoint-<step>/ (the newest `save_total_limit`),
                                   best-model/ (unless `early_stopping_patience` 0)

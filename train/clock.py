@@ -1,9 +1,9 @@
 """The training clock: the time a run's loop spends, its `max_time` budget, and its throughput (tokens/s, MFU).
 
 Both engines report to it at the same moments: `step_ended` after each optimizer update (before the schedule sets
-the next step's learning rate), `paused(kind)` after each evaluation, sample and checkpoint. The time between two
-reports is charged to the later one, so every second of the loop counts in `used()` (summed over resumes, since a
-checkpoint keeps it), while the throughput counts the steps' seconds alone.
+the next step's learning rate), `paused(kind)` after each evaluation, benchmark scoring, sample and checkpoint. The
+time between two reports is charged to the later one, so every second of the loop counts in `used()` (summed over
+resumes, since a checkpoint keeps it), while the throughput counts the steps' seconds alone.
 
 With a budget, the run stops when the next step, then a final evaluation, sample and checkpoint as long as the last
 ones, would not fit in it: `out_of_time`. `progress` (the share of the budget used, the decay of the learning-rate
@@ -41,7 +41,7 @@ class TrainingClock:
         self._started_at: float | None = None
         self._mark = 0.0
         self._last_step = 0.0
-        self._pauses: dict[str, float] = {}  # the seconds of the last evaluation, sample and checkpoint
+        self._pauses: dict[str, float] = {}  # the seconds of the last evaluation, tasks, sample and checkpoint
         self._window_steps, self._window_seconds = 0, 0.0
 
     def start(self, used: float = 0.0) -> None:
@@ -83,18 +83,22 @@ class TrainingClock:
         do); None before, and without one."""
         return self.budget if self.out_of_time else None
 
-    def paused(self, kind: str) -> None:
-        """An evaluation, sample or checkpoint (`kind`) ended: its time counts as used, not as training."""
+    def paused(self, kind: str) -> float:
+        """An evaluation, benchmark scoring ("tasks"), sample or checkpoint (`kind`) ended: its time counts as used,
+        not as training. Returns its seconds."""
         now = monotonic()
         self._pauses[kind] = now - self._mark
         self._mark = now
+        return self._pauses[kind]
 
     def reserve(self) -> float:
-        """Seconds the final evaluation, sample and checkpoint are expected to take: as long as the last ones. A
-        sample not timed yet (before the first epoch ends) counts as long as an evaluation, which runs about as many
-        forward passes; a checkpoint not timed yet (before the first `save_steps`) as nothing."""
+        """Seconds the final evaluation (its benchmark tasks too, where they run), sample and checkpoint are expected
+        to take: as long as the last ones. A sample not timed yet (before the first epoch ends) counts as long as an
+        evaluation, which runs about as many forward passes; a checkpoint not timed yet (before the first
+        `save_steps`) as nothing."""
         evaluation = self._pauses.get("evaluation", 0.0)
-        return evaluation + self._pauses.get("sample", evaluation) + self._pauses.get("checkpoint", 0.0)
+        reserve = evaluation + self._pauses.get("sample", evaluation) + self._pauses.get("checkpoint", 0.0)
+        return reserve + self._pauses.get("tasks", 0.0)
 
     def expected_steps(self, step: int) -> int | None:
         """How many steps the budget allows at the pace since this process's first step, evaluations and

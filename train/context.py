@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import Dataset
 
 from common.errors import field
@@ -23,12 +24,13 @@ from train.checkpoints import RunDirectory, best_model_step, checkpoint_step, sa
 from train.clock import TrainingClock
 from train.data import PreparedData
 from train.distributed import any_process, full_model, max_over_processes
-from train.metrics import MetricsLog, format_evaluation, metrics_record
+from train.metrics import MetricsLog, format_evaluation, metrics_record, throughput_postfix
 from train.optimization import skip_next_step
 from train.options import TrainOptions
 from train.plan import EXPECTATION_STEPS, Plan
 from train.stability import Rollback, StepGuard, TrainingDiverged
 from train.stopping import EarlyStopping, StopReason, StopSignals, stop_reason
+from train.task_scores import TaskScores
 
 
 @dataclass
@@ -74,6 +76,7 @@ class RunContext:
     clock: TrainingClock
     guard: StepGuard
     log: Callable[[str], None]
+    tasks: TaskScores | None = None  # the benchmark tasks scored at evaluations (`eval_tasks`)
     last_grad_norm: float | None = None  # of the last optimizer step, before clipping
 
     @property
@@ -89,9 +92,11 @@ class RunContext:
     def record_evaluation(
         self, step: int, train_loss: float, val_loss: float, accelerator: Any, model: torch.nn.Module
     ) -> dict[str, Any]:
-        """Appends an evaluation to metrics.jsonl, prints the book's progress line and, with early stopping, keeps
-        a new best model. Every process must call it: gathering sharded weights takes all of them."""
+        """Appends an evaluation to metrics.jsonl, prints the book's progress line, keeps a new best model under early
+        stopping, and scores the benchmark tasks when they are due (`eval_tasks`). The clock counts the evaluation
+        and the tasks apart. Every process must call it: gathering sharded weights takes all of them."""
         plan = self.plan
+        previous_step = self.metrics.records[-1]["step"] if self.metrics.records else None
         record = metrics_record(
             step,
             step / plan.steps_per_epoch,
@@ -104,13 +109,30 @@ class RunContext:
             rollbacks=self.guard.rollbacks,
             **self.clock.take_throughput(),
         )
-        self.metrics.append(record)
         if self.early_stopping.update(record) and self.early_stopping.keeps_best:
             best = full_model(accelerator, model, self.config)
             if best is not None:
                 save_best_model(best, self.directory.best_model, step)
+        self.clock.paused("evaluation")
+        if self.tasks is not None and self.tasks.due(step, previous_step):
+            record.update(self.score_tasks(accelerator, model))
+            record["tasks_time_s"] = round(self.clock.paused("tasks"), 3)
+        self.metrics.append(record)
         self.log(format_evaluation(record))
         return record
+
+    def score_tasks(self, accelerator: Any, model: torch.nn.Module) -> dict[str, float | None]:
+        """The benchmark tasks' scores of the model as it is now: computed on the main process (on the weights
+        gathered there when they are sharded) and handed to every process, so every process keeps the same record."""
+        whole = full_model(accelerator, model, self.config)
+        scores = [None if whole is None else self.tasks.score(whole, self.data.tokenizer)]
+        return broadcast_object_list(scores)[0]
+
+    def progress_postfix(self) -> dict[str, str]:
+        """What a progress bar shows after a step, in both engines: the gradient norm before clipping, and tokens/s
+        and MFU since the last evaluation."""
+        norm = {} if self.last_grad_norm is None else {"grad_norm": f"{self.last_grad_norm:.3g}"}
+        return {**norm, **throughput_postfix(self.clock.throughput())}
 
     def step_ended(self, step: int) -> None:
         """Tells the clock an optimizer step ended (`step` steps done), before the schedule sets the next step's

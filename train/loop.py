@@ -27,7 +27,6 @@ from train.checkpoints import LOOP_STATE_FILE
 from train.context import RunContext, TrainResult
 from train.distributed import full_model, use_cpu, weights_are_sharded
 from train.loss import lm_loss, token_losses, window_logits
-from train.metrics import throughput_postfix
 from train.optimization import build_optimizer, build_scheduler
 from train.stability import Rollback
 from train.stopping import StopReason
@@ -163,12 +162,7 @@ def show_progress(progress: tqdm, context: RunContext, step: int, step_loss: flo
     expected = context.expected_steps(step)
     if expected is not None and progress.total != expected:
         progress.total = expected
-    progress.set_postfix(
-        loss=f"{step_loss:.3f}",
-        grad_norm=f"{context.last_grad_norm:.3g}",
-        **throughput_postfix(context.clock.throughput()),
-        refresh=False,
-    )
+    progress.set_postfix(loss=f"{step_loss:.3f}", **context.progress_postfix(), refresh=False)
     progress.update(1)
 
 
@@ -295,7 +289,6 @@ def evaluate(context: RunContext, run: LoopObjects, step: int) -> None:
         run.accelerator.log(
             {key: value for key, value in record.items() if key != "step" and value is not None}, step=step
         )
-    context.clock.paused("evaluation")
 
 
 def sample(context: RunContext, run: LoopObjects, position: LoopPosition) -> None:

@@ -38,7 +38,8 @@ class MetricsLog:
 # The fields of a record that the clock measures: a rerun of the same steps gives other values (all the others it
 # repeats exactly). time_s: seconds of training so far (steps, evaluations, samples, checkpoints; --max-time's
 # clock); tokens_per_second and mfu: over the steps since the previous evaluation, None at the first.
-TIMING_FIELDS = ("time_s", "tokens_per_second", "mfu")
+# tasks_time_s: the seconds the benchmark tasks took at this evaluation (counted in time_s, not in the throughput).
+TIMING_FIELDS = ("time_s", "tokens_per_second", "mfu", "tasks_time_s")
 
 
 def metrics_record(
@@ -74,6 +75,11 @@ def metrics_record(
     }
 
 
+def task_metrics(record: dict[str, Any]) -> list[str]:
+    """The benchmark scores in a record: its TASK/METRIC keys (`eval_tasks`)."""
+    return [key for key in record if "/" in key]
+
+
 def perplexity(loss: float) -> float:
     """exp(cross-entropy): the effective number of equally likely next tokens. Capped where exp overflows."""
     return math.exp(min(loss, 700.0))
@@ -92,6 +98,10 @@ def format_evaluation(record: dict[str, Any]) -> str:
         line += f", grad norm {record['grad_norm']:.3g}"
     if record.get("skipped_steps") or record.get("rollbacks"):
         line += f" | {record['skipped_steps']} steps skipped, {record['rollbacks']} rollbacks"
+    scores = task_metrics(record)
+    if scores:
+        values = ", ".join(f"{key} {'N/A' if record[key] is None else format(record[key], '.4g')}" for key in scores)
+        line += f" | {values} ({record['tasks_time_s']:.1f} s)"
     return line
 
 

@@ -401,6 +401,32 @@ class EvaluationOptions:
         40, "sample from the k most likely tokens (0: from all)", kind=INTEGER, check=not_negative, resume=MAY_CHANGE
     )
     max_new_tokens: int = option(50, "sample length", kind=INTEGER, check=new_tokens, resume=MAY_CHANGE)
+    eval_tasks: list[str] = option(
+        [],
+        "lm-eval benchmark tasks scored at evaluations, as gptscratch-eval's tasks: names (hellaswag), comma-separated "
+        "or several, or task YAMLs under {include_path}; each metric is logged as TASK/METRIC",
+        kind=TEXTS,
+        resume=MAY_CHANGE,
+        metavar="TASK",
+    )
+    include_path: str | None = option(
+        help="a directory of your own lm-eval task YAMLs for {eval_tasks} (lm-eval's include_path)",
+        resume=MAY_CHANGE,
+        metavar="DIR",
+    )
+    eval_tasks_limit: int | None = option(
+        help="score only the first N documents of each task: a quick signal, not the benchmark's score",
+        kind=INTEGER,
+        check=positive,
+        resume=MAY_CHANGE,
+    )
+    eval_tasks_freq: int | None = option(
+        help="score the tasks at step 0 and then at the first evaluation after every N steps (default: at every "
+        "evaluation)",
+        kind=INTEGER,
+        check=positive,
+        resume=MAY_CHANGE,
+    )
     early_stopping_patience: int = option(
         DEFAULT_PATIENCE,
         "stop after N evaluations without a better validation loss, and keep the best model (0: "
@@ -409,6 +435,11 @@ class EvaluationOptions:
         check=not_negative,
         resume=MAY_CHANGE,
     )
+
+    def task_names(self) -> list[str]:
+        """The lm-eval tasks `eval_tasks` names, given as several values or comma-separated (as gptscratch-eval's
+        `tasks`)."""
+        return [name.strip() for value in self.eval_tasks for name in value.split(",") if name.strip()]
 
     def sampling_top_k(self) -> int | None:
         """top_k as decoding takes it: None keeps every token (0 here)."""
@@ -493,6 +524,11 @@ class TrainOptions:
             raise InputError(f"{field('min_lr')} {optimisation.min_lr} must be below {field('lr')} {optimisation.lr}")
         if self.data.streaming:
             self.check_streaming()
+        evaluation = self.evaluation
+        if not evaluation.task_names():
+            for name in ("include_path", "eval_tasks_limit", "eval_tasks_freq"):
+                if getattr(evaluation, name) is not None:
+                    raise InputError(f"{field(name)} goes with {field('eval_tasks')}, which names no task; add tasks")
 
     def check_streaming(self) -> None:
         """Streaming reads a hub dataset as it trains, with the Accelerate loop, for a given number of steps."""

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from common.errors import InputError, field
-from common.files import check_apart, write_json_atomic
+from common.files import check_apart, write_json_atomic, write_text_atomic
+from common.model_card import model_card
 from convert.sources import read_model_source
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
 from train import loop, trainer
@@ -34,7 +35,7 @@ from train.clock import TrainingClock
 from train.context import RunContext, TrainResult
 from train.data import PreparedData, cache_root, corpus_inputs, prepare_data
 from train.distributed import sum_over_processes, use_cpu
-from train.metrics import MetricsLog
+from train.metrics import MetricsLog, task_metrics
 from train.model_config import (
     build_config,
     check_context_length,
@@ -48,6 +49,7 @@ from train.plot import plot_metrics_file
 from train.stability import StepGuard
 from train.stopping import EarlyStopping, StopReason, StopSignals, stop_reason
 from train.streaming import prepare_streamed_data
+from train.task_scores import TaskScores
 from train.trackers import check_trackers
 
 ENGINES = {"accelerate": loop.fit, "trainer": trainer.fit}
@@ -110,8 +112,10 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
     elif init_from:
         source = read_model_source(init_from)
         start_config = source_config(options, source.model.config, source.tokenizer)
+    model_context = start_config.context_length if start_config else model_context_length(options.model)
+    tasks = TaskScores.for_run(options.evaluation, model_context, options.optimisation.batch_size)
     with state.main_process_first():  # the main process tokenises; the others read its cache
-        data = load_data(options, resume_from, start_config, log)
+        data = load_data(options, resume_from, model_context, log)
     config = start_config or build_config(options.model, len(data.tokenizer), data.tokenizer.eos_token_id)
     data.tokenizer.model_max_length = config.context_length
     plan = make_plan(options.data, options.model, options.optimisation, config, data, state.num_processes)
@@ -128,6 +132,7 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
         return finish_ended_run(options, directory, resume_from, data, config, plan, ended, log)
 
     context = start_run(options, directory, resume_from, data, config, plan, log)
+    context.tasks = tasks
     if source is not None:
         context.model.load_state_dict(source.model.state_dict())
         del source
@@ -210,18 +215,16 @@ def load_weights(model: GPTScratchForCausalLM, directory: Path) -> None:
 
 
 def load_data(
-    options: TrainOptions, resume_from: Path | None, start_config: GPTScratchConfig | None, log: Callable[[str], None]
+    options: TrainOptions, resume_from: Path | None, model_context: int, log: Callable[[str], None]
 ) -> PreparedData:
-    """The run's tokenizer and windows (token files, or a stream), windows by default as long as the model's context
-    (`start_config`'s for a run that starts from a model). A resumed run takes the tokenizer saved in its checkpoint;
-    a run from `init_from`, its model's."""
+    """The run's tokenizer and windows (token files, or a stream), by default `model_context` tokens long. A resumed
+    run takes the tokenizer saved in its checkpoint; a run from `init_from`, its model's."""
     state, data = PartialState(), options.data
     corpus = data.corpus_fields()
     if resume_from is not None:
         corpus["tokenizer"] = str(resume_from)
     elif options.model.init_from:
         corpus["tokenizer"] = options.model.init_from
-    model_context = start_config.context_length if start_config else model_context_length(options.model)
     context_length = data.context_length or model_context
     if data.streaming:
         prepared = prepare_streamed_data(
@@ -360,7 +363,8 @@ def finish_run(context: RunContext, result: TrainResult) -> None:
 
 
 def write_summary(context: RunContext, result: TrainResult) -> dict[str, Any]:
-    """training_summary.json: the source, tokenizer and final figures, for the model card."""
+    """training_summary.json (the source, tokenizer, final figures and benchmark scores) and, before it, the model
+    card README.md that tells them; training_summary.json is written last (`RunDirectory.finished_step`)."""
     records = context.metrics.records
     kept = context.kept_step(result.steps)
     final = next((record for record in reversed(records) if record["step"] == kept), records[-1])
@@ -379,11 +383,23 @@ def write_summary(context: RunContext, result: TrainResult) -> dict[str, Any]:
         "train_perplexity": final["train_perplexity"],
         "val_perplexity": final["val_perplexity"],
         "initial_val_loss": records[0]["val_loss"],
+        "task_scores": last_task_scores(records),
         "time_s": round(context.clock.used(), 1),
         "stopped": result.reason.value,
     }
+    root = context.directory.root
+    card = model_card(root.name, context.model, context.data.tokenizer, summary, (root / "loss_plot.png").is_file())
+    write_text_atomic(root / "README.md", card)
     write_json_atomic(context.directory.summary_file, summary)
     return summary
+
+
+def last_task_scores(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The benchmark scores of the last evaluation that ran the tasks, with its step; None without tasks."""
+    scored = [record for record in records if task_metrics(record)]
+    if not scored:
+        return None
+    return {"step": scored[-1]["step"], **{name: scored[-1][name] for name in task_metrics(scored[-1])}}
 
 
 def verify_model_directory(

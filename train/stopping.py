@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 import signal
 import threading
 from collections.abc import Iterable
@@ -76,8 +77,10 @@ class StopSignals:
     def __init__(self) -> None:
         self.signal_number: int | None = None
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> StopSignals:
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for number in (signal.SIGINT, signal.SIGTERM):
                 self._previous[number] = signal.signal(number, self._handle)
@@ -88,6 +91,12 @@ class StopSignals:
             signal.signal(number, handler)
 
     def _handle(self, number: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            # A process forked from the run (a worker pool, such as lm-eval's) inherits the handler: there the signal
+            # does what it does by default, or the pool's terminate would wait for a worker that never stops.
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+            return
         if self.signal_number is not None:
             raise KeyboardInterrupt  # a second signal: stop now; checkpoints are written atomically
         self.signal_number = number

@@ -314,12 +314,15 @@ def evaluate_tasks(
     limit: int | None = None,
     batch_size: int = 4,
     include_path: str | os.PathLike | None = None,
+    stderr: bool = True,
 ) -> dict[str, Any]:
     """lm-eval's scores of `model` on `tasks` (names, or a `load_tasks` selection), as `task_results` gives them.
 
     What the lm-eval command line computes for a model directory, through its Python API: `simple_evaluate` with
     an `HFLM` built on this model (`lm_eval_model`), zero-shot unless a task sets its shots, lm-eval's seeds.
     `limit` evaluates only the first `limit` documents of each task: a quick check, not the benchmark's score.
+    `stderr` False skips the standard errors (None then), which lm-eval bootstraps for some metrics in a pool of
+    processes.
     """
     lm_eval = import_lm_eval()
     selection = tasks if isinstance(tasks, TaskSelection) else load_tasks(tasks, include_path)
@@ -334,6 +337,7 @@ def evaluate_tasks(
                 task_manager=selection.manager,
                 limit=limit,
                 log_samples=False,
+                **({} if stderr else {"bootstrap_iters": 0}),
             )
     finally:
         model.train(was_training)

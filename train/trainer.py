@@ -34,7 +34,7 @@ from train.book import generate_sample
 from train.context import RunContext, TrainResult
 from train.distributed import full_model, gradient_norm, use_cpu, weights_are_sharded
 from train.loss import lm_loss, token_losses
-from train.metrics import perplexity, throughput_postfix
+from train.metrics import perplexity, task_metrics
 from train.optimization import build_optimizer, build_scheduler
 from train.stability import Rollback
 from train.stopping import StopReason
@@ -219,10 +219,12 @@ class RunCallback(TrainerCallback, ExportableState):
             return
         train_loss, val_loss = self.pending.pop("eval_train_loss"), self.pending.pop("eval_val_loss")
         self.pending.clear()
-        self.context.record_evaluation(
+        record = self.context.record_evaluation(
             state.global_step, train_loss, val_loss, self.trainer.accelerator, self.trainer.model_wrapped
         )
-        self.context.clock.paused("evaluation")
+        scores = {name: record[name] for name in task_metrics(record) if record[name] is not None}
+        if scores:  # to the trackers, as the Trainer logs its own evaluation
+            self.trainer.log(scores)
         if self.context.stop_reason(state.global_step) == StopReason.EARLY_STOPPED:
             self.reason = StopReason.EARLY_STOPPED
             control.should_training_stop = control.should_save = True
@@ -276,7 +278,7 @@ class RunProgress(ProgressCallback):
             expected = self.context.expected_steps(state.global_step)
             if expected is not None:
                 self.training_bar.total = expected
-            self.training_bar.set_postfix(throughput_postfix(self.context.clock.throughput()), refresh=False)
+            self.training_bar.set_postfix(self.context.progress_postfix(), refresh=False)
         super().on_step_end(args, state, control, **kwargs)
 
 

@@ -25,16 +25,12 @@ import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from common.commands import ArgumentParser, run_command
 from common.errors import InputError, field
 from common.files import check_apart, check_writable, read_json_object
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
-    from modeling_gptscratch import GPTScratchForCausalLM
+from common.model_card import model_card
 
 PROG = "gptscratch-push"
 FORMATS = ("gptscratch", "gpt2", "gguf", "onnx")
@@ -113,165 +109,6 @@ def _copy_history(repo: Path, staging: Path) -> None:
     shutil.copytree(repo / ".git", staging / ".git", symlinks=True, copy_function=link_objects)
 
 
-def _cell(value: Any, digits: int = 4) -> str:
-    """A value for a Markdown table cell: thousands separators for counts, `digits` decimals for losses."""
-    if value is None:
-        return "not recorded"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-# What a model card says of each format: the Hub's library and tags, how the model is published, its architecture
-# and file, and how to use it (`{repo_id}` filled in).
-_TRANSFORMERS_USE = """from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-
-path = "{repo_id}"  # from a local hub directory: the path of this folder, HUB_DIR/{repo_id}
-tokenizer = AutoTokenizer.from_pretrained(path)
-model = AutoModelForCausalLM.from_pretrained(path{trust})
-generator = pipeline("text-generation", model=path{trust})
-print(generator("Every effort moves you", max_new_tokens=20)[0]["generated_text"])"""
-_CARDS: dict[str, dict[str, Any]] = {
-    "gptscratch": dict(
-        library="transformers",
-        tags=["safetensors"],
-        published="in its own format: loading it runs the `modeling_gptscratch.py` shipped here "
-        "(`trust_remote_code=True`).",
-        architecture="GPTScratchForCausalLM",
-        file="safetensors",
-        use=_TRANSFORMERS_USE.replace("{trust}", ", trust_remote_code=True"),
-    ),
-    "gpt2": dict(
-        library="transformers",
-        tags=["safetensors"],
-        published="as a plain transformers `GPT2LMHeadModel`: it loads without remote code wherever GPT-2 runs.",
-        architecture="GPT2LMHeadModel",
-        file="safetensors",
-        use=_TRANSFORMERS_USE.replace("{trust}", ""),
-    ),
-    "gguf": dict(
-        library="gguf",
-        tags=["gguf"],
-        published="as one GGUF file, `model.gguf` (GPT-2's architecture, tokenizer included): it runs in "
-        "llama.cpp and every program built on it, and loads in transformers.",
-        architecture="GPT-2 (GGUF architecture `gpt2`)",
-        file="GGUF",
-        language="bash",
-        use="""llama-cli -m model.gguf -p "Every effort moves you" -n 20           # llama.cpp
-python -c 'from llama_cpp import Llama; print(Llama("model.gguf")("Every effort moves you", max_tokens=20))'
-python -c 'from transformers import AutoModelForCausalLM as M; M.from_pretrained(".", gguf_file="model.gguf")'""",
-    ),
-    "onnx": dict(
-        library="onnx",
-        tags=["onnx"],
-        published="as an ONNX model with its KV cache as inputs and outputs, `model.onnx`, for ONNX Runtime; the "
-        "tokenizer files beside it.",
-        architecture="GPTScratchForCausalLM, traced to ONNX",
-        file="ONNX",
-        use="""import numpy as np, onnxruntime
-from transformers import AutoTokenizer
-
-tokenizer, session = AutoTokenizer.from_pretrained("."), onnxruntime.InferenceSession("model.onnx")
-ids = tokenizer("Every effort moves you", return_tensors="np")["input_ids"]
-past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in session.get_inputs()[3:]}
-logits, *present = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                                      "position_ids": np.arange(ids.shape[1])[None], **past})
-# Next step: the chosen token, the mask one longer, its position, and `present` as the past (in input order).""",
-    ),
-}
-
-
-def model_card(
-    repo_id: str,
-    model: GPTScratchForCausalLM,
-    tokenizer: PreTrainedTokenizerBase,
-    summary: dict[str, Any] | None,
-    has_loss_plot: bool,
-    format: str = "gptscratch",
-    license: str = "apache-2.0",
-) -> str:
-    """README.md for the repository: YAML metadata, then what the model is, how it was trained (what is known),
-    how to load it and how to reach earlier versions."""
-    config = model.config
-    remote_code = format == "gptscratch"
-    tags = ["gptscratch", "gpt2", "causal-lm", "text-generation", *_CARDS[format]["tags"]]
-    if remote_code:
-        tags.append("custom_code")  # the Hub's tag for models that load with trust_remote_code=True
-    lines = [
-        "---",
-        f"library_name: {_CARDS[format]['library']}",
-        "pipeline_tag: text-generation",
-        f"license: {license}",
-        "tags:",
-        *(f"- {tag}" for tag in tags),
-        "---",
-        "",
-        f"# {repo_id}",
-        "",
-        'A GPT-2-style decoder-only language model built with gptscratch ("Build a Large Language Model (From '
-        "Scratch)\", chapters 4 and 5, behind Hugging Face's interfaces), published " + _CARDS[format]["published"],
-        "",
-        "## Model",
-        "",
-        "| | |",
-        "| --- | --- |",
-        f"| Architecture | {_CARDS[format]['architecture']} |",
-        f"| Parameters | {model.num_parameters():,} |",
-        f"| Layers / heads / embedding size | {config.n_layers} / {config.n_heads} / {config.emb_dim} |",
-        f"| Context length | {config.context_length} tokens |",
-        f"| Vocabulary | {config.vocab_size:,} tokens |",
-        f"| Output head | {'tied to the token embedding' if config.tie_word_embeddings else 'separate'} |",
-        f"| Weights | {str(model.dtype).removeprefix('torch.')}, {_CARDS[format]['file']} |",
-        f"| Tokenizer | {type(tokenizer).__name__}, {len(tokenizer):,} tokens |",
-        "",
-        "## Training",
-        "",
-    ]
-    if summary is None:
-        lines += [
-            "No training record came with this model (the directory held no `training_summary.json`): it was "
-            "converted from a checkpoint, such as OpenAI's GPT-2 weights, rather than trained by gptscratch. Its "
-            "training data, steps and losses are therefore not known here; the architecture and tokenizer above are."
-        ]
-    else:
-        lines += [
-            "| | |",
-            "| --- | --- |",
-            f"| Trained on | {_cell(summary.get('source'))} |",
-            f"| Tokenizer | {_cell(summary.get('tokenizer'))} |",
-            f"| Steps | {_cell(summary.get('steps'))} |",
-            f"| Epochs | {_cell(summary.get('epochs'))} |",
-            f"| Tokens seen | {_cell(summary.get('tokens_seen'))} |",
-            f"| Final training loss | {_cell(summary.get('train_loss'))} |",
-            f"| Final training perplexity | {_cell(summary.get('train_perplexity'), 2)} |",
-            f"| Final validation loss | {_cell(summary.get('val_loss'))} |",
-            f"| Final validation perplexity | {_cell(summary.get('val_perplexity'), 2)} |",
-            "",
-            "Losses are mean cross-entropy per token in nats; perplexity is exp(loss). `metrics.jsonl` holds every "
-            "evaluation of the run.",
-        ]
-    if has_loss_plot:
-        lines += ["", "![Training and validation loss against epochs and tokens seen](loss_plot.png)"]
-    lines += [
-        "",
-        "## Use",
-        "",
-        f"```{_CARDS[format].get('language', 'python')}",
-        *_CARDS[format]["use"].replace("{repo_id}", repo_id).splitlines(),
-        "```",
-        "",
-        "## Versions",
-        "",
-        "Each push is one git commit of this folder: `git log` lists the versions, `git show <commit>:config.json` "
-        "prints a file as that version had it, and `git clone <this folder> <a folder outside the hub>` followed "
-        "by `git checkout <commit>` there gives a whole earlier version without touching this one.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def push_to_local_hub(
     model_dir: str | os.PathLike,
     hub_dir: str | os.PathLike,
@@ -334,7 +171,9 @@ def push_to_local_hub(
                 write_export(format, model, tokenizer, path, dtype, name=repo_id.split("/")[1])
             for name in present:
                 shutil.copy2(model_dir / name, staging / name)
-            card = model_card(repo_id, model, tokenizer, summary, "loss_plot.png" in present, format, license)
+            card = model_card(
+                repo_id, model, tokenizer, summary, "loss_plot.png" in present, format, license, repo_id=repo_id
+            )
             (staging / "README.md").write_text(card, encoding="utf-8")
             _git(staging, "add", "--all")
             # The directory's name, not its path: the history is published, the pusher's file system is not.
