@@ -160,8 +160,10 @@ class RunDirectory:
         final = self.checkpoints / f"checkpoint-{step}"
         holder = self.checkpoints / f".tmp-checkpoint-{step}"
         # The weights and at most two optimizer moments of their size (AdamW's; Muon keeps one for the matrices);
-        # the rest (RNG, scheduler, tokenizer) is small.
-        with writing_output(final, "checkpoint", size=3 * weights_size(model), option="output_dir"):
+        # the rest (RNG, scheduler, tokenizer) is small. Counted from the parameters' shapes: sharded ones (FSDP2's
+        # DTensors) have no single storage to measure.
+        weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+        with writing_output(final, "checkpoint", size=3 * weights, option="output_dir"):
             if state.is_main_process:
                 shutil.rmtree(holder, ignore_errors=True)
                 holder.mkdir()

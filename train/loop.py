@@ -16,16 +16,27 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers.integrations import unset_hf_deepspeed_config
 
 from common.compat import ACCELERATE_SHARED_TENSOR, drop_log_messages
 from common.errors import InputError, field
 from train.book import generate_sample
 from train.checkpoints import LOOP_STATE_FILE
 from train.context import RunContext, TrainResult
-from train.distributed import full_model, use_cpu, weights_are_sharded
+from train.distributed import (
+    accelerate_cpu,
+    as_float,
+    full_model,
+    load_sharded,
+    save_sharded,
+    shard_model,
+    weights_are_sharded,
+)
 from train.loss import lm_loss, token_losses, window_logits
 from train.optimization import build_optimizer, build_scheduler
 from train.stability import Rollback
@@ -90,6 +101,9 @@ def fit(context: RunContext) -> TrainResult:
         run.accelerator.end_training()
     run.accelerator.wait_for_everyone()
     context.model = full_model(run.accelerator, run.model, context.config)
+    # Training is over: transformers would otherwise build every model loaded from now on (the main process's
+    # check of the model directory) partitioned by ZeRO-3, a collective the other processes are not in.
+    unset_hf_deepspeed_config()
     return context.result(reason, position.step)
 
 
@@ -137,6 +151,8 @@ class LoopPosition:
         """The state of `checkpoint`, loaded into every object: weights, optimizer, schedule, random generators, the
         batches' position and the step guard's (which, after a `rollback`, goes on to skip the steps since)."""
         run.accelerator.load_state(str(checkpoint))
+        if isinstance(run.model, FSDPModule):  # sharded by `shard_model`: not Accelerate's to load
+            load_sharded(run.model, run.optimizer, checkpoint)
         saved = json.loads((checkpoint / LOOP_STATE_FILE).read_text(encoding="utf-8"))
         run.batches.load(checkpoint, saved)
         run.optimizer.zero_grad()  # a rollback leaves the step it broke off half accumulated
@@ -168,9 +184,20 @@ def show_progress(progress: tqdm, context: RunContext, step: int, step_loss: flo
 
 def prepare(context: RunContext) -> LoopObjects:
     """The accelerator, the training batches, the optimizer and the scheduler, and the evaluation loaders, all
-    through `accelerator.prepare`."""
-    optimisation = context.options.optimisation
+    through `accelerator.prepare`; on CPU processes under FSDP2 the model is sharded here (`shard_model`) and
+    Accelerate, which would wrap it in DDP, takes the rest."""
+    optimisation, parallelism = context.options.optimisation, context.plan.parallelism
     accelerator = make_accelerator(context)
+    if parallelism.shards_itself:  # before the optimizer, which then holds the shards
+        shard_model(context.model, parallelism.reshard_after_forward)
+        context.model.forward = accelerator.autocast()(context.model.forward)  # what `prepare` adds to a model
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # DeepSpeed counts the batch and clips inside its step: it takes the run's batch (Accelerate would read it
+        # from a training DataLoader, which this loop does not hand it) and clipping (Accelerate's default is 1).
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        config.update(
+            train_micro_batch_size_per_gpu=optimisation.batch_size, gradient_clipping=optimisation.max_grad_norm
+        )
     # Each process draws its own share of the windows (a stream keeps its position in its checkpoints).
     batches = context.data.train.training_batches(
         accelerator, optimisation.batch_size, context.plan.steps_per_epoch * optimisation.grad_accum
@@ -183,9 +210,13 @@ def prepare(context: RunContext) -> LoopObjects:
         DataLoader(windows, batch_size=optimisation.batch_size, generator=torch.Generator())
         for windows in (context.train_eval, context.val_eval)
     ]
-    model, optimizer, train_eval_loader, val_loader, scheduler = accelerator.prepare(
-        context.model, optimizer, *loaders, scheduler
-    )
+    if parallelism.shards_itself:  # the optimizer wrapped as `prepare` would (it steps once per accumulation)
+        model, optimizer = context.model, AcceleratedOptimizer(optimizer, device_placement=False)
+        train_eval_loader, val_loader, scheduler = accelerator.prepare(*loaders, scheduler)
+    else:
+        model, optimizer, train_eval_loader, val_loader, scheduler = accelerator.prepare(
+            context.model, optimizer, *loaders, scheduler
+        )
     if context.options.logging.report_to:
         accelerator.init_trackers(EXPERIMENT, config=_tracker_config(context.options.fields()))
     return LoopObjects(
@@ -205,7 +236,7 @@ def make_accelerator(context: RunContext) -> Accelerator:
     optimisation, report_to = context.options.optimisation, context.options.logging.report_to
     try:
         return Accelerator(
-            cpu=use_cpu(),
+            cpu=accelerate_cpu(),
             mixed_precision=optimisation.mixed_precision,
             gradient_accumulation_steps=optimisation.grad_accum,
             # The shuffle order of epoch e comes from seed + e, the same on every process and after a resume.
@@ -240,7 +271,7 @@ def train_micro_batch(
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             max_grad_norm = context.options.optimisation.max_grad_norm
-            grad_norm = float(accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm))
+            grad_norm = as_float(accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm))
             context.guard_step(position.step + 1, step_loss, grad_norm, run.optimizer)
         run.optimizer.step()
         run.optimizer.zero_grad()
@@ -262,7 +293,7 @@ def evaluate_loss(
     whose sharded weights are whole only inside the wrapped model's forward.
     """
     model.eval()
-    unwrapped = None if weights_are_sharded(accelerator) else accelerator.unwrap_model(model)
+    unwrapped = None if weights_are_sharded(accelerator, model) else accelerator.unwrap_model(model)
     losses = []
     with torch.no_grad(), accelerator.autocast():
         for inputs, targets in loader:
@@ -322,6 +353,8 @@ def save_checkpoint(context: RunContext, run: LoopObjects, position: LoopPositio
     context.check_weights(run.model, position.step)
     with directory.writing_checkpoint(position.step, run.model, context.options.logging.save_total_limit) as staging:
         accelerator.save_state(str(staging))
+        if isinstance(run.model, FSDPModule):  # sharded by `shard_model`: not Accelerate's to save
+            save_sharded(run.model, run.optimizer, staging)
         batches_position = run.batches.save(staging)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:

@@ -6,7 +6,8 @@ and position embeddings, which are also the tied output head, the LayerNorms and
 modded-nanogpt makes. Muon's update is scaled to the RMS of AdamW's (`adjust_lr_fn="match_rms_adamw"`, Moonshot's
 "Muon is Scalable"), so it takes AdamW's learning rate and weight decay unless `muon_lr` says otherwise; the
 scaling depends on a matrix's shape alone, not on whether it is stored [in, out] (this model's `Conv1D`) or
-[out, in]. On a CPU, Muon's Newton-Schulz iteration runs in float32 instead of torch's bf16 (`newton_schulz_float32`).
+[out, in]. On a CPU, Muon's Newton-Schulz iteration runs in float32 instead of torch's bf16 (`newton_schulz_float32`);
+under FSDP2 too, on each matrix gathered whole (`whole_matrices`), so the update is the one a single process makes.
 Both optimizers step, save and are scheduled as one `torch.optim.Optimizer` (`MuonWithAdamW`), which is
 what the Trainer and Accelerate take.
 
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
@@ -53,6 +55,22 @@ def newton_schulz_float32(
         gram = matrix @ matrix.T
         matrix = torch.addmm(matrix, torch.addmm(gram, gram, gram, beta=b, alpha=c), matrix, beta=a)
     return matrix.T if tall else matrix
+
+
+def whole_matrices(
+    orthogonalize: Callable[[torch.Tensor, tuple[float, float, float], int, float], torch.Tensor],
+) -> Callable[..., torch.Tensor]:
+    """`orthogonalize` for updates that are DTensor shards of a matrix (FSDP2): every process gathers the whole
+    matrix, orthogonalises it, and keeps its own shard of the result. The Newton-Schulz iteration then sees what it
+    sees in one process, and each shard gets the same update (at the cost of every process iterating on every
+    matrix, which for a model that fits one process's compute is the simple choice; Moonshot's distributed Muon
+    spreads the matrices instead)."""
+
+    def apply(grad: torch.Tensor, *settings: Any) -> torch.Tensor:
+        whole = orthogonalize(grad.full_tensor(), *settings)
+        return distribute_tensor(whole, grad.device_mesh, grad.placements, src_data_rank=None)
+
+    return apply
 
 
 def fused_adamw() -> bool:
@@ -129,9 +147,15 @@ class MuonWithAdamW(SkippableStep, torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self.adamw.step()
-        # Asked at each step: the Accelerate loop builds the optimizer before `prepare` moves the weights.
-        on_cpu = self.muon.param_groups[0]["params"][0].device.type == "cpu"
-        with muon_orthogonalization(newton_schulz_float32) if on_cpu else nullcontext():
+        # Asked at each step: the Accelerate loop builds the optimizer before `prepare` moves (or shards) the weights.
+        matrix = self.muon.param_groups[0]["params"][0]
+        if isinstance(matrix, DTensor):
+            orthogonalize = muon_orthogonalization(whole_matrices(newton_schulz_float32))
+        elif matrix.device.type == "cpu":
+            orthogonalize = muon_orthogonalization(newton_schulz_float32)
+        else:
+            orthogonalize = nullcontext()
+        with orthogonalize:
             self.muon.step()
         return loss
 
@@ -141,8 +165,26 @@ class MuonWithAdamW(SkippableStep, torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.adamw.load_state_dict(state_dict["adamw"])
         self.muon.load_state_dict(state_dict["muon"])
-        # Loading gives each optimizer new group dicts: point at those, or schedules would set stale ones.
+        self.parts_loaded()
+
+    def parts_loaded(self) -> None:
+        """Points at the group dicts AdamW and Muon hold after loading a state (they make new ones), or schedules
+        would set stale ones."""
         self.param_groups = [*self.adamw.param_groups, *self.muon.param_groups]
+
+
+def torch_optimizers(optimizer: torch.optim.Optimizer) -> list[torch.optim.Optimizer]:
+    """The torch optimizers the run's `optimizer` (or Accelerate's wrapper around it) is made of: AdamW, or AdamW
+    and Muon; what torch's distributed state dicts take. Once a state is loaded into them, call `parts_loaded`."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return [inner.adamw, inner.muon] if isinstance(inner, MuonWithAdamW) else [inner]
+
+
+def parts_loaded(optimizer: torch.optim.Optimizer) -> None:
+    """After a state was loaded into `torch_optimizers(optimizer)`: the run's optimizer follows them."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if isinstance(inner, MuonWithAdamW):
+        inner.parts_loaded()
 
 
 def build_optimizer(model: torch.nn.Module, options: OptimisationOptions) -> torch.optim.Optimizer:

@@ -17,6 +17,7 @@ import torch
 from common.errors import field
 from common.files import format_size
 from modeling_gptscratch import GPTScratchConfig, GPTScratchForCausalLM
+from train.distributed import Parallelism
 from train.optimization import muon_parameters
 from train.options import DEFAULT_EPOCHS, FLOOR_SCHEDULERS, DataOptions, ModelOptions, OptimisationOptions
 
@@ -30,12 +31,14 @@ EXPECTATION_STEPS = 10  # with max_time, the steps after which the expected step
 @dataclass
 class Plan:
     """The run's sizes: optimizer steps per epoch and in all, tokens per step (all processes), the model FLOPs of
-    a trained token, and the printout. `total_steps` is None when only `max_time` limits the run."""
+    a trained token, what runs on which processes, and the printout. `total_steps` is None when only `max_time`
+    limits the run."""
 
     steps_per_epoch: int
     total_steps: int | None
     tokens_per_step: int
     flops_per_token: float
+    parallelism: Parallelism
     lines: list[str]
 
     def is_last_step(self, step: int) -> bool:
@@ -103,9 +106,11 @@ def make_plan(
     optimisation: OptimisationOptions,
     config: GPTScratchConfig,
     data: PreparedData,
-    num_processes: int,
+    parallelism: Parallelism,
 ) -> Plan:
-    """Sizes, memory, tokens and steps of the run, and the Chinchilla-optimal token count for the model's size."""
+    """Sizes, memory, tokens and steps of the run, what runs on which processes (`parallelism`), and the
+    Chinchilla-optimal token count for the model's size."""
+    num_processes = parallelism.processes
     with torch.device("meta"):  # counts parameters without allocating them
         model = GPTScratchForCausalLM(config)
     total = sum(p.numel() for p in model.parameters())
@@ -127,10 +132,13 @@ def make_plan(
     flops_per_token = training_flops_per_token(config, window)
     chinchilla = 20 * total
 
-    # Memory per process, fp32 master weights as Accelerate and the Trainer keep them under mixed precision.
-    weights = gradients = 4 * total
+    # Memory per process, fp32 master weights as Accelerate and the Trainer keep them under mixed precision; what
+    # the strategy shards, a share of it.
+    weights = 4 * total * parallelism.share("parameters")
+    gradients = 4 * total * parallelism.share("gradients")
     muon_weights = sum(p.numel() for p in muon_parameters(model)) if optimisation.optimizer == "muon" else 0
-    optimizer_states = 8 * total - 4 * muon_weights  # AdamW: two fp32 moments per parameter; Muon: one momentum
+    # AdamW: two fp32 moments per parameter; Muon: one momentum
+    optimizer_states = (8 * total - 4 * muon_weights) * parallelism.share("optimizer states")
     activation_bytes = 2 if optimisation.mixed_precision != "no" else 4
     # Per layer and token ~ (34 * emb_dim + 5 * heads * tokens) 16-bit values kept for backward (Korthikanti et
     # al. 2022, no recomputation; the second term is the attention matrix, which fused attention kernels avoid),
@@ -175,6 +183,9 @@ def make_plan(
         f"optimizer states {_mb(optimizer_states)}, activations ~{_mb(activations)} "
         f"(batch {optimisation.batch_size} x {window}, {precision}); "
         f"~{_mb(weights + gradients + optimizer_states + activations)} per process",
+        f"  parallelism {parallelism.describe()}; global batch {optimisation.batch_size} windows x {num_processes} "
+        f"process{'es' * (num_processes > 1)} x {optimisation.grad_accum} accumulated = "
+        f"{optimisation.batch_size * num_processes * optimisation.grad_accum} windows a step",
         f"  schedule    {optimisation.engine} engine, {num_processes} process{'es' * (num_processes > 1)}: "
         f"{per_epoch} steps/epoch, {_length(optimisation, total_steps, budget)}, {tokens_per_step:,} tokens/step",
         f"  optimizer   {_optimizer(optimisation)}; lr {optimisation.lr} {optimisation.lr_scheduler}"
@@ -196,7 +207,7 @@ def make_plan(
             f"  tokens      this run sees {run_tokens:,}; Chinchilla-optimal for {total / 1e6:.2f} M parameters "
             f"(20 tokens/parameter) is {chinchilla:,} ({run_tokens / chinchilla:.1%} of it)"
         )
-    return Plan(per_epoch, total_steps, tokens_per_step, flops_per_token, lines)
+    return Plan(per_epoch, total_steps, tokens_per_step, flops_per_token, parallelism, lines)
 
 
 def _model_origin(model_options: ModelOptions) -> str:

@@ -34,7 +34,7 @@ from train.checkpoints import RUN_FILE, RunDirectory, budget_spent, checkpoint_s
 from train.clock import TrainingClock
 from train.context import RunContext, TrainResult
 from train.data import PreparedData, cache_root, corpus_inputs, prepare_data
-from train.distributed import sum_over_processes, use_cpu
+from train.distributed import launched, load_gathered, start_processes, sum_over_processes
 from train.metrics import MetricsLog, task_metrics
 from train.model_config import (
     build_config,
@@ -82,10 +82,11 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
 
     Raises InputError for bad options or data, TrainingDiverged when the loss stops being finite.
     """
-    state = PartialState(cpu=use_cpu())
+    state = start_processes()
     if log is None:  # printed between progress bars, on the main process only
         log = tqdm.write if state.is_main_process else (lambda message: None)
     options.check()
+    parallelism = launched(options.optimisation)  # a launch whose strategy would not run is refused here
     options = dataclasses.replace(options, model=typed_model_options(options.model))
     init_from = options.model.init_from
     if not init_from:  # a model of these settings exists: checked now, not once the data is ready (its vocabulary,
@@ -118,7 +119,7 @@ def train(options: TrainOptions, log: Callable[[str], None] | None = None) -> Tr
         data = load_data(options, resume_from, model_context, log)
     config = start_config or build_config(options.model, len(data.tokenizer), data.tokenizer.eos_token_id)
     data.tokenizer.model_max_length = config.context_length
-    plan = make_plan(options.data, options.model, options.optimisation, config, data, state.num_processes)
+    plan = make_plan(options.data, options.model, options.optimisation, config, data, parallelism)
     if options.evaluation.eval_freq is None:
         options = options.replace(eval_freq=min(DEFAULT_EVAL_FREQ, plan.steps_per_epoch))
     ended = end_reason(options, directory, resume_from, plan) if resume_from is not None else None
@@ -210,8 +211,9 @@ def finish_ended_run(
 
 
 def load_weights(model: GPTScratchForCausalLM, directory: Path) -> None:
-    """Puts the weights saved in `directory` (a checkpoint, the best model) into `model`."""
-    model.load_state_dict(GPTScratchForCausalLM.from_pretrained(directory).state_dict())
+    """Puts the weights saved in `directory` (a checkpoint, sharded or not, the best model) into `model`."""
+    if not load_gathered(model, directory):
+        model.load_state_dict(GPTScratchForCausalLM.from_pretrained(directory).state_dict())
 
 
 def load_data(
