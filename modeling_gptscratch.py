@@ -11,6 +11,7 @@ model directory, and `AutoModelForCausalLM.from_pretrained(dir, trust_remote_cod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -32,8 +32,12 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
+from transformers.generation.continuous_batching import PagedAttentionCache
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import can_return_tuple
 
@@ -155,13 +159,20 @@ class Projection(Conv1D):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention (the book's `MultiHeadAttention`) with fused q/k/v and a KV cache."""
+    """Multi-head causal self-attention (the book's `MultiHeadAttention`) with fused q/k/v and a KV cache.
+    The attention itself is the function transformers' attention interface names by `config._attn_implementation`:
+    "sdpa" (the default), "eager" (GPT-2's, the one that returns the weights), "flex_attention", flash attention
+    where installed, and what continuous batching switches to ("paged|eager"), as transformers' GPT-2 calls them.
+    """
 
     def __init__(self, config: GPTScratchConfig, layer_idx: int):
         super().__init__()
+        self.config = config  # the attention functions read it (flash attention) and pick by its implementation
         self.n_heads = config.n_heads
         self.head_dim = config.emb_dim // config.n_heads
+        self.scaling = self.head_dim**-0.5
         self.layer_idx = layer_idx
+        self.is_causal = True
         self.dropout = config.attention_dropout_rate
         # One matmul for queries, keys and values: weight [emb, 3 * emb], the book's W_query, W_key, W_value
         # (transposed) side by side.
@@ -172,14 +183,16 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        is_causal: bool,
-        cache: Cache | None = None,
-        kv_length: int = 0,
-    ) -> torch.Tensor:
-        """x: [batch, tokens, emb_dim]; attn_mask: boolean [batch or 1, 1, tokens, kv_length], True = attend.
+        attention_mask: Any,
+        cache: Cache | PagedAttentionCache | None = None,
+        kv_length: int | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: [batch, tokens, emb_dim] -> ([batch, tokens, emb_dim], the attention weights or None).
 
-        kv_length: the keys to attend to once `cache` holds this step's, past and new.
+        attention_mask: what `create_causal_mask` made for the implementation in use. kv_length: the keys to attend
+        to when the cache hands back more (a StaticCache's filled part), or None. kwargs go to the cache and the
+        attention function (continuous batching's indices and sequence lengths travel there).
         """
         batch, tokens, emb_dim = x.shape
         # [batch, tokens, 3 * emb_dim] -> 3 x [batch, n_heads, tokens, head_dim]
@@ -187,23 +200,26 @@ class CausalSelfAttention(nn.Module):
             self.qkv(x).view(batch, tokens, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         )
         if cache is not None:
-            keys, values = cache.update(keys, values, self.layer_idx)
-            # keys, values: [batch, n_heads, past + tokens, head_dim]. A StaticCache hands back its whole
-            # preallocated buffer; eager runs attend to its filled part (a view, no copy), compiled ones to all of it
-            # with the unfilled positions masked.
-            keys, values = keys[:, :, :kv_length], values[:, :, :kv_length]
-        options = dict(attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
-        if tokens == 1 and x.device.type == "cpu" and queries.dtype == torch.bfloat16:
-            # On CPU, SDPA's bf16 kernel is several times slower than fp32's for one query against a long cache,
-            # conversion included (benchmarks/RESULTS.md): a decoding step attends in fp32.
-            with torch.autocast("cpu", enabled=False):
-                context = F.scaled_dot_product_attention(queries.float(), keys.float(), values.float(), **options)
-            context = context.to(queries.dtype)
-        else:
-            context = F.scaled_dot_product_attention(queries, keys, values, **options)
-        # [batch, n_heads, tokens, head_dim] -> [batch, tokens, emb_dim]
-        context = context.transpose(1, 2).reshape(batch, tokens, emb_dim)
-        return self.out_proj(context)
+            keys, values = cache.update(keys, values, self.layer_idx, kwargs=kwargs)
+            if kv_length is not None:  # a view, no copy
+                keys, values = keys[:, :, :kv_length], values[:, :, :kv_length]
+        implementation = self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        # On CPU, SDPA's bf16 kernel is several times slower than fp32's for one query against a long cache,
+        # conversion included (benchmarks/RESULTS.md): a decoding step attends in fp32.
+        upcast = tokens == 1 and x.device.type == "cpu" and queries.dtype == torch.bfloat16 and implementation == "sdpa"
+        with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
+            context, weights = attention(
+                self,
+                *((tensor.float() if upcast else tensor) for tensor in (queries, keys, values)),
+                attention_mask,
+                dropout=self.dropout if self.training else 0.0,
+                scaling=self.scaling,
+                **kwargs,
+            )
+        # [batch, tokens, n_heads, head_dim] -> [batch, tokens, emb_dim]
+        context = context.to(queries.dtype).reshape(batch, tokens, emb_dim)
+        return self.out_proj(context), weights
 
 
 class FeedForward(nn.Module):
@@ -236,15 +252,15 @@ class TransformerBlock(GradientCheckpointingLayer):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attn_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        cache: Cache | None = None,
-        kv_length: int = 0,
-    ) -> torch.Tensor:
-        """hidden_states: [batch, tokens, emb_dim] -> [batch, tokens, emb_dim]."""
-        attended = self.att(self.norm1(hidden_states), attn_mask, is_causal, cache, kv_length)
+        attention_mask: Any = None,
+        cache: Cache | PagedAttentionCache | None = None,
+        kv_length: int | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states: [batch, tokens, emb_dim] -> ([batch, tokens, emb_dim], the attention weights or None)."""
+        attended, weights = self.att(self.norm1(hidden_states), attention_mask, cache, kv_length, **kwargs)
         hidden_states = hidden_states + self.drop_resid(attended)
-        return hidden_states + self.drop_resid(self.ff(self.norm2(hidden_states)))
+        return hidden_states + self.drop_resid(self.ff(self.norm2(hidden_states))), weights
 
 
 class GPTScratchPreTrainedModel(PreTrainedModel):
@@ -254,7 +270,11 @@ class GPTScratchPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["TransformerBlock"]
     _skip_keys_device_placement = [CACHE_NAME]
+    # The attention implementations it takes (CausalSelfAttention), as transformers' GPT-2 declares them.
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -268,57 +288,6 @@ class GPTScratchPreTrainedModel(PreTrainedModel):
         if getattr(module, "is_residual_projection", False):
             std = self.config.initializer_range / (2 * self.config.n_layers) ** 0.5
             init.normal_(module.weight, mean=0.0, std=std)
-
-
-def packed_sequence_ids(position_ids: torch.Tensor, batch: int) -> torch.Tensor | None:
-    """Which of the sequences packed into a row each token belongs to: [batch, tokens], counting from 0.
-
-    A sequence starts wherever a position does not follow the one before it by 1 (TRL's padding-free packing and
-    transformers' `DataCollatorWithFlattening` restart `position_ids` at 0 for each sequence). None when no row
-    restarts, except under torch.compile, which cannot branch on the values and always gets the ids.
-    """
-    position_ids = position_ids.expand(batch, -1)
-    restarts = torch.diff(position_ids, dim=-1, prepend=position_ids[:, :1] - 1) != 1
-    sequence_ids = restarts.cumsum(-1)
-    if not torch.compiler.is_compiling() and not bool(sequence_ids[:, -1].any()):
-        return None
-    return sequence_ids
-
-
-def _attention_mask_for_sdpa(
-    attention_mask: torch.Tensor | None,
-    sequence_ids: torch.Tensor | None,
-    past_length: int | torch.Tensor,
-    tokens: int,
-    kv_length: int,
-    device: torch.device,
-) -> tuple[torch.Tensor | None, bool]:
-    """The (attn_mask, is_causal) pair for `scaled_dot_product_attention`.
-
-    attention_mask: [batch, past_length + tokens], 1 for real tokens and 0 for padding, or None. sequence_ids:
-    [batch, tokens] from `packed_sequence_ids` (no past), or None. kv_length: the keys attended to, past_length +
-    tokens, or a compiled StaticCache's whole buffer, whose unfilled positions the causal rule hides (they lie after
-    every query). Without padding or packing, SDPA's own causal path is used (the fastest); otherwise a boolean
-    [batch or 1, 1, tokens, kv_length] mask, True where a query may attend. Under torch.compile a padding mask is
-    always applied: looking at its values first would break the graph.
-    """
-    padded = attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all()))
-    if not padded and sequence_ids is None:
-        if isinstance(past_length, int) and past_length == 0:
-            return None, tokens > 1
-        if tokens == 1:
-            return None, False
-    key_positions = torch.arange(kv_length, device=device)
-    query_positions = torch.arange(tokens, device=device) + past_length
-    allowed = (key_positions[None, :] <= query_positions[:, None])[None, None]  # [1, 1, tokens, kv_length]
-    if padded:
-        real_keys = F.pad(attention_mask, (0, kv_length - attention_mask.shape[-1])).bool()
-        allowed = allowed & real_keys[:, None, None, :]
-        # A padding query sees no real key; letting it see itself keeps its softmax finite (its output is unused).
-        allowed = allowed | (key_positions[None, :] == query_positions[:, None])[None, None]
-    if sequence_ids is not None:  # no past here: keys and queries are the same tokens
-        allowed = allowed & (sequence_ids[:, None, :, None] == sequence_ids[:, None, None, :])
-    return allowed, False
 
 
 class GPTScratchModel(GPTScratchPreTrainedModel):
@@ -343,82 +312,101 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
     @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
+        cache: Cache | PagedAttentionCache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
-        """input_ids: [batch, tokens] -> last_hidden_state: [batch, tokens, emb_dim].
-
-        attention_mask: [batch, past + tokens] with 0 at padding; position_ids: [batch or 1, tokens], by default
-        counted from each row's first real token, so a left-padded row sees the positions it sees alone. Without a
-        mask and a past, position_ids that restart mark packed sequences, and each attends only within itself.
-        cache: the KV cache (`past_key_values` before transformers 5.24; either name works).
+        """input_ids: [batch, tokens], or inputs_embeds: [batch, tokens, emb_dim] -> last_hidden_state: [batch,
+        tokens, emb_dim]. attention_mask: [batch, past + tokens] with 0 at padding (a 4D mask is used as it is);
+        position_ids: [batch or 1, tokens], by default counted from each row's first real token, so a left-padded row
+        sees the positions it sees alone. Without a mask and a past, position_ids that restart mark packed sequences,
+        each attending only within itself. cache: the KV cache (`past_key_values` before transformers 5.24; either name
+        works), continuous batching's PagedAttentionCache too. output_attentions: needs attn_implementation="eager".
         """
         cache = _cache_argument(cache, kwargs)
-        if input_ids is None or input_ids.dim() != 2:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass either input_ids [batch, tokens] or inputs_embeds [batch, tokens, emb_dim]")
+        if input_ids is not None and input_ids.dim() != 2:
             raise ValueError("input_ids must be a [batch, tokens] tensor of token IDs")
-        for unsupported in ("output_attentions", "inputs_embeds"):
-            if kwargs.get(unsupported) is not None and kwargs.get(unsupported) is not False:
-                raise ValueError(
-                    f"{unsupported} is not supported by GPTScratchModel (SDPA computes no weights to "
-                    "return; embeddings come from input_ids)"
-                )
+        if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.emb_dim):
+            raise ValueError(f"inputs_embeds must be a [batch, tokens, {self.config.emb_dim}] tensor")
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        batch, tokens = input_ids.shape
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions needs attn_implementation='eager' ({self.config._attn_implementation!r} computes "
+                "no weights): load the model with it or call model.set_attn_implementation('eager')"
+            )
+        if inputs_embeds is None:
+            inputs_embeds = self.tok_emb(input_ids)
+        batch, tokens = inputs_embeds.shape[:2]
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        past_length = cache.get_seq_length() if cache is not None else 0
-        kv_length = past_length + tokens
-        if torch.is_tensor(past_length):  # a StaticCache counts its tokens in a tensor
-            if torch.compiler.is_compiling():
-                # Reading the count would break the graph: attend to the whole buffer, unfilled positions masked.
-                kv_length = cache.layers[0].max_cache_len
-            else:
-                past_length = int(past_length)
-                kv_length = past_length + tokens
-        if isinstance(past_length, int):
-            if kv_length > self.config.context_length:
+        # Continuous batching's paged cache holds many sequences: their positions come with the batch, its mask too.
+        paged = isinstance(cache, PagedAttentionCache)
+        past_length = cache.get_seq_length() if cache is not None and not paged else 0
+        # A preallocated cache (StaticCache) hands back its whole buffer: eager runs attend to its filled part,
+        # compiled ones (which cannot read its count, a tensor) to all of it, the unfilled part masked.
+        static, kv_length = isinstance(cache, Cache) and cache.is_compileable, None
+        if static and not torch.compiler.is_compiling():
+            past_length = int(past_length)
+            kv_length = past_length + tokens
+        if isinstance(past_length, int) and not paged:
+            if past_length + tokens > self.config.context_length:
                 raise ValueError(
-                    f"the sequence has {kv_length} tokens but the model's context_length is "
+                    f"the sequence has {past_length + tokens} tokens but the model's context_length is "
                     f"{self.config.context_length}; crop the input to its last {self.config.context_length} tokens"
                 )
-            if attention_mask is not None and attention_mask.shape != (batch, kv_length):
+            expected = (batch, past_length + tokens)
+            if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape != expected:
                 raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, kv_length)} "
-                    "(one entry per cached and new token)"
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected {expected} (one entry per "
+                    "cached and new token)"
                 )
-        sequence_ids = None
-        if position_ids is not None and attention_mask is None and isinstance(past_length, int) and past_length == 0:
-            sequence_ids = packed_sequence_ids(position_ids, batch)
+        # transformers' mask for the implementation in use: None where SDPA's causal path does, padding and packed
+        # sequences (restarting position_ids, seen without a past) hidden. A fresh dynamic cache is left out, or
+        # transformers would not look for packed sequences in it.
+        fresh = not static and not paged and isinstance(past_length, int) and past_length == 0
+        mask = create_causal_mask(self.config, inputs_embeds, attention_mask, None if fresh else cache, position_ids)
+        if kv_length is not None:
+            if torch.is_tensor(mask):
+                mask = mask[..., :kv_length]
+            elif mask is not None:  # flex attention's BlockMask covers the whole buffer
+                kv_length = None
         if position_ids is None:
-            if attention_mask is not None:
+            if attention_mask is not None and attention_mask.dim() == 2:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -tokens:]
             else:
-                position_ids = (torch.arange(tokens, device=input_ids.device) + past_length)[None]
+                position_ids = (torch.arange(tokens, device=inputs_embeds.device) + past_length)[None]
 
-        hidden_states = self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(position_ids))
-        attn_mask, is_causal = _attention_mask_for_sdpa(
-            attention_mask, sequence_ids, past_length, tokens, kv_length, input_ids.device
-        )
+        hidden_states = self.drop_emb(inputs_embeds + self.pos_emb(position_ids))
         # As GPT-2: the input of every block, then the final normalised output (n_layers + 1 entries).
         all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for block in self.trf_blocks:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            hidden_states = block(hidden_states, attn_mask, is_causal, cache=cache, kv_length=kv_length)
+            hidden_states, weights = block(
+                hidden_states, mask, cache=cache, kv_length=kv_length, position_ids=position_ids, **kwargs
+            )
+            if output_attentions:
+                all_attentions += (weights,)
         hidden_states = self.final_norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             hidden_states=all_hidden_states,
+            attentions=all_attentions,
             **{CACHE_NAME: cache if use_cache else None},
         )
 
@@ -466,16 +454,18 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
     @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
+        cache: Cache | PagedAttentionCache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """input_ids: [batch, tokens] -> logits: [batch, tokens, vocab_size] (the last `logits_to_keep` if set).
+        """input_ids: [batch, tokens] (or inputs_embeds) -> logits: [batch, tokens, vocab_size] (the last
+        `logits_to_keep` if set). The other arguments are GPTScratchModel.forward's.
 
         labels: [batch, tokens], usually the input_ids themselves; they are shifted inside (position t predicts
         token t + 1) and -100 is ignored. `shift_labels` gives targets already shifted instead (and wins over
@@ -489,6 +479,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -498,12 +489,17 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_NAME: getattr(outputs, CACHE_NAME)}
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
 
     def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """GenerationMixin's hook for preallocated caches (`cache_implementation="static"`): this model takes the
-        [batch, past + tokens] padding mask as it is and builds its own SDPA mask from it."""
+        [batch, past + tokens] padding mask as it is and builds the attention mask in forward, where it also counts
+        positions from it and attends to the cache's filled part only."""
         return attention_mask
 
     # Arguments the simple decoding loop below implements; any other goes to GenerationMixin.generate.
@@ -533,19 +529,24 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         `eos_token_id=[]` decodes to the length limit). Sampling is reproducible with
         `generator=torch.Generator().manual_seed(s)` or `torch.manual_seed(s)`. A `streamer` (transformers'
         `TextStreamer`, batch 1) receives the prompt, then each new token as it is chosen, then `end()`.
-        Any other option (num_beams, top_p, repetition_penalty, generation_config, ...) is handed to transformers'
-        `GenerationMixin.generate`, which runs through this model's forward and KV cache within the window.
+        Any other option (num_beams, top_p, repetition_penalty, generation_config, inputs_embeds, ...) is handed to
+        transformers' `GenerationMixin.generate`, which runs through this model's forward and KV cache within the
+        window; so is every call once `prepare_inputs_for_generation` is replaced on the model (PEFT's prompt
+        learning inserts its prompt there, and only GenerationMixin's loop calls it).
         """
-        if input_ids is None or input_ids.dim() != 2:
-            raise ValueError("input_ids must be a [batch, tokens] tensor of token IDs")
-        if input_ids.shape[1] == 0:
-            raise ValueError("input_ids is empty: the prompt needs at least one token")
+        if kwargs.get("inputs_embeds") is None:
+            if input_ids is None or input_ids.dim() != 2:
+                raise ValueError("input_ids must be a [batch, tokens] tensor of token IDs")
+            if input_ids.shape[1] == 0:
+                raise ValueError("input_ids is empty: the prompt needs at least one token")
         temperature = kwargs.get("temperature")
         problem = decoding_args_problem(kwargs.get("max_new_tokens"), temperature, kwargs.get("top_k"))
         if problem is not None:
             raise ValueError(" ".join(problem))
 
         unhandled = {name for name, value in kwargs.items() if value is not None} - self._SIMPLE_GENERATE_ARGS
+        if "prepare_inputs_for_generation" in vars(self):
+            unhandled.add("prepare_inputs_for_generation")
         if unhandled:
             if generator is not None:
                 raise ValueError(

@@ -1,6 +1,6 @@
 """The tools people apply to any transformers causal LM, applied to this one: transformers' losses (against
-GPT2LMHeadModel), PEFT's LoRA, packed sequences (transformers' flattening collator, TRL's SFTTrainer), and
-torch.compile without graph breaks. lm-eval has its own file (test_tasks.py), generation strategies too
+GPT2LMHeadModel), PEFT's LoRA and prompt learning, packed sequences (transformers' flattening collator, TRL's
+SFTTrainer), and torch.compile without graph breaks. lm-eval has its own file (test_tasks.py), generation strategies too
 (test_generation.py)."""
 
 from __future__ import annotations
@@ -60,6 +60,19 @@ def test_losses_equal_gpt2lmheadmodels(tiny_model, case):
 # --- PEFT ------------------------------------------------------------------------------------------------------------
 
 
+def assert_trains(model: torch.nn.Module, ids: torch.Tensor, lr: float) -> None:
+    """Five AdamW steps on the trainable parameters (the adapter's) lower the loss on `ids`."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(5):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
 FEED_FORWARD_AND_ATTENTION = ["qkv", "out_proj", "ff.layers.0", "ff.layers.2"]
 
 
@@ -85,15 +98,7 @@ def test_lora_trains_saves_reloads_and_merges(tmp_path, target_modules):
     assert all("lora_" in name for name, parameter in model.named_parameters() if parameter.requires_grad)
 
     ids = random_ids(4, 16)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(5):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    assert_trains(model, ids, lr=1e-2)
 
     model.eval()
     with torch.no_grad():
@@ -110,6 +115,41 @@ def test_lora_trains_saves_reloads_and_merges(tmp_path, target_modules):
         assert type(merged) is GPTScratchForCausalLM
         assert not any("lora_" in name for name, _ in merged.named_parameters())
         torch.testing.assert_close(merged(ids).logits, adapter_logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["prompt tuning", "prefix tuning"])
+def test_prompt_learning_trains_and_gives_gpt2s_logits(method):
+    """PEFT's prompt tuning (virtual token embeddings before the prompt's, through inputs_embeds) and prefix tuning
+    (virtual keys and values in the cache) train on the model, and the trained adapter gives, on the same weights,
+    the logits it gives on GPT2LMHeadModel. PEFT finds the width and heads under GPT-2's config names, which the
+    model's config.json does not hold (it has the book's): they are given."""
+    from peft import (
+        PrefixTuningConfig,
+        PromptTuningConfig,
+        TaskType,
+        get_peft_model,
+        get_peft_model_state_dict,
+        set_peft_model_state_dict,
+    )
+
+    kind = {"prompt tuning": PromptTuningConfig, "prefix tuning": PrefixTuningConfig}[method]
+
+    def adapted(model):
+        sizes = dict(num_virtual_tokens=4, token_dim=32, num_attention_heads=4, num_layers=2)
+        return get_peft_model(model, kind(task_type=TaskType.CAUSAL_LM, **sizes))
+
+    torch.manual_seed(0)
+    base = GPTScratchForCausalLM(tiny_config())
+    ours = adapted(base)
+    ids = random_ids(4, 12)
+    assert_trains(ours, ids, lr=0.1)
+
+    theirs = adapted(to_gpt2(base))
+    set_peft_model_state_dict(theirs, get_peft_model_state_dict(ours))
+    with torch.no_grad():
+        ours_logits, theirs_logits = (model.eval()(input_ids=ids).logits for model in (ours, theirs))
+    assert ours_logits.shape == (4, 12 + 4 if method == "prompt tuning" else 12, 97)
+    torch.testing.assert_close(ours_logits, theirs_logits, rtol=1e-5, atol=1e-5)
 
 
 # --- packed sequences ------------------------------------------------------------------------------------------------

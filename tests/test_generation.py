@@ -144,6 +144,61 @@ def test_the_models_own_generate_equals_its_uncached_decoding(tiny_model, padded
     assert outputs[0].tolist() == outputs[1].tolist()
 
 
+@padding
+def test_generating_from_inputs_embeds(tiny_model, padded):
+    """What PEFT's prompt tuning hands generate: embeddings, here a learned-looking prefix before the prompt's own.
+    The tokens equal those of the uncached decoding from the same embeddings, and, for the prompt's own embeddings
+    alone, those decoded from its input_ids (GenerationMixin returns only the new tokens from embeddings)."""
+    prompt, mask = prompt_and_mask(padded)
+    embeds = tiny_model.get_input_embeddings()(prompt)
+    from_ids = tiny_model.generate(prompt, attention_mask=mask, max_new_tokens=10, temperature=0, eos_token_id=[])
+    from_embeds = tiny_model.generate(
+        inputs_embeds=embeds, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0
+    )
+    assert from_embeds.tolist() == from_ids[:, prompt.shape[1] :].tolist()
+
+    prefix = torch.randn(2, 3, tiny_model.config.emb_dim, generator=torch.Generator().manual_seed(0))
+    embeds, mask = torch.cat([prefix, embeds], 1), torch.cat([torch.ones(2, 3, dtype=mask.dtype), mask], 1)
+    outputs = [
+        GenerationMixin.generate(
+            tiny_model,
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=10,
+            do_sample=False,
+            pad_token_id=0,
+            use_cache=use_cache,
+        )
+        for use_cache in (True, False)
+    ]
+    assert outputs[0].shape == (2, 10) and outputs[0].tolist() == outputs[1].tolist()
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_continuous_batching_decodes_as_generate(tiny_model, implementation):
+    """transformers' continuous batching (generate_batch: one flattened batch of requests, keys and values in a
+    PagedAttentionCache, "paged|eager" in place of eager) decodes greedily what generate decodes, request by request."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    prompts = [random_ids(1, length, seed=length)[0].tolist() for length in (3, 7, 5)]
+    tiny_model.set_attn_implementation(implementation)
+    try:
+        results = tiny_model.generate_batch(
+            prompts,
+            generation_config=GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=-1),
+            continuous_batching_config=ContinuousBatchingConfig(num_blocks=16, block_size=16, max_batch_tokens=128),
+        )
+    finally:
+        tiny_model.set_attn_implementation("sdpa")
+    expected = [
+        tiny_model.generate(torch.tensor([p]), max_new_tokens=12, temperature=0, eos_token_id=[])[0, len(p) :].tolist()
+        for p in prompts
+    ]
+    by_prompt = {tuple(result.prompt_ids): result.generated_tokens for result in results.values()}
+    assert [by_prompt[tuple(p)] for p in prompts] == expected
+
+
 def test_a_pipeline_with_beam_search_decodes_as_without_the_cache():
     from conftest import byte_level_tokenizer
     from transformers import pipeline

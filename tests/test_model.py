@@ -611,7 +611,97 @@ def test_hidden_states_follow_gpt2s_convention(tiny_model):
     assert tiny_model(ids).hidden_states is None
 
 
-@pytest.mark.parametrize("option", ["output_attentions", "inputs_embeds"])
-def test_unsupported_forward_options_are_refused_not_ignored(tiny_model, option):
-    with pytest.raises(ValueError, match=f"{option} is not supported"):
-        tiny_model(random_ids(1, 4), **{option: True if option == "output_attentions" else torch.zeros(1, 4, 32)})
+def logits_under_each_path(model: GPTScratchForCausalLM) -> dict[str, torch.Tensor]:
+    """Logits of one batch through every mask path: left padding, packed sequences (restarting position_ids), a
+    dynamic cache continued by a chunk, a StaticCache continued by one-token steps."""
+    ids = random_ids(2, 12)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    prefix = model(ids[:, :8], attention_mask=mask[:, :8], use_cache=True)
+    static = StaticCache(config=model.config, max_cache_len=20)
+    steps = [model(ids[:, :8], attention_mask=mask[:, :8], past_key_values=static, use_cache=True).logits]
+    for t in (8, 9):
+        steps.append(model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=static).logits)
+    return {
+        "padded": model(ids, attention_mask=mask).logits[:, 4:],  # the padding's own logits are no one's
+        "packed": model(ids, position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]])).logits,
+        "dynamic cache": model(ids[:, 8:], attention_mask=mask, past_key_values=prefix.past_key_values).logits,
+        "static cache": torch.cat(steps, 1)[:, 4:],
+    }
+
+
+@pytest.mark.parametrize("implementation", ["eager", "flex_attention"])
+def test_every_attention_implementation_gives_sdpas_logits(tiny_model, implementation):
+    """transformers' attention interface: eager (its own mask and matmuls) and flex attention (a compiled BlockMask)
+    give the default SDPA's logits. Flex attention on a CPU runs forward only (no backward there) and where torch
+    2.13's inductor compiles it: not for a chunk of queries against a longer cache, so padding and packing only."""
+    expected = logits_under_each_path(tiny_model)
+    tiny_model.set_attn_implementation(implementation)
+    try:
+        if implementation == "flex_attention":
+            torch.set_grad_enabled(False)
+            ids = random_ids(2, 12)
+            mask = torch.ones_like(ids)
+            mask[1, :4] = 0
+            got = {"padded": tiny_model(ids, attention_mask=mask).logits[:, 4:]}
+            positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]])
+            got["packed"] = tiny_model(ids, position_ids=positions).logits
+        else:
+            got = logits_under_each_path(tiny_model)
+    finally:
+        tiny_model.set_attn_implementation("sdpa")
+        torch.set_grad_enabled(True)
+    for path, logits in got.items():
+        torch.testing.assert_close(logits, expected[path], rtol=1e-5, atol=1e-5, msg=path)
+
+
+def test_attention_implementation_is_chosen_at_loading_and_saved(tmp_path, tiny_model):
+    assert tiny_model.config._attn_implementation == "sdpa"  # the default
+    tiny_model.save_pretrained(tmp_path)
+    eager = GPTScratchForCausalLM.from_pretrained(tmp_path, attn_implementation="eager")
+    assert eager.config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="not_an_attention"):
+        GPTScratchForCausalLM.from_pretrained(tmp_path, attn_implementation="not_an_attention")
+
+
+def test_output_attentions_are_gpt2s_with_eager_and_refused_without(tiny_model):
+    """The weights each layer returns under eager attention equal GPT2LMHeadModel's on the same weights (a padded
+    batch); SDPA computes none, so asking for them there is refused rather than answered with None."""
+    from convert.gpt2_export import to_gpt2
+
+    ids = random_ids(2, 9)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # GPT-2 counts positions from 0 unless told
+    gpt2 = to_gpt2(tiny_model).eval()
+    gpt2.set_attn_implementation("eager")
+    theirs = gpt2(ids, attention_mask=mask, position_ids=position_ids, output_attentions=True).attentions
+    with pytest.raises(ValueError, match="output_attentions needs attn_implementation='eager'"):
+        tiny_model(ids, output_attentions=True)
+    tiny_model.set_attn_implementation("eager")
+    try:
+        ours = tiny_model(ids, attention_mask=mask, output_attentions=True).attentions
+    finally:
+        tiny_model.set_attn_implementation("sdpa")
+    assert len(ours) == tiny_model.config.n_layers and ours[0].shape == (2, 4, 9, 9)
+    for layer_ours, layer_theirs in zip(ours, theirs):
+        torch.testing.assert_close(layer_ours[1, :, 3:], layer_theirs[1, :, 3:], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer_ours[0], layer_theirs[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours[0].sum(-1), torch.ones(2, 4, 9))  # each query's weights sum to 1
+
+
+def test_inputs_embeds_give_the_logits_of_their_input_ids(tiny_model):
+    ids = random_ids(2, 9)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    embeds = tiny_model.get_input_embeddings()(ids)
+    expected = tiny_model(ids, attention_mask=mask).logits
+    torch.testing.assert_close(tiny_model(inputs_embeds=embeds, attention_mask=mask).logits, expected)
+    cache = tiny_model(inputs_embeds=embeds[:, :5], attention_mask=mask[:, :5], use_cache=True).past_key_values
+    step = tiny_model(ids[:, 5:], attention_mask=mask, past_key_values=cache).logits
+    torch.testing.assert_close(step, expected[:, 5:], rtol=1e-5, atol=1e-5)
+    for arguments in ({}, {"input_ids": ids, "inputs_embeds": embeds}):
+        with pytest.raises(ValueError, match="either input_ids"):
+            tiny_model(**arguments)
+    with pytest.raises(ValueError, match=r"inputs_embeds must be a \[batch, tokens, 32\] tensor"):
+        tiny_model(inputs_embeds=embeds[..., :16])

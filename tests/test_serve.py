@@ -149,21 +149,7 @@ def test_a_chat_template_file_replaces_the_directorys(dirs, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(
-            "native",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=openai.APIStatusError,  # the server's 503: its continuous-batching worker died on the model
-                reason="the model's attention does not take transformers' PagedAttentionCache yet "
-                "('PagedAttentionCache' object has no attribute 'get_seq_length')",
-            ),
-        ),
-        "export",
-    ],
-)
+@pytest.mark.parametrize("kind", ["native", "export"])
 def test_continuous_batching_answers_as_gptscratch_generate(dirs, kind, tmp_path):
     model_dir = dirs[kind]
     # A small paged cache: sized by default for the memory of a GPU, its first request takes half a minute on a CPU.
