@@ -8,6 +8,8 @@ same validation windows.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -86,6 +88,39 @@ def test_its_plain_gpt2_export_starts_where_the_run_ended_and_where_gpt2_scores_
     expected = gpt2_val_loss(GPT2LMHeadModel.from_pretrained(exported).eval(), corpus, cache, exported)
     assert first_val_loss(output) == pytest.approx(expected, abs=1e-4)
     assert first_val_loss(output) == pytest.approx(read_metrics(first_run)[-1]["val_loss"], abs=1e-3)
+
+
+def recipe_flags() -> list[str]:
+    """docs/fine-tuning.md's recipe (its `gptscratch-train --init-from openai-community/gpt2` command) without its
+    model, data and output, so that the test runs the settings the guide gives."""
+    guide = (REPO_ROOT / "docs" / "fine-tuning.md").read_text()
+    command = re.search(r"^gptscratch-train --init-from openai-community/gpt2 (?:.*\\\n)*.*$", guide, re.M).group(0)
+    words = shlex.split(command.replace("\\\n", " "))[1:]
+    pairs = list(zip(words[::2], words[1::2], strict=True))
+    return [
+        word for flag, value in pairs if flag not in ("--init-from", "--data", "--output-dir") for word in (flag, value)
+    ]
+
+
+def test_the_fine_tuning_recipe_continues_a_small_gpt2_on_new_text(tmp_path, cache, first_run):
+    """The guide's recipe on a GPT-2 of the test's own (the first run's plain export) and text it has not seen: the
+    run starts where GPT2LMHeadModel scores the new text, lowers that loss, stops after the recipe's two epochs, and
+    its summary and model card name the source."""
+    from pydoc_data.topics import topics
+
+    new_text = tmp_path / "new.txt"
+    new_text.write_text("\n".join(topics[key] for key in sorted(topics)[12:40])[:30_000], encoding="utf-8")
+    exported = export_gpt2(first_run, tmp_path / "gpt2")
+    output = tmp_path / "continued"
+    argv = ["--init-from", str(exported), "--data", str(new_text), "--cache-dir", str(cache), *recipe_flags()]
+    assert "--lr" in argv and "--epochs" in argv
+    assert train_cli([*argv, "--output-dir", str(output)]) == 0
+    val_losses = [record["val_loss"] for record in read_metrics(output) if record.get("val_loss") is not None]
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert val_losses[0] == pytest.approx(summary["initial_val_loss"])
+    assert summary["val_loss"] == min(val_losses) < val_losses[0]
+    assert summary["epochs"] == pytest.approx(2, abs=0.2) and summary["init_from"] == str(exported)
+    assert f"| Started from | {exported} |" in (output / "README.md").read_text()
 
 
 def test_openais_checkpoint_directory_is_a_source(tmp_path, corpus, cache):
