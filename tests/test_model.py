@@ -655,7 +655,7 @@ def test_every_attention_implementation_gives_sdpas_logits(tiny_model, implement
         torch.testing.assert_close(logits, expected[path], rtol=1e-5, atol=1e-5, msg=path)
 
 
-def test_attention_implementation_is_chosen_at_loading_and_saved(tmp_path, tiny_model):
+def test_attention_implementation_is_chosen_at_loading(tmp_path, tiny_model):
     assert tiny_model.config._attn_implementation == "sdpa"  # the default
     tiny_model.save_pretrained(tmp_path)
     eager = GPTScratchForCausalLM.from_pretrained(tmp_path, attn_implementation="eager")
