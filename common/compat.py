@@ -156,12 +156,13 @@ def clear_progress_bars() -> None:
 
 
 def register_for_transformers_serve(model_class: type) -> None:
-    """Makes `model_class` loadable by `transformers serve`: its model manager (the private `_load_model` of
-    `transformers.cli.serving.model_manager.ModelManager`) looks a model's class up by the name in config.json's
-    `architectures` on the module it imported as `transformers`, which holds transformers' own models alone; a class
-    registered with `AutoModelForCausalLM`, or one from a directory's remote code, is not found there. The class goes
-    onto that very module object: transformers replaces `sys.modules["transformers"]` once while importing
-    (processing_utils imports the package anew), so the module `import transformers` gives may be another."""
+    """Makes `model_class` loadable by `transformers serve`: its model loader (the private `_load_model` of
+    `transformers.cli.serving.model_manager`'s ModelLoader from 5.25, of its ModelManager before) looks a model's
+    class up by the name in config.json's `architectures` on the module it imported as `transformers`, which holds
+    transformers' own models alone; a class registered with `AutoModelForCausalLM`, or one from a directory's remote
+    code, is not found there. The class goes onto that very module object: transformers replaces
+    `sys.modules["transformers"]` once while importing (processing_utils imports the package anew), so the module
+    `import transformers` gives may be another."""
     from transformers.cli.serving import model_manager
 
     setattr(model_manager.transformers, model_class.__name__, model_class)

@@ -162,8 +162,9 @@ def test_progress_bars_are_turned_off_and_cleared_through_tqdms_internals():
 
 
 def test_transformers_serve_finds_a_model_class_only_where_compat_registers_it(tmp_path, monkeypatch):
-    """The server's model manager (its private `_load_model`) takes the class named in config.json's architectures
-    from the module it imported as `transformers`: a gptscratch model is found there only once registered."""
+    """The server's model loader (the private `_load_model` of its ModelLoader from 5.25, of its ModelManager before)
+    takes the class named in config.json's architectures from the module it imported as `transformers`: a gptscratch
+    model is found there only once registered."""
     from conftest import byte_level_tokenizer, tiny_config
     from transformers.cli.serving import model_manager
 
@@ -171,7 +172,7 @@ def test_transformers_serve_finds_a_model_class_only_where_compat_registers_it(t
     from modeling_gptscratch import GPTScratchForCausalLM
 
     directory = save_model_directory(GPTScratchForCausalLM(tiny_config()), byte_level_tokenizer(), tmp_path / "model")
-    manager = model_manager.ModelManager(device="cpu")
+    manager = getattr(model_manager, "ModelLoader", model_manager.ModelManager)(device="cpu")
     monkeypatch.delattr(model_manager.transformers, GPTScratchForCausalLM.__name__, raising=False)
     with pytest.raises(AttributeError, match=GPTScratchForCausalLM.__name__):
         manager._load_model(str(directory))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 PROG = "gptscratch-serve"
+SERVING = "GPTSCRATCH_SERVING"  # set in the environment of a server `serve` starts (see `make_servable`)
 # A conversation every chat template must render: what a chat request's messages become.
 _SAMPLE_CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
 
@@ -124,16 +125,29 @@ def serve(
     import click
     from transformers.cli.transformers import app
 
-    from common.compat import register_for_transformers_serve
-    from modeling_gptscratch import GPTScratchForCausalLM
-
     arguments = server_arguments(model_dir, options, chat_template, chat_template_kwargs)
-    register_for_transformers_serve(GPTScratchForCausalLM)
+    make_servable()
+    os.environ[SERVING] = "1"
     try:
         app.main(["serve", *arguments], prog_name="transformers", standalone_mode=False)
     except click.ClickException as error:
         reason = error.format_message().splitlines()[0].rstrip(".")  # click lists the options after it
         raise InputError(f"transformers serve: {reason}; see transformers serve --help for its options") from None
+
+
+def make_servable() -> None:
+    """Registers GPTScratchForCausalLM where `transformers serve` looks model classes up (common.compat)."""
+    from common.compat import register_for_transformers_serve
+    from modeling_gptscratch import GPTScratchForCausalLM
+
+    register_for_transformers_serve(GPTScratchForCausalLM)
+
+
+# transformers serve (5.25 on) loads the model in a process it spawns, which runs the launcher's main module again,
+# importing this one, and nothing else of the launcher: `serve` marks the environment that process inherits, so the
+# class is registered there too.
+if os.environ.get(SERVING):
+    make_servable()
 
 
 def build_parser() -> argparse.ArgumentParser:
