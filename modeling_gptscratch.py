@@ -159,11 +159,10 @@ class Projection(Conv1D):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention (the book's `MultiHeadAttention`) with fused q/k/v and a KV cache.
-    The attention itself is the function transformers' attention interface names by `config._attn_implementation`:
+    """Multi-head causal self-attention (the book's `MultiHeadAttention`) with fused q/k/v and a KV cache. The
+    attention itself is the function transformers' attention interface names by `config._attn_implementation`:
     "sdpa" (the default), "eager" (GPT-2's, the one that returns the weights), "flex_attention", flash attention
-    where installed, and what continuous batching switches to ("paged|eager"), as transformers' GPT-2 calls them.
-    """
+    where installed, and what continuous batching switches to ("paged|eager"), as transformers' GPT-2 calls them."""
 
     def __init__(self, config: GPTScratchConfig, layer_idx: int):
         super().__init__()
@@ -188,22 +187,23 @@ class CausalSelfAttention(nn.Module):
         kv_length: int | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: [batch, tokens, emb_dim] -> ([batch, tokens, emb_dim], the attention weights or None).
-
-        attention_mask: what `create_causal_mask` made for the implementation in use. kv_length: the keys to attend
-        to when the cache hands back more (a StaticCache's filled part), or None. kwargs go to the cache and the
-        attention function (continuous batching's indices and sequence lengths travel there).
-        """
+        """x: [batch, tokens, emb_dim] -> ([batch, tokens, emb_dim], the attention weights or None). attention_mask:
+        what `create_causal_mask` made for the implementation in use. kv_length: the keys to attend to when the cache
+        hands back more (a StaticCache's filled part), or None. kwargs go to the cache and the attention function
+        (continuous batching's indices and sequence lengths travel there)."""
         batch, tokens, emb_dim = x.shape
         # [batch, tokens, 3 * emb_dim] -> 3 x [batch, n_heads, tokens, head_dim]
         queries, keys, values = (
             self.qkv(x).view(batch, tokens, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         )
+        implementation = self.config._attn_implementation
+        if CACHE_NAME != "cache" and implementation.startswith("paged|"):
+            # Before 5.24 (which renamed the cache) a paged attention function writes the paged cache itself.
+            kwargs["cache"], cache = cache, None
         if cache is not None:
             keys, values = cache.update(keys, values, self.layer_idx, kwargs=kwargs)
             if kv_length is not None:  # a view, no copy
                 keys, values = keys[:, :, :kv_length], values[:, :, :kv_length]
-        implementation = self.config._attn_implementation
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         # On CPU, SDPA's bf16 kernel is several times slower than fp32's for one query against a long cache,
         # conversion included (benchmarks/RESULTS.md): a decoding step attends in fp32.
